@@ -1,0 +1,41 @@
+"""Entry point of the `llmlab` command: builds the parser from the subcommand modules and runs one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import llmlab.cli
+from llmlab.errors import LlmlabError
+
+USER_ERROR_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130
+
+
+def subcommand_modules() -> list[str]:
+    """Names of the modules in llmlab.cli that define a subcommand, in alphabetical order."""
+    return sorted(info.name for info in pkgutil.iter_modules(llmlab.cli.__path__) if info.name != "main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="llmlab", description="Build, train, convert and run large language models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in subcommand_modules():
+        importlib.import_module(f"llmlab.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; a user error prints `error: <message>` to stderr and returns exit code 2."""
+    arguments = build_parser().parse_args(argv)
+    try:
+        return arguments.handler(arguments) or 0
+    except LlmlabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE

@@ -1,0 +1,1 @@
+"""Data collection and preprocessing (survey §4.1): corpora, tokenizers, packing."""

@@ -1,0 +1,1 @@
+"""Training (survey §4.3): the training loop and learning-rate schedules."""
