@@ -1,0 +1,103 @@
+"""Position schemes (survey §4.2.2): learned, sinusoidal, RoPE, ALiBi, T5 relative buckets, GLM 2-D."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from llmlab.model.config import ModelConfig
+
+
+def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """The fixed sin|cos position table of Vaswani et al. (2017), concatenated as in tensor2tensor."""
+    inv_freq = base ** (-torch.arange(0, dim // 2, dtype=torch.float64) / max(dim // 2, 1))
+    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    table = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    if dim % 2:
+        table = torch.nn.functional.pad(table, (0, 1))
+    return table.float()
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021) over the first rotary_dim channels of each head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dim = config.rotary_dim
+        self.interleaved = config.rope_layout == "interleaved"
+        inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape [batch, 1, seq, rotary_dim] for integer positions [batch, seq]."""
+        angles = positions[:, None, :, None].float() * self.inv_freq.float()
+        if self.interleaved:
+            angles = angles.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Apply the rotation to queries or keys [batch, heads, seq, head_dim]."""
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        if self.interleaved:
+            even, odd = rot[..., 0::2], rot[..., 1::2]
+            turned = torch.stack([-odd, even], dim=-1).flatten(-2)
+        else:
+            first, second = rot.chunk(2, dim=-1)
+            turned = torch.cat([-second, first], dim=-1)
+        rotated = (rot.float() * cos + turned.float() * sin).to(x.dtype)
+        return torch.cat([rotated, rest], dim=-1) if rest.shape[-1] else rotated
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi head slopes (Press et al. 2022), with the paper's interleaving for non-power-of-2 head counts."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = 2.0 ** (-8.0 / closest)
+    slopes = [base ** (i + 1) for i in range(closest)]
+    if closest < n_heads:
+        extra_base = 2.0 ** (-4.0 / closest)
+        slopes += [extra_base ** (2 * i + 1) for i in range(n_heads - closest)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """Additive bias −slope·|i−j| of shape [1, heads, q, k]."""
+    distance = (q_pos[:, None] - k_pos[None, :]).abs().float()
+    return -(slopes[:, None, None] * distance)[None]
+
+
+def relative_bucket(relative: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's log-spaced bucket of each key−query offset (Raffel et al. 2020)."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        n_buckets //= 2
+        buckets += (relative > 0).long() * n_buckets
+        relative = relative.abs()
+    else:
+        relative = -torch.clamp(relative, max=0)
+    max_exact = n_buckets // 2
+    is_small = relative < max_exact
+    scaled = torch.log(relative.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (scaled * (n_buckets - max_exact)).long()
+    large = torch.clamp(large, max=n_buckets - 1)
+    return buckets + torch.where(is_small, relative, large)
+
+
+class RelativeBias(nn.Module):
+    """T5's learned per-head scalar bias for each relative-position bucket."""
+
+    def __init__(self, config: ModelConfig, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.n_buckets = config.relative_buckets
+        self.max_distance = config.relative_max_distance
+        self.embedding = nn.Embedding(config.relative_buckets, config.n_heads)
+
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Bias of shape [1, heads, q, k]."""
+        relative = k_pos[None, :] - q_pos[:, None]
+        buckets = relative_bucket(relative, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1)[None]
