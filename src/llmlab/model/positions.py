@@ -26,9 +26,16 @@ class Rotary(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dim = config.rotary_dim
+        self.base = config.rope_base
         self.interleaved = config.rope_layout == "interleaved"
-        inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", torch.empty(self.dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Compute the rotation frequencies (again, e.g. after building on the meta device)."""
+        with torch.device(self.inv_freq.device):
+            exponents = torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim
+            self.inv_freq.copy_(1.0 / (self.base ** exponents))
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape [batch, 1, seq, rotary_dim] for integer positions [batch, seq]."""

@@ -45,9 +45,15 @@ class Embeddings(nn.Module):
         if config.position == "glm2d":
             self.block_positions = nn.Embedding(config.max_seq_len, config.d_model)
         if config.position == "sinusoidal":
-            self.register_buffer("sinusoid", sinusoidal_table(config.max_seq_len, config.d_model), persistent=False)
+            self.register_buffer("sinusoid", torch.empty(config.max_seq_len, config.d_model), persistent=False)
+            self.reset_buffers()
         self.token_types = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.norm = make_norm(config) if config.embedding_norm else None
+
+    def reset_buffers(self) -> None:
+        """Compute the sinusoid table (again, e.g. after building on the meta device)."""
+        if hasattr(self, "sinusoid"):
+            self.sinusoid.copy_(sinusoidal_table(self.config.max_seq_len, self.config.d_model))
 
     def forward(self, ids, position_ids=None, token_type_ids=None) -> torch.Tensor:
         """Embed token ids [batch, seq] with positions [batch, seq] (or [batch, 2, seq] for GLM)."""
@@ -162,7 +168,13 @@ class Stack(nn.Module):
         if config.position == "relative" and not config.relative_per_layer:
             self.relative_bias = RelativeBias(config, bidirectional=not causal)
         if config.position == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+            self.register_buffer("alibi_slopes", torch.empty(config.n_heads), persistent=False)
+            self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Compute the ALiBi slopes (again, e.g. after building on the meta device)."""
+        if hasattr(self, "alibi_slopes"):
+            self.alibi_slopes.copy_(alibi_slopes(self.config.n_heads))
 
     def _position_bias(self, q_len, k_len, past, device):
         q_pos = torch.arange(past, past + q_len, device=device)
@@ -239,8 +251,7 @@ class Model(nn.Module):
             self.head_norm = make_norm(config, width)
         if config.lm_head:
             self.head = nn.Linear(width, config.vocab_size, bias=config.head_bias)
-            if config.tie_embeddings:
-                self.head.weight = self.embed.tokens.weight
+        self.tie_weights()
         if config.pooler:
             self.pooler = nn.Linear(config.d_model, config.d_model)
         self.apply(self._init_weights)
@@ -255,6 +266,24 @@ class Model(nn.Module):
             nn.init.normal_(module.o.weight, mean=0.0, std=std / (2 * self.config.n_layers) ** 0.5)
         if isinstance(module, MLP):
             nn.init.normal_(module.down.weight, mean=0.0, std=std / (2 * self.config.n_layers) ** 0.5)
+
+    def tie_weights(self) -> None:
+        """Share the head's weight with the token embedding when the config ties them."""
+        if self.config.lm_head and self.config.tie_embeddings:
+            self.head.weight = self.embed.tokens.weight
+
+    def materialize(self, device=None) -> "Model":
+        """Allocate a model built on the meta device (weights uninitialised), with buffers and ties restored."""
+        model = self.to_empty(device=device or "cpu")
+        model.tie_weights()
+        model.reset_buffers()
+        return model
+
+    def reset_buffers(self) -> None:
+        """Recompute every non-persistent buffer, e.g. after materialising a model built on the meta device."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_buffers"):
+                module.reset_buffers()
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,52 @@
+"""The public API: load, save and convert checkpoints in llmlab or Hugging Face format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from llmlab.errors import CheckpointError, ConfigError
+from llmlab.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_llmlab, save_llmlab
+from llmlab.model.hf import load_hf, save_hf
+from llmlab.model.transformer import Model
+
+FORMATS = ("llmlab", "hf")
+
+
+def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
+    """Load an llmlab checkpoint directory or a Hugging Face model directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory.")
+    if (path / CONFIG_FILE).exists():
+        model = load_llmlab(path, dtype=dtype, device=device)
+    elif (path / "config.json").exists():
+        model = load_hf(path, dtype=dtype, device=device)
+    else:
+        raise CheckpointError(f"{path} has neither {CONFIG_FILE} (llmlab) nor config.json (Hugging Face).")
+    return model.eval()
+
+
+def save(model: Model, path: str | os.PathLike, format: str = "llmlab",
+         tokenizer_file: str | os.PathLike | None = None) -> Path:
+    """Save a model as an llmlab checkpoint (default) or as a Hugging Face directory (format="hf")."""
+    if format == "llmlab":
+        return save_llmlab(model, path, tokenizer_file=tokenizer_file)
+    if format == "hf":
+        saved = save_hf(model, path)
+        if tokenizer_file is not None:
+            import shutil
+            shutil.copyfile(tokenizer_file, saved / TOKENIZER_FILE)
+        return saved
+    raise ConfigError(f"Unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}.")
+
+
+def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "hf") -> Path:
+    """Convert a checkpoint directory to the other format (tokenizer.json travels along)."""
+    if Path(target).resolve() == Path(source).resolve():
+        raise ConfigError(f"convert would overwrite its input {source}; choose another output directory.")
+    model = load(source)
+    tokenizer = Path(source) / TOKENIZER_FILE
+    return save(model, target, format=to, tokenizer_file=tokenizer if tokenizer.exists() else None)

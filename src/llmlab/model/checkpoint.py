@@ -1,0 +1,112 @@
+"""The native checkpoint format: a directory with llmlab.json, model.safetensors and (optionally) tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmlab.errors import CheckpointError
+from llmlab.model.config import ModelConfig
+from llmlab.model.hf.weights import check_shapes
+from llmlab.model.transformer import Model
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "llmlab.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces path only once everything in it is written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def state_for_saving(model: Model) -> dict[str, torch.Tensor]:
+    """The model's tensors, with a tied head stored once (as the token embedding)."""
+    state = model.state_dict()
+    if model.config.lm_head and model.config.tie_embeddings:
+        state.pop("head.weight")
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def expected_shapes(model: Model) -> dict[str, torch.Size]:
+    """Shapes of the tensors a checkpoint must provide for this model."""
+    return {k: v.shape for k, v in state_for_saving(model).items()}
+
+
+def save_llmlab(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
+                metadata: dict | None = None) -> Path:
+    """Write model (and tokenizer) to an llmlab checkpoint directory, atomically."""
+    with atomic_directory(path) as staging:
+        header = {"format": "llmlab", "version": FORMAT_VERSION, "config": model.config.to_dict(),
+                  "metadata": metadata or {}}
+        (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2))
+        save_file(state_for_saving(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
+    return Path(path)
+
+
+def read_llmlab_config(path: Path) -> tuple[ModelConfig, dict]:
+    """The ModelConfig and metadata stored in llmlab.json."""
+    try:
+        header = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path / CONFIG_FILE} is not readable JSON ({error}).") from None
+    if not isinstance(header, dict) or header.get("format") != "llmlab" or "config" not in header:
+        raise CheckpointError(f"{path / CONFIG_FILE} is not an llmlab checkpoint header.")
+    return ModelConfig.from_dict(header["config"], where=str(path / CONFIG_FILE)), header.get("metadata", {})
+
+
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning a corrupt or missing file into a CheckpointError."""
+    try:
+        return load_file(file)
+    except (OSError, SafetensorError, ValueError) as error:
+        raise CheckpointError(f"{file} cannot be read as safetensors ({error}).") from None
+
+
+def load_state(model: Model, state: dict[str, torch.Tensor], where: str) -> Model:
+    """Copy a checked state dict (tied head absent) into the model."""
+    check_shapes(state, expected_shapes(model), where)
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_llmlab(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
+    """Read an llmlab checkpoint directory into a Model."""
+    path = Path(path)
+    config, _ = read_llmlab_config(path)
+    state = read_safetensors(path / WEIGHTS_FILE)
+    with torch.device("meta"):
+        model = Model(config)
+    model = model.materialize(device)
+    load_state(model, state, str(path / WEIGHTS_FILE))
+    return model.to(dtype) if dtype is not None else model
