@@ -29,6 +29,30 @@ def transpose(tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return tensor.t().contiguous()
 
 
+def qkv_from_interleaved(tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Fused QKV weight/bias per head group [kv_heads, q_per_kv + 2, head_dim] (NeoX, BLOOM, Falcon) → [q | k | v]."""
+    per_group, width = config.n_heads // config.kv_heads, config.dim_head
+    grouped = tensor.reshape(config.kv_heads, per_group + 2, width, *tensor.shape[1:])
+    blocks = (grouped[:, :per_group], grouped[:, per_group], grouped[:, per_group + 1])
+    return torch.cat([block.reshape(-1, *tensor.shape[1:]) for block in blocks])
+
+
+def qkv_to_interleaved(tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Our fused [q | k | v] blocks → the per-head-group layout [kv_heads, q_per_kv + 2, head_dim]."""
+    per_group, width, rest = config.n_heads // config.kv_heads, config.dim_head, tensor.shape[1:]
+    q, k, v = tensor.split([config.n_heads * width, config.kv_heads * width, config.kv_heads * width])
+    groups = (q.reshape(config.kv_heads, per_group, width, *rest), k.reshape(config.kv_heads, 1, width, *rest),
+              v.reshape(config.kv_heads, 1, width, *rest))
+    return torch.cat(groups, dim=1).reshape(-1, *rest)
+
+
+def weight_and_bias(ours: str, theirs: str, bias: bool = True, to_ours: Transform | None = None,
+                    to_theirs: Transform | None = None) -> list[Rule]:
+    """Rules for a layer's .weight (converted as given) and, when it has one, its .bias (kept as is)."""
+    rules = [Rule(f"{ours}.weight", f"{theirs}.weight", to_ours, to_theirs)]
+    return rules + [Rule(f"{ours}.bias", f"{theirs}.bias")] if bias else rules
+
+
 def _keep(tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return tensor
 
