@@ -38,6 +38,33 @@ def reject(hf: dict, **unsupported) -> None:
             )
 
 
+# transformers' ACT2FN names → llmlab's ungated MLP kinds; the tanh formulas differ only by float rounding.
+HF_ACTIVATIONS = {
+    "gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh", "gelu_accurate": "gelu_tanh",
+    "relu": "relu", "silu": "silu", "swish": "silu",
+}
+
+
+def mlp_kind(hf: dict, key: str = "activation_function", default: str = "gelu_new") -> str:
+    """The llmlab MLP kind of an ungated HF MLP whose activation name is stored under key."""
+    name = pick(hf, key, default=default)
+    if name not in HF_ACTIVATIONS:
+        raise ConfigError(
+            f"{hf.get('model_type')} config: {key}={name!r} is not supported "
+            f"(supported: {', '.join(sorted(HF_ACTIVATIONS))})."
+        )
+    return HF_ACTIVATIONS[name]
+
+
+def hf_activation(config: ModelConfig) -> str:
+    """The transformers activation name of an ungated llmlab MLP kind (gelu_tanh → gelu_new)."""
+    names = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+    if config.mlp not in names:
+        raise ConfigError(f"ModelConfig.mlp {config.mlp!r} has no {config.family} checkpoint equivalent.")
+    return names[config.mlp]
+
+
 def special_tokens(hf: dict) -> dict:
     """pad/bos/eos/decoder-start token ids, first of a list where HF stores several."""
     def one(value):
