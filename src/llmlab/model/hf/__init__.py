@@ -28,6 +28,8 @@ class Family:
     weight_rules: Callable[[ModelConfig], list[Rule]]
     ignore: tuple[str, ...] = field(default_factory=tuple)
     base_prefix: str = ""
+    # (config, HF state) -> both adjusted to optional parts only the tensors reveal (e.g. whether BERT has a pooler)
+    from_checkpoint: Callable[[ModelConfig, dict], tuple[ModelConfig, dict]] | None = None
 
 
 def families() -> dict[str, Family]:
@@ -109,6 +111,8 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
     hf_state = read_hf_weights(path)
     if family.base_prefix and not any(k.startswith(family.base_prefix) for k in hf_state):
         hf_state = {family.base_prefix + k: v for k, v in hf_state.items()}
+    if family.from_checkpoint is not None:
+        config, hf_state = family.from_checkpoint(config, hf_state)
     with torch.device("meta"):
         model = Model(config)
     model = model.materialize(device)
