@@ -9,6 +9,8 @@ from llmlab.errors import ConfigError  # noqa: E402
 from llmlab.model.hf.gptj import config_from_hf  # noqa: E402
 from tests.model.parity import check_parity  # noqa: E402
 
+TOKENS = {"bos_token_id": 96, "eos_token_id": 96}  # the last id, as <|endoftext|> is in the real vocabularies
+
 
 @pytest.mark.parametrize(
     "heads, width, rotary_dim, inner, tied",
@@ -19,8 +21,8 @@ from tests.model.parity import check_parity  # noqa: E402
 def test_gptj_matches_transformers(tmp_path, heads, width, rotary_dim, inner, tied):
     torch.manual_seed(0)
     config = transformers.GPTJConfig(
-        vocab_size=97, n_positions=32, n_embd=width, n_layer=2, n_head=heads, rotary_dim=rotary_dim, n_inner=inner,
-        tie_word_embeddings=tied,
+        vocab_size=97, **TOKENS, n_positions=32, n_embd=width, n_layer=2, n_head=heads, rotary_dim=rotary_dim,
+        n_inner=inner, tie_word_embeddings=tied,
     )
     hf_model = transformers.GPTJForCausalLM(config)
     torch.nn.init.normal_(hf_model.lm_head.bias, std=0.1)  # random init leaves it zero, which would hide a mix-up
@@ -30,7 +32,7 @@ def test_gptj_matches_transformers(tmp_path, heads, width, rotary_dim, inner, ti
 
 @pytest.mark.parametrize("rotary_dim", [0, 7, 24])
 def test_gptj_impossible_rotary_dim_is_rejected(rotary_dim):
-    hf = transformers.GPTJConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, rotary_dim=4).to_dict()
+    hf = transformers.GPTJConfig(vocab_size=97, **TOKENS, n_embd=64, n_layer=2, n_head=4, rotary_dim=4).to_dict()
     hf["rotary_dim"] = rotary_dim
     with pytest.raises(ConfigError, match="rotary_dim"):
         config_from_hf(hf)
