@@ -18,6 +18,16 @@ def right_padded_batch(vocab_size: int, length: int = 12, pad_last: int = 4, see
     return ids, mask
 
 
+def perturb_vectors(hf_model, std: float = 0.1, seed: int = 0):
+    """Add noise to every 1-D parameter (norm weights and biases, linear biases) so a swapped mapping shows in logits."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in hf_model.parameters():
+            if parameter.ndim == 1:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
+    return hf_model
+
+
 def max_diff_unpadded(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     """Largest absolute difference over positions where mask is 1."""
     keep = mask.bool()
