@@ -9,7 +9,9 @@ import torch
 
 from llmlab.data.corpus import bundled_documents
 from llmlab.data.packing import random_batches
-from llmlab.data.tokenizer import END_OF_TEXT, save_tokenizer, train_bpe_tokenizer
+import llmlab
+from llmlab.data.tokenizer import END_OF_TEXT, PAD, save_tokenizer, train_bpe_tokenizer
+from llmlab.model import Model, ModelConfig
 from llmlab.train.loop import train
 
 PROMPTS = ("Return the", "This module provides", "Raises ValueError if", "The default")
@@ -23,14 +25,14 @@ HELD_OUT_FRACTION = 0.05
 EVAL_BATCHES = 8
 
 
-def demo_model_config(vocab_size: int):
+def demo_model_config(tokenizer) -> ModelConfig:
     """The demo's model: LLaMA-style (RMSNorm, RoPE, SwiGLU, no biases, tied embeddings), about 4M parameters."""
-    from llmlab.model import ModelConfig
-
+    end_of_text = tokenizer.token_to_id(END_OF_TEXT)
     return ModelConfig(
-        arch="decoder", vocab_size=vocab_size, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688,
-        max_seq_len=256, norm="rmsnorm", position="rope", mlp="swiglu", qkv_bias=False, out_bias=False,
-        mlp_bias=False, tie_embeddings=True,
+        arch="decoder", vocab_size=tokenizer.get_vocab_size(), d_model=256, n_layers=4, n_heads=4, n_kv_heads=4,
+        d_ff=688, max_seq_len=256, norm="rmsnorm", position="rope", mlp="swiglu", qkv_bias=False, out_bias=False,
+        mlp_bias=False, tie_embeddings=True, bos_token_id=end_of_text, eos_token_id=end_of_text,
+        pad_token_id=tokenizer.token_to_id(PAD),
     )  # fmt: skip
 
 
@@ -76,8 +78,6 @@ def print_samples(model, tokenizer, generator: torch.Generator, max_new_tokens: 
 
 def run(steps: int = STEPS, out_dir: str = os.path.join("runs", "demo"), seed: int = 0) -> list[float]:
     """Train the demo model on the bundled corpus, print samples before and after, save it to out_dir; return the losses."""
-    from llmlab.model import Model
-
     started = time.perf_counter()
     print("1. The bundled corpus: docstrings of the Python standard library")
     documents = [document["text"] for document in bundled_documents()]
@@ -91,7 +91,7 @@ def run(steps: int = STEPS, out_dir: str = os.path.join("runs", "demo"), seed: i
     print(f"   {len(train_tokens)} training tokens, {len(held_out_tokens)} held-out tokens")
 
     torch.manual_seed(seed)
-    model = Model(demo_model_config(tokenizer.get_vocab_size()))
+    model = Model(demo_model_config(tokenizer))
     parameter_count = sum(parameter.numel() for parameter in model.parameters())
     print(f"3. A LLaMA-style model with {parameter_count / 1e6:.1f}M parameters; samples before training:")
     sampling_generator = torch.Generator().manual_seed(seed)
@@ -113,14 +113,8 @@ def run(steps: int = STEPS, out_dir: str = os.path.join("runs", "demo"), seed: i
     return losses
 
 
-def save_model(model, tokenizer, out_dir: str) -> None:
-    """Save the model with llmlab.save (when the library provides it) and the tokenizer into out_dir."""
-    import llmlab
-
-    if hasattr(llmlab, "save"):
-        llmlab.save(model, out_dir)
-        save_tokenizer(tokenizer, out_dir)
-        print(f"Saved the model and tokenizer to {out_dir}")
-    else:
-        save_tokenizer(tokenizer, out_dir)
-        print(f"Saved the tokenizer to {out_dir} (this version of llmlab cannot save models yet)")
+def save_model(model: Model, tokenizer, out_dir: str) -> None:
+    """Save the model as an llmlab checkpoint with its tokenizer.json in out_dir."""
+    llmlab.save(model, out_dir)
+    save_tokenizer(tokenizer, out_dir)
+    print(f"Saved the model and tokenizer to {out_dir}; load it with llmlab.load({out_dir!r})")

@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("convert", help="convert a checkpoint between the llmlab and Hugging Face formats")
     parser.add_argument("source", metavar="IN", help="an llmlab checkpoint directory or a Hugging Face model directory")
     parser.add_argument("destination", metavar="OUT", help="the directory to write")
-    parser.add_argument("--to", choices=("hf", "llmlab"), default="llmlab", help="format of OUT (default: llmlab)")
+    parser.add_argument("--to", choices=("hf", "llmlab"), default="hf", help="format of OUT (default: hf)")
     parser.set_defaults(handler=run_convert)
 
 
@@ -18,5 +18,5 @@ def run_convert(arguments: argparse.Namespace) -> None:
     """Convert IN to OUT in the requested format and say where it went."""
     from llmlab.api import convert
 
-    convert(arguments.source, arguments.destination, to=arguments.to)
-    print(f"wrote {arguments.destination} ({arguments.to} format)")
+    written = convert(arguments.source, arguments.destination, to=arguments.to)
+    print(f"wrote {written} ({arguments.to} format)")
