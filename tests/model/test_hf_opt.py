@@ -5,7 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tests.model.parity import check_parity  # noqa: E402
+from tests.model.parity import check_parity, hf_logits, max_diff_unpadded, our_logits  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,25 @@ def test_opt_matches_transformers(tmp_path, pre_norm, proj_dim, bias, tied, remo
         eos_token_id=2,
     )
     check_parity(transformers.OPTForCausalLM(config), tmp_path)
+
+
+def test_opt_left_padding_takes_positions_from_the_mask(tmp_path):
+    """Left-padded rows start their learned positions after the padding, as OPT computes them from the mask."""
+    import llmlab
+
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(vocab_size=99, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                                    num_attention_heads=2, max_position_embeddings=64)
+    hf_model = transformers.OPTForCausalLM(config).eval()
+    hf_model.save_pretrained(tmp_path)
+    ids = torch.randint(3, 99, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :5] = 0
+    model = llmlab.load(tmp_path)
+    assert max_diff_unpadded(our_logits(model, ids, mask), hf_logits(hf_model, ids, mask), mask) <= 1e-4
+    with torch.no_grad():
+        expected = hf_model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8), expected)
 
 
 def test_opt_350m_config_maps_to_post_ln_with_projections():
