@@ -254,7 +254,8 @@ class Model(nn.Module):
         self.tie_weights()
         if config.pooler:
             self.pooler = nn.Linear(config.d_model, config.d_model)
-        self.apply(self._init_weights)
+        if not self.embed.tokens.weight.is_meta:  # meta tensors hold no values; initialising them is slow
+            self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
