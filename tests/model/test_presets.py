@@ -139,7 +139,8 @@ def test_tiny_preset_builds_and_runs_forward(name):
     if config.arch == "prefix_decoder":
         kwargs["prefix_lengths"] = torch.tensor([4, 7])
     if config.position == "glm2d":  # part A positions, block positions 0
-        kwargs["position_ids"] = torch.stack([torch.arange(12), torch.zeros(12, dtype=torch.long)])[None].expand(2, -1, -1)
+        positions = torch.stack([torch.arange(12), torch.zeros(12, dtype=torch.long)])
+        kwargs["position_ids"] = positions[None].expand(2, -1, -1)
     with torch.no_grad():
         out = model(ids, **kwargs)
     length = 7 if config.arch == "encoder_decoder" else 12
@@ -165,6 +166,35 @@ def test_tiny_model_loss_decreases_with_adamw(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+HF_BACKED = ["bert", "bloom", "falcon", "flan_t5", "gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mpt", "mt5",
+             "opt", "pythia", "switch", "t5", "t5_v1_1", "umt5"]
+
+
+@pytest.mark.parametrize("name", HF_BACKED)
+def test_tiny_preset_exported_to_hf_gives_transformers_the_same_logits(name, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from llmlab.model.hf import families, save_hf
+
+    config = presets.get(name, "tiny")
+    if config.family not in families():
+        pytest.skip(f"no Hugging Face adapter for {config.family} yet")
+    if name == "umt5":
+        # transformers 5 forces UMT5's tie_word_embeddings and so rescales the head input by d_model^-1/2;
+        # umT5 as published (a separate head, no rescaling) has no transformers config.
+        pytest.skip("transformers 5 cannot express umT5's unscaled separate head")
+    torch.manual_seed(0)
+    model = Model(config).eval()
+    save_hf(model, tmp_path / "hf")
+    auto = {"encoder": transformers.AutoModelForMaskedLM, "encoder_decoder": transformers.AutoModelForSeq2SeqLM,
+            "decoder": transformers.AutoModelForCausalLM}[config.arch]
+    reference = auto.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, config.vocab_size, (2, 10))
+    kwargs = {"decoder_input_ids": ids[:, :6]} if config.arch == "encoder_decoder" else {}
+    with torch.no_grad():
+        ours, theirs = model(ids, **kwargs).logits, reference(input_ids=ids, **kwargs).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
 
 
 def test_families_name_the_hf_model_types():
@@ -198,7 +228,8 @@ def test_architectures_follow_the_papers():
     mpt = presets.mpt(size="7b")
     assert mpt.position == "alibi" and not (mpt.qkv_bias or mpt.out_bias or mpt.mlp_bias or mpt.norm_bias)
     assert presets.llama(size="70b").kv_heads == 8 and presets.llama(size="65b").kv_heads == 64
-    assert presets.t5(size="small").head_input_scale == 512 ** -0.5 and presets.t5(size="tiny").head_input_scale == 128 ** -0.5
+    assert presets.t5(size="small").head_input_scale == 512 ** -0.5
+    assert presets.t5(size="tiny").head_input_scale == 128 ** -0.5
     assert presets.t5(size="xl", version="1.1") == presets.t5_v1_1(size="xl")
     assert presets.umt5(size="small").relative_per_layer and not presets.mt5(size="small").relative_per_layer
 

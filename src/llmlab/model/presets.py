@@ -312,8 +312,8 @@ def _t5(name: str, size: str, sizes: dict[str, Shape], overrides: dict[str, Any]
         raise ConfigError(f"presets.{name} version must be '1.0' or '1.1', got {version!r}.")
     base = dict(
         family="t5", arch="encoder_decoder", vocab_size=32128, max_seq_len=512, norm="rmsnorm", norm_eps=1e-6,
-        position="relative", relative_buckets=32, relative_max_distance=128, attn_scale=1.0, qkv_bias=False,
-        out_bias=False, mlp_bias=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        norm_bias=False, position="relative", relative_buckets=32, relative_max_distance=128, attn_scale=1.0,
+        qkv_bias=False, out_bias=False, mlp_bias=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
     return _build(name, size, sizes, overrides, derive=derive, **{**base, **fields})
 
