@@ -8,10 +8,12 @@ import torch
 from llmlab.errors import ConfigError
 from llmlab.model import Model, presets
 
-HF = "HF checkpoint (the checkpoint's tensors)"
-# (preset, size, published parameter count, source, tolerance). Exact counts are those of the published
-# Hugging Face checkpoints; rounded figures are the papers'. Tolerance is 1% except where a paper rounds
-# more coarsely than that: there the shape the paper itself gives is what the preset builds (noted per row).
+HF = "HF checkpoint"
+# (preset, size, published parameter count, source, tolerance). An "HF checkpoint" count is exact: the parameters
+# of transformers' own model class at that checkpoint's config.json (for T5 v1.1, mT5 and umT5 plus the separate
+# lm_head their checkpoints store, which transformers 5 ties on construction); rounded figures are the papers'.
+# Tolerance is 1% except where a paper rounds more coarsely than that: there the preset builds the shape the paper
+# itself gives, and the row says what that shape counts.
 PUBLISHED = [
     ("gpt2", "124m", 124_439_808, f"{HF} gpt2", 0.01),
     ("gpt2", "355m", 354_823_168, f"{HF} gpt2-medium", 0.01),
