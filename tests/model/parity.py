@@ -55,8 +55,12 @@ def our_logits(model, ids, mask, decoder_ids=None, decoder_mask=None):
     return out.logits if out.logits is not None else out.hidden_states
 
 
-def check_parity(hf_model, tmp_path, seq_len: int = 12, generate: bool = True, atol: float = ATOL):
-    """Load hf_model's saved directory with llmlab.load; compare logits, the HF export, and greedy generation."""
+def check_parity(hf_model, tmp_path, seq_len: int = 12, generate: bool = True, atol: float = ATOL,
+                 recompute: bool = True):
+    """Load hf_model's saved directory with llmlab.load; compare logits, the HF export, and greedy generation.
+
+    recompute=False skips the cache-vs-recomputation check, for models whose outputs depend on how many tokens run
+    at once (MoE expert capacity counted per sequence)."""
     hf_model = hf_model.eval()
     hf_dir, export_dir = tmp_path / "hf", tmp_path / "export"
     hf_model.save_pretrained(hf_dir)
@@ -79,15 +83,16 @@ def check_parity(hf_model, tmp_path, seq_len: int = 12, generate: bool = True, a
     assert diff <= atol, f"exported checkpoint reloaded in transformers differs by {diff}"
 
     if generate:
-        check_generation(hf_model, model, ids[:1, :6])
+        check_generation(hf_model, model, ids[:1, :6], recompute=recompute)
     return model
 
 
-def check_generation(hf_model, model, prompt: torch.Tensor, new_tokens: int = 20):
+def check_generation(hf_model, model, prompt: torch.Tensor, new_tokens: int = 20, recompute: bool = True):
     """Greedy decoding with the KV cache equals full recomputation and transformers' generate."""
     cached = model.generate(prompt, max_new_tokens=new_tokens)
-    recomputed = model.generate(prompt, max_new_tokens=new_tokens, use_cache=False)
-    assert torch.equal(cached, recomputed), "KV-cache generation differs from full recomputation"
+    if recompute:
+        recomputed = model.generate(prompt, max_new_tokens=new_tokens, use_cache=False)
+        assert torch.equal(cached, recomputed), "KV-cache generation differs from full recomputation"
     with torch.no_grad():
         expected = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                                      do_sample=False, num_beams=1)

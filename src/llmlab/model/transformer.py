@@ -194,6 +194,8 @@ class Stack(nn.Module):
         device, dtype = x.device, x.dtype
         bias = self._position_bias(q_len, k_len, past, device)
         plain_causal = self.causal and past == 0 and key_padding is None and prefix_lengths is None
+        if self.config.position == "relative" and self.config.relative_per_layer:
+            plain_causal = False  # each block adds its own bias, so the causal mask must be explicit
         masks = {}
         for kind in {self.config.layer_kind(i) for i in range(len(self.blocks))}:
             window = self.config.attn_window if kind == "local" else None

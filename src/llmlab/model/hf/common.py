@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from llmlab.errors import ConfigError
 from llmlab.model.config import ModelConfig
 
@@ -82,3 +84,11 @@ def hf_tokens(config: ModelConfig) -> dict:
     ids = {"pad_token_id": config.pad_token_id, "bos_token_id": config.bos_token_id,
            "eos_token_id": config.eos_token_id, "decoder_start_token_id": config.decoder_start_token_id}
     return {k: v for k, v in ids.items() if v is not None}
+
+
+def untie_stored_head(config: ModelConfig, hf_state: dict[str, torch.Tensor], head: str, embedding: str) -> ModelConfig:
+    """Untie the head when the checkpoint stores it apart from the embedding, with other values (as transformers 5)."""
+    stored, shared = hf_state.get(head), hf_state.get(embedding)
+    if not (config.lm_head and config.tie_embeddings) or stored is None or shared is None:
+        return config
+    return config if torch.equal(stored, shared) else config.replace(tie_embeddings=False)
