@@ -55,7 +55,7 @@ class Rotary(nn.Module):
         else:
             first, second = rot.chunk(2, dim=-1)
             turned = torch.cat([-second, first], dim=-1)
-        rotated = (rot.float() * cos + turned.float() * sin).to(x.dtype)
+        rotated = rot * cos.to(x.dtype) + turned * sin.to(x.dtype)
         return torch.cat([rotated, rest], dim=-1) if rest.shape[-1] else rotated
 
 
