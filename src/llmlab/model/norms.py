@@ -17,9 +17,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        normed = (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
-        return self.weight * normed
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
