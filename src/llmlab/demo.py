@@ -7,9 +7,9 @@ import time
 
 import torch
 
+import llmlab
 from llmlab.data.corpus import bundled_documents
 from llmlab.data.packing import random_batches
-import llmlab
 from llmlab.data.tokenizer import END_OF_TEXT, PAD, save_tokenizer, train_bpe_tokenizer
 from llmlab.model import Model, ModelConfig
 from llmlab.train.loop import train
@@ -23,6 +23,11 @@ LEARNING_RATE = 1.5e-3
 WARMUP_STEPS = 20
 HELD_OUT_FRACTION = 0.05
 EVAL_BATCHES = 8
+
+
+def say(text: str) -> None:
+    """Print a line at once, so that it lands in order with the progress bar on stderr."""
+    print(text, flush=True)
 
 
 def demo_model_config(tokenizer) -> ModelConfig:
@@ -72,44 +77,44 @@ def print_samples(model, tokenizer, generator: torch.Generator, max_new_tokens: 
         if end_of_text in continuation:
             continuation = continuation[: continuation.index(end_of_text)]
         text = prompt + tokenizer.decode(continuation)
-        print(f"  > {text!r}")
+        say(f"  > {text!r}")
     model.train(was_training)
 
 
 def run(steps: int = STEPS, out_dir: str = os.path.join("runs", "demo"), seed: int = 0) -> list[float]:
     """Train the demo model on the bundled corpus, print samples before and after, save it to out_dir; return the losses."""
     started = time.perf_counter()
-    print("1. The bundled corpus: docstrings of the Python standard library")
+    say("1. The bundled corpus: docstrings of the Python standard library")
     documents = [document["text"] for document in bundled_documents()]
-    print(f"   {len(documents)} documents, {sum(map(len, documents)) / 1e6:.1f}M characters")
+    say(f"   {len(documents)} documents, {sum(map(len, documents)) / 1e6:.1f}M characters")
 
-    print(f"2. A byte-level BPE tokenizer with {VOCAB_SIZE} tokens, trained on the corpus")
+    say(f"2. A byte-level BPE tokenizer with {VOCAB_SIZE} tokens, trained on the corpus")
     tokenizer = train_bpe_tokenizer(documents, VOCAB_SIZE)
     tokens = tokenize_documents(tokenizer, documents)
     held_out_size = int(len(tokens) * HELD_OUT_FRACTION)
     train_tokens, held_out_tokens = tokens[:-held_out_size], tokens[-held_out_size:]
-    print(f"   {len(train_tokens)} training tokens, {len(held_out_tokens)} held-out tokens")
+    say(f"   {len(train_tokens)} training tokens, {len(held_out_tokens)} held-out tokens")
 
     torch.manual_seed(seed)
     model = Model(demo_model_config(tokenizer))
     parameter_count = sum(parameter.numel() for parameter in model.parameters())
-    print(f"3. A LLaMA-style model with {parameter_count / 1e6:.1f}M parameters; samples before training:")
+    say(f"3. A LLaMA-style model with {parameter_count / 1e6:.1f}M parameters; samples before training:")
     sampling_generator = torch.Generator().manual_seed(seed)
     print_samples(model, tokenizer, sampling_generator)
-    print(f"   held-out loss {held_out_loss(model, held_out_tokens, seed):.3f}")
+    say(f"   held-out loss {held_out_loss(model, held_out_tokens, seed):.3f}")
 
-    print(f"4. Training for {steps} steps of {BATCH_SIZE}x{SEQ_LEN} tokens")
+    say(f"4. Training for {steps} steps of {BATCH_SIZE}x{SEQ_LEN} tokens")
     batch_generator = torch.Generator().manual_seed(seed)
     batches = random_batches(train_tokens, BATCH_SIZE, SEQ_LEN, batch_generator)
     losses = train(model, batches, steps, LEARNING_RATE, WARMUP_STEPS, generator=batch_generator, description="demo")
-    print(f"   training loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10 steps)")
-    print(f"   held-out loss {held_out_loss(model, held_out_tokens, seed):.3f}")
+    say(f"   training loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f} (mean of the last 10 steps)")
+    say(f"   held-out loss {held_out_loss(model, held_out_tokens, seed):.3f}")
 
-    print("5. Samples after training:")
+    say("5. Samples after training:")
     print_samples(model, tokenizer, sampling_generator)
 
     save_model(model, tokenizer, out_dir)
-    print(f"Done in {time.perf_counter() - started:.0f}s.")
+    say(f"Done in {time.perf_counter() - started:.0f}s.")
     return losses
 
 
@@ -117,4 +122,4 @@ def save_model(model: Model, tokenizer, out_dir: str) -> None:
     """Save the model as an llmlab checkpoint with its tokenizer.json in out_dir."""
     llmlab.save(model, out_dir)
     save_tokenizer(tokenizer, out_dir)
-    print(f"Saved the model and tokenizer to {out_dir}; load it with llmlab.load({out_dir!r})")
+    say(f"Saved the model and tokenizer to {out_dir}; load it with llmlab.load({out_dir!r})")
