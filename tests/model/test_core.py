@@ -119,7 +119,9 @@ def test_prefix_decoder_sees_whole_prefix_but_not_the_future():
     dict(arch="encoder_decoder", position="relative", norm="rmsnorm", decoder_start_token_id=0),
     dict(arch="encoder_decoder", position="relative", relative_per_layer=True, decoder_start_token_id=0),
     dict(position="rope", n_experts=4, moe_router="topk", moe_top_k=2, capacity_factor=1.5),
-], ids=["learned", "rope-gqa", "alibi", "local", "sinusoid-post", "sandwich", "parallel", "t5", "umt5", "moe"])
+    dict(arch="prefix_decoder", position="rope"),
+], ids=["learned", "rope-gqa", "alibi", "local", "sinusoid-post", "sandwich", "parallel", "t5", "umt5", "moe",
+        "prefix"])
 def test_kv_cache_generation_equals_recomputation(changes):
     model = tiny(**changes)
     prompt = torch.randint(0, 61, (2, 5))
@@ -182,3 +184,13 @@ def test_conflicting_fields_are_named(changes, words):
 def test_unknown_config_field_is_named():
     with pytest.raises(ConfigError, match="n_layerz"):
         ModelConfig.from_dict({**TINY, "n_layerz": 3})
+
+
+def test_prefix_decoder_generation_attends_bidirectionally_over_the_prompt():
+    model = tiny(arch="prefix_decoder", position="rope")
+    prompt = torch.randint(0, 61, (1, 6))
+    generated = model.generate(prompt, max_new_tokens=1)
+    logits = model(prompt, prefix_lengths=torch.tensor([6])).logits
+    assert generated[0, -1].item() == logits[0, -1].argmax().item()
+    causal_logits = model(prompt).logits
+    assert not torch.allclose(logits[0, 0], causal_logits[0, 0])

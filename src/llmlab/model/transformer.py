@@ -403,6 +403,8 @@ class Model(nn.Module):
 
         if self.config.arch == "encoder":
             raise ValueError("An encoder-only model cannot generate text.")
+        if self.config.position == "glm2d":
+            raise ValueError("GLM generation needs 2-D blank-infilling positions; call forward with position_ids.")
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else (eos if eos is not None else 0)
         batch = input_ids.shape[0]
@@ -417,6 +419,9 @@ class Model(nn.Module):
         else:
             sequence = input_ids
             mask = attention_mask
+        prefix = None
+        if self.config.arch == "prefix_decoder":
+            prefix = torch.full((batch,), input_ids.shape[1], dtype=torch.long, device=input_ids.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         cache = None
         for _ in range(max_new_tokens):
@@ -425,7 +430,8 @@ class Model(nn.Module):
                 out = self(input_ids, decoder_input_ids=step_ids, past_key_values=cache, use_cache=use_cache,
                            **encoder_kwargs)
             else:
-                out = self(step_ids, attention_mask=mask, past_key_values=cache, use_cache=use_cache)
+                out = self(step_ids, attention_mask=mask, past_key_values=cache, use_cache=use_cache,
+                           prefix_lengths=prefix if cache is None else None)
             if use_cache:
                 cache = out.past_key_values
             token = next_token(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)
