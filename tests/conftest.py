@@ -10,6 +10,9 @@ settings.register_profile("default", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one process per core already; more threads only contend for the tiny models here
+
 
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked gpu when no CUDA device is present."""
