@@ -1,0 +1,120 @@
+"""T5 span corruption (Raffel et al. 2020, §3.1.4): drop random spans, each replaced by a sentinel; predict them.
+
+The semantics follow t5.data.preprocessors (random_spans_noise_mask, noise_span_to_unique_sentinel,
+nonnoise_span_to_unique_sentinel): round(length · density) noise tokens in round(noise / mean_span) spans,
+the mask starting with a non-noise span and ending with a noise span; sentinel k replaces span k in the inputs
+and precedes it in the targets; inputs and targets end with EOS. Hand-written because no PyTorch library
+ships these (T5's own are TensorFlow/seqio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from llmlab.errors import ConfigError
+from llmlab.objectives.common import IGNORE_INDEX, check_fraction, check_windows, pad_rows, padding_mask
+
+
+def random_segmentation(num_items: int, num_segments: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lengths of a uniformly random split of num_items items into num_segments non-empty consecutive segments."""
+    starts_segment = (torch.arange(num_items - 1) < num_segments - 1)[torch.randperm(num_items - 1, generator=generator)]
+    segment_ids = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), starts_segment.long()]), 0)
+    return torch.bincount(segment_ids, minlength=num_segments)
+
+
+def random_spans_noise_mask(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """A boolean [length] mask of noise tokens in random spans, as T5's random_spans_noise_mask (without random_roll)."""
+    original_length, length = length, max(length, 2)
+    num_noise_tokens = min(max(round(length * noise_density), 1), length - 1)
+    num_noise_spans = max(round(num_noise_tokens / mean_noise_span_length), 1)
+    noise_lengths = random_segmentation(num_noise_tokens, num_noise_spans, generator)
+    nonnoise_lengths = random_segmentation(length - num_noise_tokens, num_noise_spans, generator)
+    interleaved = torch.stack([nonnoise_lengths, noise_lengths], dim=1).flatten()
+    span_index = torch.repeat_interleave(torch.arange(2 * num_noise_spans), interleaved)
+    return (span_index % 2 == 1)[:original_length]
+
+
+def sentinel_ids(count: int, vocab_size: int | None = None, ids: Sequence[int] | None = None) -> list[int]:
+    """The first count sentinel ids: from the given list, or vocab_size - 1, vocab_size - 2, … (T5's <extra_id_k>)."""
+    if ids is not None:
+        if count > len(ids):
+            raise ConfigError(f"span corruption needs {count} sentinel ids but only {len(ids)} were given.")
+        return list(ids[:count])
+    if vocab_size is None:
+        raise ConfigError("span corruption needs sentinel_ids or vocab_size to choose its sentinel tokens.")
+    return [vocab_size - 1 - k for k in range(count)]
+
+
+def _spans_to_sentinels(tokens: torch.Tensor, mask: torch.Tensor, sentinels: list[int]) -> torch.Tensor:
+    """Replace each run of masked tokens by the next sentinel, as T5's noise_span_to_unique_sentinel."""
+    previous = torch.cat([torch.zeros(1, dtype=torch.bool), mask[:-1]])
+    first = mask & ~previous
+    span_number = torch.cumsum(first.long(), 0) - 1
+    replaced = torch.where(first, torch.tensor(sentinels + [0])[span_number.clamp(min=0)], tokens)
+    return replaced[~(mask & previous)]
+
+
+def sentinels_needed(noise_mask: torch.Tensor) -> int:
+    """How many sentinels corrupt_spans uses: the larger of the numbers of noise and of non-noise spans."""
+    starts = noise_mask != torch.cat([~noise_mask[:1], noise_mask[:-1]])
+    noise_spans = int((starts & noise_mask).sum())
+    return max(noise_spans, int(starts.sum()) - noise_spans)
+
+
+def corrupt_spans(tokens: torch.Tensor, noise_mask: torch.Tensor, sentinels: Sequence[int],
+                  eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of one 1-D sequence for a given noise mask: noise spans → sentinels, and the converse."""
+    sentinels = sentinel_ids(sentinels_needed(noise_mask), ids=sentinels)
+    eos = torch.tensor([eos_token_id])
+    inputs = _spans_to_sentinels(tokens, noise_mask, sentinels)
+    targets = _spans_to_sentinels(tokens, ~noise_mask, sentinels)
+    return torch.cat([inputs, eos]), torch.cat([targets, eos])
+
+
+@dataclass(frozen=True)
+class SpanCorruption:
+    """T5's span corruption for an encoder-decoder: input_ids/attention_mask (encoder) and labels (decoder).
+
+    Sentinels come from sentinel_ids, or count down from vocab_size - 1. mode_token_id, when set, is prepended
+    to every input (UL2's paradigm tokens). Rows are right-padded with pad_token_id (labels with -100).
+    """
+
+    eos_token_id: int
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    vocab_size: int | None = None
+    sentinel_ids: tuple[int, ...] | None = None
+    pad_token_id: int = 0
+    mode_token_id: int | None = None
+
+    def __post_init__(self):
+        check_fraction(self.noise_density, "SpanCorruption.noise_density")
+        if self.mean_noise_span_length < 1:
+            raise ConfigError(f"SpanCorruption.mean_noise_span_length must be at least 1, got {self.mean_noise_span_length}.")
+        sentinel_ids(0, self.vocab_size, self.sentinel_ids)
+
+    def example(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for one 1-D sequence with a freshly drawn noise mask."""
+        mask = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length, generator)
+        sentinels = sentinel_ids(sentinels_needed(mask), self.vocab_size, self.sentinel_ids)
+        inputs, targets = corrupt_spans(tokens, mask, sentinels, self.eos_token_id)
+        if self.mode_token_id is not None:
+            inputs = torch.cat([torch.tensor([self.mode_token_id]), inputs])
+        return inputs, targets
+
+    def __call__(self, windows: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Return input_ids, attention_mask and labels for a batch of token windows."""
+        windows = check_windows(windows, "SpanCorruption")
+        pairs = [self.example(row, generator) for row in windows]
+        return encoder_decoder_batch(pairs, self.pad_token_id)
+
+
+def encoder_decoder_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_token_id: int) -> dict:
+    """Pad (inputs, targets) pairs into input_ids, attention_mask and labels (-100 on padding)."""
+    inputs, targets = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+    return {"input_ids": pad_rows(inputs, pad_token_id), "attention_mask": padding_mask(inputs),
+            "labels": pad_rows(targets, IGNORE_INDEX)}
