@@ -166,3 +166,13 @@ def test_cli_convert_round_trip(tmp_path):
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     assert load_file(back / "model.safetensors").keys() == load_file(path / "model.safetensors").keys()
+
+
+def test_load_in_bfloat16_keeps_positions_exact(tmp_path):
+    model = Model(ModelConfig(**{**TINY, "position": "alibi"})).eval()
+    llmlab.save(model, tmp_path / "alibi")
+    half = llmlab.load(tmp_path / "alibi", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.decoder.alibi_slopes.dtype == torch.float32
+    ids = torch.randint(0, 61, (1, 9))
+    assert (half(ids).logits.float() - model(ids).logits).abs().max() < 0.1

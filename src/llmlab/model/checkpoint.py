@@ -100,13 +100,22 @@ def load_state(model: Model, state: dict[str, torch.Tensor], where: str) -> Mode
     return model
 
 
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: str,
+                     dtype: torch.dtype | None = None, device=None) -> Model:
+    """A Model that takes over a checked state dict's tensors (cast to dtype, float32 by default) without copying."""
+    with torch.device("meta"):
+        model = Model(config)
+    check_shapes(state, expected_shapes(model), where)
+    dtype, device = dtype or torch.float32, torch.device(device or "cpu")
+    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    model.materialize_buffers(device)
+    return model
+
+
 def load_llmlab(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
     """Read an llmlab checkpoint directory into a Model."""
     path = Path(path)
     config, _ = read_llmlab_config(path)
-    state = read_safetensors(path / WEIGHTS_FILE)
-    with torch.device("meta"):
-        model = Model(config)
-    model = model.materialize(device)
-    load_state(model, state, str(path / WEIGHTS_FILE))
-    return model.to(dtype) if dtype is not None else model
+    return model_from_state(config, read_safetensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE), dtype, device)

@@ -28,18 +28,13 @@ class Rotary(nn.Module):
         self.dim = config.rotary_dim
         self.base = config.rope_base
         self.interleaved = config.rope_layout == "interleaved"
-        self.register_buffer("inv_freq", torch.empty(self.dim // 2), persistent=False)
-        self.reset_buffers()
-
-    def reset_buffers(self) -> None:
-        """Compute the rotation frequencies (again, e.g. after building on the meta device)."""
-        with torch.device(self.inv_freq.device):
-            exponents = torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim
-            self.inv_freq.copy_(1.0 / (self.base ** exponents))
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of shape [batch, 1, seq, rotary_dim] for integer positions [batch, seq]."""
-        angles = positions[:, None, :, None].float() * self.inv_freq.float()
+        """cos and sin of shape [batch, 1, seq, rotary_dim] for integer positions [batch, seq], in float32."""
+        # computed per call rather than kept as a buffer, so casting the model to bf16 never rounds the frequencies
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float32, device=positions.device) / self.dim
+        inv_freq = 1.0 / (self.base ** exponents)
+        angles = positions[:, None, :, None].float() * inv_freq
         if self.interleaved:
             angles = angles.repeat_interleave(2, dim=-1)
         else:

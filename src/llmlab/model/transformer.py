@@ -282,6 +282,14 @@ class Model(nn.Module):
         model.reset_buffers()
         return model
 
+    def materialize_buffers(self, device) -> None:
+        """Allocate and compute the non-persistent buffers (ALiBi slopes, sinusoids) still on the meta device."""
+        for module in self.modules():
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer.is_meta:
+                    module.register_buffer(name, torch.empty_like(buffer, device=device), persistent=False)
+        self.reset_buffers()
+
     def reset_buffers(self) -> None:
         """Recompute every non-persistent buffer, e.g. after materialising a model built on the meta device."""
         for module in self.modules():

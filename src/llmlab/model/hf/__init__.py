@@ -101,7 +101,7 @@ def _read_torch_bin(file: Path) -> dict[str, torch.Tensor]:
 
 def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None):
     """Read a Hugging Face model directory (config.json + weights) into an llmlab Model."""
-    from llmlab.model.checkpoint import expected_shapes, load_state
+    from llmlab.model.checkpoint import expected_shapes, model_from_state
     from llmlab.model.transformer import Model
 
     path = Path(path)
@@ -114,12 +114,9 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
     if family.from_checkpoint is not None:
         config, hf_state = family.from_checkpoint(config, hf_state)
     with torch.device("meta"):
-        model = Model(config)
-    model = model.materialize(device)
-    state = to_llmlab(family.weight_rules(config), hf_state, config, expected_shapes(model),
-                      family.ignore, where=str(path))
-    load_state(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, str(path))
-    return model.to(dtype) if dtype is not None else model
+        expected = expected_shapes(Model(config))
+    state = to_llmlab(family.weight_rules(config), hf_state, config, expected, family.ignore, where=str(path))
+    return model_from_state(config, state, str(path), dtype, device)
 
 
 def save_hf(model, path: str | os.PathLike) -> Path:
