@@ -1,0 +1,87 @@
+"""`llmlab data filter IN OUT`: quality filtering with heuristic rules, blocklists, language, classifier, perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections import Counter
+
+from llmlab.cli.data._common import add_jsonl_arguments, run_jsonl_stage
+
+# FineWeb's order of the heuristic rule sets
+RULE_SETS = ("gopher-repetition", "gopher-quality", "c4", "fineweb")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the filter stage."""
+    parser = subparsers.add_parser("filter", help="drop low-quality documents (Gopher, C4, FineWeb rules and more)")
+    add_jsonl_arguments(parser)
+    parser.add_argument("--rules", default=",".join(RULE_SETS),
+                        help=f"comma-separated heuristic rule sets from {', '.join(RULE_SETS)}, or none (default: all)")
+    parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
+                        help="drop documents with any word or phrase of FILE (one per line); repeatable")
+    parser.add_argument("--languages", metavar="SPEC", help="keep only these languages, e.g. en or en:0.8,fr (py3langid)")
+    parser.add_argument("--classifier", metavar="FILE", help="a quality classifier from `llmlab data train-classifier`")
+    parser.add_argument("--classifier-threshold", type=float, default=0.5, help="minimum quality score (default: 0.5)")
+    parser.add_argument("--pareto", action="store_true",
+                        help="GPT-3 sampling: keep a document when rng.pareto(9) > 1 - score, instead of the threshold")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Pareto sampling (default: 0)")
+    parser.add_argument("--ngram-model", metavar="FILE", help="an n-gram model from `llmlab data train-ngram`")
+    parser.add_argument("--max-perplexity", type=float, help="drop documents above this perplexity under --ngram-model")
+    parser.add_argument("--rejected", metavar="FILE", help="also write the dropped documents here, with dropped_by")
+    parser.set_defaults(handler=run_filter)
+
+
+def build_filters(arguments: argparse.Namespace) -> list:
+    """The chain of filters the arguments ask for."""
+    import numpy as np
+
+    from llmlab.data import filters
+    from llmlab.errors import ConfigError
+
+    rule_sets = {"gopher-repetition": filters.GopherRepetition, "gopher-quality": filters.GopherQuality,
+                 "c4": filters.C4Rules, "fineweb": filters.FineWebRules}
+    chain = []
+    if arguments.languages:
+        chain.append(filters.LanguageFilter(filters.parse_language_thresholds(arguments.languages)))
+    for name in filter(None, (part.strip() for part in arguments.rules.split(","))):
+        if name == "none":
+            continue
+        if name not in rule_sets:
+            raise ConfigError(f"unknown rule set {name!r} in --rules; choose from {', '.join(RULE_SETS)} or none.")
+        chain.append(rule_sets[name]())
+    chain.extend(filters.Blocklist.from_file(path) for path in arguments.blocklist)
+    if arguments.classifier:
+        classifier = filters.QualityClassifier.load(arguments.classifier)
+        chain.append(filters.ClassifierFilter(
+            classifier, threshold=arguments.classifier_threshold,
+            pareto_alpha=filters.GPT3_PARETO_ALPHA if arguments.pareto else None,
+            rng=np.random.default_rng(arguments.seed)))
+    if (arguments.ngram_model is None) != (arguments.max_perplexity is None):
+        raise ConfigError("--ngram-model and --max-perplexity must be given together.")
+    if arguments.ngram_model:
+        chain.append(filters.PerplexityFilter(filters.NGramModel.load(arguments.ngram_model), arguments.max_perplexity))
+    return chain
+
+
+def run_filter(arguments: argparse.Namespace) -> None:
+    """Filter IN into OUT and print the counts of kept and dropped-by-rule documents."""
+    from llmlab.data.filters import apply_filters
+    from llmlab.data.jsonl import atomic_writer, check_readable, document_to_record
+
+    check_readable(arguments.source)
+    chain = build_filters(arguments)
+    counts: Counter = Counter()
+    with contextlib.ExitStack() as stack:
+        rejected = stack.enter_context(atomic_writer(arguments.rejected)) if arguments.rejected else None
+
+        def process(documents):
+            for document in apply_filters(documents, chain, counts, keep_dropped=rejected is not None):
+                if "dropped_by" in document["meta"]:
+                    line = json.dumps(document_to_record(document, arguments.text_field), ensure_ascii=False)
+                    rejected.write(line + "\n")
+                else:
+                    yield document
+
+        run_jsonl_stage(arguments, "filter", process, counts)
