@@ -1,89 +1,289 @@
-"""The training loop: AdamW, linear warmup then cosine decay, gradient clipping, a progress bar."""
+"""The training loop: optimiser, schedule, mixed precision, accumulation, clipping, spike skipping, evaluation,
+metrics and checkpoints. Everything that trains in llmlab goes through Trainer.fit."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from llmlab.train.schedules import warmup_cosine
+from llmlab.errors import ConfigError
+from llmlab.train.checkpoint import save_checkpoint
+from llmlab.train.optim import OPTIMIZERS, build_optimizer
+from llmlab.train.schedules import SCHEDULES
+from llmlab.train.stability import SpikeGuard
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIRECTORY = "checkpoints"
 
 
-def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95)
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases, norms' gains or other vectors), fused where supported."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the `train:` section of a recipe."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup: int = 0
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    optimizer: str = "adamw"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    precision: str = "fp32"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    z_loss: float = 0.0
+    spike_factor: float | None = None
+    spike_window: int = 100
+    eval_every: int = 0
+    eval_batches: int = 8
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_last: int = 3
+    seed: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self):
+        choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
+        for name in ("steps", "grad_accum", "log_every", "eval_batches", "spike_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}.")
+        for name in ("warmup", "eval_every", "checkpoint_every", "keep_last", "weight_decay", "z_loss"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, not {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, not {self.lr}.")
 
 
-@contextlib.contextmanager
-def _global_rng_seeded_from(generator: torch.Generator | None, device: torch.device):
-    if generator is None:
-        yield
-        return
-    seed = int(torch.randint(0, 2**62, (), generator=generator))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """PaLM's auxiliary loss: the mean over positions of log(Z)², Z the softmax normaliser."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
 
 
-def train(
-    model: nn.Module,
-    batches: Iterable[dict],
-    steps: int,
-    lr: float,
-    warmup: int = 0,
-    *,
-    min_lr_ratio: float = 0.1,
-    weight_decay: float = 0.1,
-    betas: tuple[float, float] = (0.9, 0.95),
-    grad_clip: float | None = 1.0,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-    description: str = "train",
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train model for steps optimiser steps on batches (dicts of model keyword arguments) and return the loss of each step.
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each transformer block's activations in the backward pass instead of storing them."""
+    from llmlab.model.transformer import Block
 
-    With a generator, the model's own randomness (dropout) is drawn from it, so a run is reproducible
-    and the global random state is left untouched.
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.forward = partial(checkpoint, module.forward, use_reentrant=False)
+
+
+class MetricsLog:
+    """Appends one JSON object per record to run_dir/metrics.jsonl, and to TensorBoard when it is installed."""
+
+    def __init__(self, run_dir: Path | None):
+        self.file = run_dir / METRICS_FILE if run_dir is not None else None
+        self.board = None
+        if run_dir is not None:
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after step (those a killed run logged past its last checkpoint)."""
+        if self.file is None or not self.file.exists():
+            return
+        kept = [line for line in self.file.read_text().splitlines() if json.loads(line)["step"] <= step]
+        staging = self.file.with_suffix(".tmp")
+        staging.write_text("".join(line + "\n" for line in kept))
+        staging.replace(self.file)
+
+    def write(self, record: dict) -> None:
+        """Record one step's metrics."""
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.file, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            for name, value in record.items():
+                if name != "step":
+                    self.board.add_scalar(name, value, record["step"])
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.board is not None:
+            self.board.close()
+
+
+class Trainer:
+    """Trains model on batches (an iterator of dicts of model keyword arguments) as config says.
+
+    With a run_dir, metrics go to run_dir/metrics.jsonl and checkpoints to run_dir/checkpoints/step-N; for
+    checkpoints the batches must have state_dict/load_state_dict (their position is saved with the rest).
+    Randomness inside the model (dropout) comes from the global generator seeded from config.seed inside
+    Trainer.fit only: the caller's global random state is left as it was.
     """
-    device = next(model.parameters()).device
-    optimizer = build_optimizer(model, lr, weight_decay, betas)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, warmup=warmup, total=steps, min_ratio=min_lr_ratio)
-    )
-    was_training = model.training
-    model.train()
-    losses: list[float] = []
-    batch_iterator = iter(batches)
-    with _global_rng_seeded_from(generator, device), tqdm(total=steps, desc=description, disable=not progress) as bar:
-        for step in range(steps):
-            batch = {name: value.to(device) for name, value in next(batch_iterator).items()}
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            step_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{step_lr:.2e}", refresh=False)
-            bar.update()
-            if on_step is not None:
-                on_step(step, losses[-1])
-    model.train(was_training)
-    return losses
+
+    def __init__(self, model: nn.Module, config: TrainConfig, batches: Iterator[dict], *,
+                 held_out: list[dict] | None = None, run_dir: str | Path | None = None,
+                 tokenizer_file: str | Path | None = None, progress: bool = True, description: str = "train",
+                 on_step: Callable[[int, float], None] | None = None):
+        self.model, self.config, self.batches, self.held_out = model, config, batches, held_out
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tokenizer_file, self.progress, self.description, self.on_step = tokenizer_file, progress, description, on_step
+        self.device = next(model.parameters()).device
+        self.optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.betas)
+        multiplier = partial(SCHEDULES[config.schedule], warmup=config.warmup, total=config.steps,
+                             min_ratio=config.min_lr_ratio, decay_fraction=config.decay_fraction)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
+        self.autocast_dtype = PRECISIONS[config.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+        self.guard = SpikeGuard(config.spike_factor, config.spike_window)
+        if config.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        self.forward = torch.compile(model) if config.compile else model
+        self.metrics = MetricsLog(self.run_dir)
+        self.step = 0
+        self.skipped = {"non-finite": 0, "spike": 0}
+        self.rng_states: dict | None = None
+        self.losses: list[float] = []
+
+    def state_dict(self) -> dict:
+        """Everything besides the weights that a bit-exact resume needs."""
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None, "guard": self.guard.state_dict(),
+            "skipped": dict(self.skipped), "rng": rng, "batches": self.batches.state_dict(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state saved by state_dict (the weights are loaded separately)."""
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.guard.load_state_dict(state["guard"])
+        self.skipped = dict(state["skipped"])
+        self.rng_states = state["rng"]
+        self.batches.load_state_dict(state["batches"])
+        self.metrics.truncate_after(self.step)
+
+    def _restore_rng(self) -> None:
+        if self.rng_states is None:
+            torch.manual_seed(self.config.seed)
+            return
+        torch.set_rng_state(self.rng_states["cpu"])
+        if "cuda" in self.rng_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.rng_states["cuda"])
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        with self._autocast():
+            output = self.forward(**batch)
+            loss = output.loss
+            if self.config.z_loss:
+                loss = loss + self.config.z_loss * z_loss(output.logits)
+        return loss
+
+    def _next_batch(self) -> dict:
+        return {name: value.to(self.device) for name, value in next(self.batches).items()}
+
+    def train_step(self) -> dict:
+        """One optimiser step over grad_accum micro-batches (skipped on a bad loss); returns its metrics."""
+        config, started = self.config, time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens = 0.0, 0
+        for _ in range(config.grad_accum):
+            batch = self._next_batch()
+            tokens += batch["input_ids"].numel()
+            loss = self._loss(batch) / config.grad_accum
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += loss.item()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = config.grad_clip if config.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        reason = self.guard.reason_to_skip(loss_sum)
+        if reason is None and self.scaler is None and not math.isfinite(grad_norm):
+            reason = "non-finite"
+        if reason is None:
+            self.guard.accept(loss_sum)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        else:
+            self.skipped[reason] += 1
+        if self.scaler is not None:
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.step += 1
+        step_time = time.perf_counter() - started
+        record = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / step_time,
+                  "step_time_s": step_time, "skipped_steps": sum(self.skipped.values())}  # fmt: skip
+        if self.device.type == "cuda":
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the held-out batches, with dropout off."""
+        self.model.eval()
+        losses = [self._loss({k: v.to(self.device) for k, v in batch.items()}).item() for batch in self.held_out]
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def save_checkpoint(self) -> Path:
+        """Write run_dir/checkpoints/step-N with the model, tokenizer and training state."""
+        return save_checkpoint(self.run_dir / CHECKPOINTS_DIRECTORY, self.step, self.model, self.state_dict(),
+                               self.tokenizer_file, self.config.keep_last)
+
+    def fit(self) -> list[float]:
+        """Train until config.steps (from wherever a loaded state left off); return this call's step losses."""
+        config, was_training = self.config, self.model.training
+        self.model.train()
+        cuda_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices), tqdm(total=config.steps, initial=self.step,
+                                                               desc=self.description, disable=not self.progress) as bar:
+            self._restore_rng()
+            while self.step < config.steps:
+                record = self.train_step()
+                self.losses.append(record["loss"])
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+                bar.update()
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    self.metrics.write(record)
+                if self.held_out and config.eval_every and self.step % config.eval_every == 0:
+                    self.metrics.write({"step": self.step, "eval_loss": self.evaluate()})
+                if self.run_dir is not None and config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.on_step is not None:
+                    self.on_step(self.step - 1, record["loss"])
+        self.metrics.close()
+        self.model.train(was_training)
+        return self.losses
+
+
+def train(model: nn.Module, batches: Iterator[dict], config: TrainConfig | None = None, **options) -> list[float]:
+    """Train model on batches with a Trainer and return the loss of each step; options go to Trainer."""
+    return Trainer(model, config or TrainConfig(), batches, **options).fit()
+

@@ -1,0 +1,102 @@
+"""`llmlab pretrain`: a recipe's model trained on its data into DIR, with checkpoints to resume from."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from llmlab.data.corpus import bundled_documents
+from llmlab.data.tokenizer import END_OF_TEXT, PAD, TOKENIZER_FILE, load_tokenizer, train_bpe_tokenizer
+from llmlab.errors import ConfigError, DataError
+from llmlab.model.checkpoint import save_llmlab
+from llmlab.model.transformer import Model
+from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
+from llmlab.train.data import RandomWindows, fixed_batches, read_token_file, split_held_out, tokenize_documents
+from llmlab.train.loop import CHECKPOINTS_DIRECTORY, METRICS_FILE, Trainer
+from llmlab.train.recipe import Recipe
+
+FINAL_DIRECTORY = "final"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """Run the body with torch.use_deterministic_algorithms(enabled) and restore the setting after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or previous)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def prepare_tokens(recipe: Recipe, tokenizer_file: Path | None, run_dir: Path):
+    """The tokenizer (or None) and the token stream; trains and writes run_dir/tokenizer.json for the bundled corpus."""
+    data = recipe.data
+    if data.source != "bundled":
+        tokens = read_token_file(data.source)
+        tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
+        return tokenizer, (Path(data.tokenizer) if data.tokenizer else None), tokens
+    texts = [document["text"] for document in bundled_documents(data.max_chars)]
+    if tokenizer_file is not None:
+        tokenizer = load_tokenizer(tokenizer_file)
+    else:
+        tokenizer = train_bpe_tokenizer(texts, data.vocab_size)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer_file = run_dir / TOKENIZER_FILE
+        staging = run_dir / (TOKENIZER_FILE + ".tmp")
+        tokenizer.save(str(staging))
+        os.replace(staging, tokenizer_file)
+    return tokenizer, tokenizer_file, tokenize_documents(tokenizer, texts)
+
+
+def build_model(recipe: Recipe, tokenizer, tokens: torch.Tensor) -> Model:
+    """The recipe's model, sized to the tokenizer's vocabulary, initialised from train.seed."""
+    fields = {}
+    if tokenizer is not None:
+        end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+        fields = {"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": tokenizer.token_to_id(PAD)}
+        if end_of_text is not None:
+            fields.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
+    config = recipe.model_config(**fields)
+    largest = int(tokens.max())
+    if largest >= config.vocab_size:
+        raise DataError(f"{recipe.data.source} holds token id {largest}, beyond the model's vocab_size {config.vocab_size}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.train.seed)
+        return Model(config)
+
+
+def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> Path:
+    """Train the recipe's model into out_dir (checkpoints/step-N, metrics.jsonl, final/); return the final directory.
+
+    With resume, training continues from the newest complete checkpoint (from scratch when there is none);
+    without, out_dir must not already hold a run.
+    """
+    run_dir = Path(out_dir)
+    checkpoints = run_dir / CHECKPOINTS_DIRECTORY
+    latest = latest_checkpoint(checkpoints) if resume else None
+    if not resume and any(path.exists() for path in (checkpoints, run_dir / FINAL_DIRECTORY, run_dir / METRICS_FILE)):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+    if recipe.data.source != "bundled" and not Path(recipe.data.source).is_file():
+        raise DataError(f"the recipe's data.source {recipe.data.source} does not exist.")
+    tokenizer_file = latest / TOKENIZER_FILE if latest is not None and (latest / TOKENIZER_FILE).exists() else None
+    tokenizer, tokenizer_file, tokens = prepare_tokens(recipe, tokenizer_file, run_dir)
+    model = build_model(recipe, tokenizer, tokens)
+    data = recipe.data
+    train_tokens, held_out_tokens = split_held_out(tokens, data.held_out_fraction)
+    batches = RandomWindows(train_tokens, data.batch_size, data.seq_len, data.seed)
+    held_out = None
+    if recipe.train.eval_every and held_out_tokens.numel() >= data.seq_len:
+        held_out = fixed_batches(held_out_tokens, recipe.train.eval_batches, data.batch_size, data.seq_len, data.seed)
+    trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, tokenizer_file=tokenizer_file,
+                      progress=progress, description="pretrain")  # fmt: skip
+    if latest is not None:
+        trainer.load_state_dict(load_checkpoint(latest, model))
+        remove_stale_temporaries(checkpoints)
+    with deterministic_algorithms(recipe.train.deterministic):
+        trainer.fit()
+    return save_llmlab(model, run_dir / FINAL_DIRECTORY, tokenizer_file=tokenizer_file,
+                       metadata={"step": trainer.step})

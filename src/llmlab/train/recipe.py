@@ -1,0 +1,140 @@
+"""Recipes: YAML files mapped onto dataclasses (model, data, train sections), with `section.field=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmlab.errors import ConfigError
+from llmlab.model import presets
+from llmlab.model.config import ModelConfig
+from llmlab.train.loop import TrainConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokens come from and how they are batched: the `data:` section of a recipe."""
+
+    source: str = "bundled"  # "bundled" (the standard library's docstrings) or a .npy / .bin token file
+    tokenizer: str | None = None  # tokenizer.json for a token file; the bundled corpus trains its own
+    vocab_size: int = 4096  # of the tokenizer trained on the bundled corpus
+    max_chars: int | None = None  # of the bundled corpus (None: all of it)
+    seq_len: int = 128
+    batch_size: int = 8
+    held_out_fraction: float = 0.05
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole pretraining run: the model (a preset and/or ModelConfig fields), its data and how to train it."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def model_config(self, **fields: Any) -> ModelConfig:
+        """The ModelConfig: the named preset (if any) with the recipe's fields, then fields (e.g. the vocabulary)."""
+        data = {**self.model, **fields}
+        preset, size = data.pop("preset", None), data.pop("size", None)
+        if preset is None:
+            return ModelConfig.from_dict(data, where="the recipe's model section")
+        return presets.get(preset, size, **data)
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """value as the annotated type (YAML's ints as floats, lists as tuples, '1e-3' as a float) or a ConfigError."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if origin is str and isinstance(value, str):
+            return value
+        if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(option)):
+            return tuple(_coerce(item, kind, where) for item, kind in zip(value, typing.get_args(option)))
+    expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
+    raise ConfigError(f"{where} must be {expected}, not {value!r}.")
+
+
+def _section(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of fields.")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where} has no field {unknown[0]!r} (known: {', '.join(hints)}).")
+    return cls(**{name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()})
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """`section.field=value` strings as {section: {field: value}}, each value read as YAML."""
+    parsed: dict[str, dict[str, Any]] = {}
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        section, dot, name = key.partition(".")
+        if not separator or not dot or section not in ("model", *SECTIONS) or not name:
+            raise ConfigError(f"the override {override!r} is not of the form model|data|train.FIELD=VALUE.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parsed.setdefault(section, {})[name] = value
+    return parsed
+
+
+def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
+    """A Recipe from a mapping with model, data and train sections, rejecting unknown fields by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping with model, data and train sections.")
+    unknown = sorted(set(data) - {"model", *SECTIONS})
+    if unknown:
+        raise ConfigError(f"{where} has no section {unknown[0]!r} (known: model, data, train).")
+    model = data.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"{where}: model must be a mapping of a preset, a size and ModelConfig fields.")
+    unknown = sorted(set(model) - {"preset", "size"} - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ConfigError(f"{where}: model has no field {unknown[0]!r} (a ModelConfig field, preset or size).")
+    sections = {name: _section(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
+    return Recipe(model=dict(model), **sections)
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe and apply `section.field=value` overrides."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"the recipe {path} cannot be read ({error.strerror}).") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the recipe {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the recipe {path} must be a mapping with model, data and train sections.")
+    for section, values in parse_overrides(list(overrides)).items():
+        if not isinstance(data.get(section) or {}, dict):
+            raise ConfigError(f"the recipe {path}: {section} must be a mapping of fields.")
+        data[section] = {**(data.get(section) or {}), **values}
+    return recipe_from_dict(data, where=str(path))
