@@ -144,3 +144,10 @@ def test_data_help_lists_the_stages():
     result = subprocess.run([sys.executable, "-m", "llmlab", "data", "--help"], capture_output=True, text=True, check=True)
     for stage in ("filter", "pii", "decontaminate", "langid", "train-classifier", "train-ngram"):
         assert stage in result.stdout
+
+
+def test_unknown_rule_set_exits_2(tmp_path, capsys):
+    source = write_lines(tmp_path / "in.jsonl", [{"text": GOOD_TEXT}])
+    assert main(["data", "filter", str(source), str(tmp_path / "out.jsonl"), "--rules", "gopher,c5"]) == 2
+    assert "'gopher'" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()

@@ -338,3 +338,27 @@ def test_apply_filters_records_the_rule_and_counts():
     assert out[1]["text"] == "too short." and out[1]["meta"]["id"] == 2
     assert counts == {"kept": 1, "c4_min_sentences": 1}
     assert [document["meta"]["id"] for document in apply_filters(documents, [C4Rules()])] == [1]
+
+
+def test_checkpoint_perplexity_matches_the_models_own_loss(tmp_path):
+    import torch
+
+    from llmlab.api import save
+    from llmlab.data.filters import CheckpointLanguageModel
+    from llmlab.data.tokenizer import save_tokenizer, train_bpe_tokenizer
+    from llmlab.model import presets
+    from llmlab.model.transformer import Model
+
+    tokenizer = train_bpe_tokenizer(["the cat sat on the mat"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    model = Model(presets.gpt2("tiny", vocab_size=tokenizer.get_vocab_size(), max_seq_len=8)).eval()
+    save(model, tmp_path / "checkpoint", tokenizer_file=save_tokenizer(tokenizer, tmp_path / "tok"))
+    reference = CheckpointLanguageModel.load(tmp_path / "checkpoint")
+    short = "the cat sat"  # fits one window: perplexity = exp(the model's mean shifted cross-entropy)
+    ids = torch.tensor([tokenizer.encode(short).ids])
+    assert len(ids[0]) <= 9
+    with torch.no_grad():
+        expected = math.exp(model(ids, labels=ids).loss.item())
+    assert reference.perplexity(short) == pytest.approx(expected, rel=1e-5)
+    assert math.isfinite(reference.perplexity("the cat sat on the mat " * 5))  # several windows
+    assert PerplexityFilter(reference, expected * 0.99)(short).dropped_by == "perplexity"

@@ -278,6 +278,25 @@ class FineWebRules:
         return None
 
 
+# FineWeb's order of the heuristic rule sets
+HEURISTIC_RULE_SETS = {
+    "gopher-repetition": GopherRepetition,
+    "gopher-quality": GopherQuality,
+    "c4": C4Rules,
+    "fineweb": FineWebRules,
+}
+
+
+def heuristic_filters(names: Iterable[str] = tuple(HEURISTIC_RULE_SETS)) -> list[Filter]:
+    """The named heuristic rule sets with their published defaults, in the order given."""
+    chain = []
+    for name in names:
+        if name not in HEURISTIC_RULE_SETS:
+            raise ConfigError(f"unknown rule set {name!r}; choose from {', '.join(HEURISTIC_RULE_SETS)}.")
+        chain.append(HEURISTIC_RULE_SETS[name]())
+    return chain
+
+
 # ---------------------------------------------------------------------------------------------
 # Blocklists and language identification
 
@@ -518,14 +537,50 @@ class NGramModel:
 
 
 @dataclass
+class CheckpointLanguageModel:
+    """Per-token perplexity under a decoder llmlab checkpoint and its tokenizer.json (a stronger reference than n-grams)."""
+
+    model: object
+    tokenizer: object
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CheckpointLanguageModel":
+        """Load an llmlab or Hugging Face checkpoint directory that holds a tokenizer.json."""
+        from llmlab.api import load
+        from llmlab.data.tokenizer import load_tokenizer
+
+        model = load(path)
+        if model.config.arch != "decoder":
+            raise ConfigError(f"perplexity filtering needs a decoder checkpoint, but {path} is {model.config.arch}.")
+        return cls(model, load_tokenizer(path))
+
+    def perplexity(self, text: str) -> float:
+        """exp of the mean negative log-likelihood of the text's tokens after the first, in windows of max_seq_len."""
+        import torch
+
+        ids = self.tokenizer.encode(text).ids
+        if len(ids) < 2:
+            return math.inf
+        window = self.model.config.max_seq_len
+        total, predicted = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(ids) - 1, window):
+                chunk = torch.tensor([ids[start : start + window + 1]])
+                logits = self.model(chunk[:, :-1]).logits[0].float()
+                total += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
+                predicted += chunk.shape[1] - 1
+        return math.exp(total / predicted)
+
+
+@dataclass
 class PerplexityFilter:
     """Drop documents whose perplexity under a reference model exceeds a threshold (CCNet-style)."""
 
-    model: NGramModel
+    model: NGramModel | CheckpointLanguageModel
     max_perplexity: float
 
     @classmethod
-    def from_percentile(cls, model: NGramModel, reference_texts: Iterable[str], percentile: float) -> "PerplexityFilter":
+    def from_percentile(cls, model: NGramModel | CheckpointLanguageModel, reference_texts: Iterable[str], percentile: float) -> "PerplexityFilter":
         """A filter whose threshold is the given percentile (0-100) of the perplexities of reference texts."""
         perplexities = [model.perplexity(text) for text in reference_texts]
         if not perplexities:

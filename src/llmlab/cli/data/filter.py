@@ -9,7 +9,7 @@ from collections import Counter
 
 from llmlab.cli.data._common import add_jsonl_arguments, run_jsonl_stage
 
-# FineWeb's order of the heuristic rule sets
+# FineWeb's order of the heuristic rule sets (as llmlab.data.filters.HEURISTIC_RULE_SETS; kept here so --help stays fast)
 RULE_SETS = ("gopher-repetition", "gopher-quality", "c4", "fineweb")
 
 
@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="GPT-3 sampling: keep a document when rng.pareto(9) > 1 - score, instead of the threshold")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Pareto sampling (default: 0)")
     parser.add_argument("--ngram-model", metavar="FILE", help="an n-gram model from `llmlab data train-ngram`")
-    parser.add_argument("--max-perplexity", type=float, help="drop documents above this perplexity under --ngram-model")
+    parser.add_argument("--reference-model", metavar="DIR", help="a decoder checkpoint (with tokenizer.json) to score perplexity with instead")
+    parser.add_argument("--max-perplexity", type=float,
+                        help="drop documents above this perplexity under --ngram-model or --reference-model")
     parser.add_argument("--rejected", metavar="FILE", help="also write the dropped documents here, with dropped_by")
     parser.set_defaults(handler=run_filter)
 
@@ -40,17 +42,11 @@ def build_filters(arguments: argparse.Namespace) -> list:
     from llmlab.data import filters
     from llmlab.errors import ConfigError
 
-    rule_sets = {"gopher-repetition": filters.GopherRepetition, "gopher-quality": filters.GopherQuality,
-                 "c4": filters.C4Rules, "fineweb": filters.FineWebRules}
     chain = []
     if arguments.languages:
         chain.append(filters.LanguageFilter(filters.parse_language_thresholds(arguments.languages)))
-    for name in filter(None, (part.strip() for part in arguments.rules.split(","))):
-        if name == "none":
-            continue
-        if name not in rule_sets:
-            raise ConfigError(f"unknown rule set {name!r} in --rules; choose from {', '.join(RULE_SETS)} or none.")
-        chain.append(rule_sets[name]())
+    names = [part.strip() for part in arguments.rules.split(",") if part.strip() not in ("", "none")]
+    chain.extend(filters.heuristic_filters(names))
     chain.extend(filters.Blocklist.from_file(path) for path in arguments.blocklist)
     if arguments.classifier:
         classifier = filters.QualityClassifier.load(arguments.classifier)
@@ -58,10 +54,14 @@ def build_filters(arguments: argparse.Namespace) -> list:
             classifier, threshold=arguments.classifier_threshold,
             pareto_alpha=filters.GPT3_PARETO_ALPHA if arguments.pareto else None,
             rng=np.random.default_rng(arguments.seed)))
-    if (arguments.ngram_model is None) != (arguments.max_perplexity is None):
-        raise ConfigError("--ngram-model and --max-perplexity must be given together.")
+    references = [name for name in ("ngram_model", "reference_model") if getattr(arguments, name)]
+    if len(references) > 1 or bool(references) != (arguments.max_perplexity is not None):
+        raise ConfigError("--max-perplexity needs exactly one of --ngram-model and --reference-model, and they need it.")
     if arguments.ngram_model:
         chain.append(filters.PerplexityFilter(filters.NGramModel.load(arguments.ngram_model), arguments.max_perplexity))
+    if arguments.reference_model:
+        reference = filters.CheckpointLanguageModel.load(arguments.reference_model)
+        chain.append(filters.PerplexityFilter(reference, arguments.max_perplexity))
     return chain
 
 
