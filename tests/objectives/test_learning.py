@@ -7,7 +7,7 @@ from llmlab.data.corpus import bundled_corpus
 from llmlab.model import presets
 from llmlab.model.transformer import Model
 from llmlab.objectives import UL2, GLMBlankInfilling, MaskedLM, PrefixLM, SpanCorruption, causal_lm, objective_batches
-from llmlab.train import loop
+from llmlab.train.loop import TrainConfig, train
 
 VOCAB = 1024  # the tiny presets' vocabulary: bytes 0–255 below, special tokens counted down from the top
 MASK, SOP, EOP = VOCAB - 300, VOCAB - 301, VOCAB - 302
@@ -24,14 +24,6 @@ CASES = {
     "glm": (presets.glm("tiny"), GLMBlankInfilling(MASK, SOP, EOP), 3e-3, 3.0),
     "mlm": (presets.bert("tiny"), MaskedLM(MASK, vocab_size=256), 3e-3, 2.5),
 }
-
-
-def train_tiny(model, batches, lr):
-    """STEPS steps of llmlab.train.loop.train, in its keyword form or the TrainConfig form of the trainer replacing it."""
-    if hasattr(loop, "TrainConfig"):
-        return loop.train(model, batches, loop.TrainConfig(steps=STEPS, lr=lr, warmup=4), progress=False)
-    return loop.train(model, batches, steps=STEPS, lr=lr, warmup=4, progress=False,
-                      generator=torch.Generator().manual_seed(2))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def test_tiny_model_learns_under_each_objective(name, byte_stream):
     held_out = next(objective_batches(objective, byte_stream[split:], 16, SEQ, torch.Generator().manual_seed(1)))
     before = held_out_loss(model, held_out)
     batches = objective_batches(objective, byte_stream[:split], BATCH, SEQ, torch.Generator().manual_seed(0))
-    train_tiny(model, batches, lr)
+    train(model, batches, TrainConfig(steps=STEPS, lr=lr, warmup=4, seed=0), progress=False)
     after = held_out_loss(model, held_out)
     print(f"{name}: held-out loss {before:.3f} → {after:.3f}")
     assert before - after > margin
