@@ -10,7 +10,7 @@ import torch
 
 from llmlab.data.corpus import bundled_documents
 from llmlab.data.tokenizer import END_OF_TEXT, PAD, TOKENIZER_FILE, load_tokenizer, train_bpe_tokenizer
-from llmlab.errors import ConfigError, DataError
+from llmlab.errors import CheckpointError, ConfigError, DataError
 from llmlab.model.checkpoint import save_llmlab
 from llmlab.model.transformer import Model
 from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
@@ -32,24 +32,24 @@ def deterministic_algorithms(enabled: bool):
         torch.use_deterministic_algorithms(previous)
 
 
-def prepare_tokens(recipe: Recipe, tokenizer_file: Path | None, run_dir: Path):
-    """The tokenizer (or None) and the token stream; trains and writes run_dir/tokenizer.json for the bundled corpus."""
+def prepare_tokens(recipe: Recipe, tokenizer_file: Path | None):
+    """The tokenizer (or None) and the token stream; for the bundled corpus, tokenizer_file's or a newly trained one."""
     data = recipe.data
     if data.source != "bundled":
-        tokens = read_token_file(data.source)
         tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
-        return tokenizer, (Path(data.tokenizer) if data.tokenizer else None), tokens
+        return tokenizer, read_token_file(data.source)
     texts = [document["text"] for document in bundled_documents(data.max_chars)]
-    if tokenizer_file is not None:
-        tokenizer = load_tokenizer(tokenizer_file)
-    else:
-        tokenizer = train_bpe_tokenizer(texts, data.vocab_size)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer_file = run_dir / TOKENIZER_FILE
-        staging = run_dir / (TOKENIZER_FILE + ".tmp")
-        tokenizer.save(str(staging))
-        os.replace(staging, tokenizer_file)
-    return tokenizer, tokenizer_file, tokenize_documents(tokenizer, texts)
+    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else train_bpe_tokenizer(texts, data.vocab_size)
+    return tokenizer, tokenize_documents(tokenizer, texts)
+
+
+def save_tokenizer_atomically(tokenizer, path: Path) -> Path:
+    """Write tokenizer.json to path through a temporary file, so that a killed run never leaves half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".tmp")
+    tokenizer.save(str(staging))
+    os.replace(staging, path)
+    return path
 
 
 def build_model(recipe: Recipe, tokenizer, tokens: torch.Tensor) -> Model:
@@ -82,8 +82,8 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
     if recipe.data.source != "bundled" and not Path(recipe.data.source).is_file():
         raise DataError(f"the recipe's data.source {recipe.data.source} does not exist.")
-    tokenizer_file = latest / TOKENIZER_FILE if latest is not None and (latest / TOKENIZER_FILE).exists() else None
-    tokenizer, tokenizer_file, tokens = prepare_tokens(recipe, tokenizer_file, run_dir)
+    checkpoint_tokenizer = latest / TOKENIZER_FILE if latest is not None else None
+    tokenizer, tokens = prepare_tokens(recipe, checkpoint_tokenizer if recipe.data.source == "bundled" else None)
     model = build_model(recipe, tokenizer, tokens)
     data = recipe.data
     train_tokens, held_out_tokens = split_held_out(tokens, data.held_out_fraction)
@@ -91,12 +91,22 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     held_out = None
     if recipe.train.eval_every and held_out_tokens.numel() >= data.seq_len:
         held_out = fixed_batches(held_out_tokens, recipe.train.eval_batches, data.batch_size, data.seq_len, data.seed)
-    trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, tokenizer_file=tokenizer_file,
-                      progress=progress, description="pretrain")  # fmt: skip
+    trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, progress=progress,
+                      description="pretrain")
     if latest is not None:
-        trainer.load_state_dict(load_checkpoint(latest, model))
+        state = load_checkpoint(latest, model)
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{latest} does not fit the recipe's training setup ({error}).") from None
         remove_stale_temporaries(checkpoints)
+    if recipe.data.source != "bundled":
+        trainer.tokenizer_file = Path(data.tokenizer) if data.tokenizer else None
+    elif latest is None or not (run_dir / TOKENIZER_FILE).exists():
+        trainer.tokenizer_file = save_tokenizer_atomically(tokenizer, run_dir / TOKENIZER_FILE)
+    else:
+        trainer.tokenizer_file = run_dir / TOKENIZER_FILE
     with deterministic_algorithms(recipe.train.deterministic):
         trainer.fit()
-    return save_llmlab(model, run_dir / FINAL_DIRECTORY, tokenizer_file=tokenizer_file,
+    return save_llmlab(model, run_dir / FINAL_DIRECTORY, tokenizer_file=trainer.tokenizer_file,
                        metadata={"step": trainer.step})

@@ -1,0 +1,99 @@
+import errno
+
+import pytest
+import torch
+
+import llmlab
+import llmlab.model.checkpoint
+from llmlab.errors import CheckpointError
+from llmlab.model import presets
+from llmlab.model.transformer import Model
+from llmlab.train.checkpoint import STATE_FILE, checkpoint_steps, latest_checkpoint, load_checkpoint
+from llmlab.train.data import RandomWindows
+from llmlab.train.loop import CHECKPOINTS_DIRECTORY, TrainConfig, Trainer
+
+CONFIG = presets.llama("tiny", n_layers=2, d_model=32, n_heads=2, d_ff=64, vocab_size=64, dropout=0.1)
+TOKENS = (torch.arange(2000) * 7) % 64
+
+
+def make_trainer(run_dir, steps, checkpoint_every=0, keep_last=3):
+    """A fresh model and trainer, as a new process would build them."""
+    torch.manual_seed(0)
+    model = Model(CONFIG)
+    train = TrainConfig(steps=steps, lr=3e-3, warmup=2, checkpoint_every=checkpoint_every, keep_last=keep_last,
+                        spike_factor=3.0, seed=5)  # fmt: skip
+    return Trainer(model, train, RandomWindows(TOKENS, 4, 16, seed=1), run_dir=run_dir, progress=False)
+
+
+def test_resuming_from_a_checkpoint_gives_bit_identical_weights(tmp_path):
+    whole = make_trainer(tmp_path / "whole", steps=6)
+    whole.fit()
+    def die_after_step_4(step, loss):
+        if step == 3:
+            raise InterruptedError("killed")
+
+    first = make_trainer(tmp_path / "split", steps=6, checkpoint_every=3)
+    first.on_step = die_after_step_4
+    with pytest.raises(InterruptedError):
+        first.fit()
+    resumed = make_trainer(tmp_path / "split", steps=6)
+    resumed.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path / "split" / CHECKPOINTS_DIRECTORY), resumed.model))
+    resumed.fit()
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    make_trainer(tmp_path, steps=8, checkpoint_every=2, keep_last=2).fit()
+    assert [step for step, _ in checkpoint_steps(tmp_path / CHECKPOINTS_DIRECTORY)] == [6, 8]
+    assert sorted(path.name for path in (tmp_path / CHECKPOINTS_DIRECTORY).iterdir()) == ["step-6", "step-8"]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, steps=4, checkpoint_every=2)
+    trainer.config = TrainConfig(**{**trainer.config.__dict__, "steps": 2})
+    trainer.fit()
+    previous = tmp_path / CHECKPOINTS_DIRECTORY / "step-2"
+    before = {path.name: path.read_bytes() for path in previous.iterdir()}
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * 100)  # part of the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(llmlab.model.checkpoint, "save_file", disk_full)
+    trainer.config = TrainConfig(**{**trainer.config.__dict__, "steps": 4})
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path / CHECKPOINTS_DIRECTORY) == previous
+    assert sorted(path.name for path in (tmp_path / CHECKPOINTS_DIRECTORY).iterdir()) == ["step-2"]  # no debris
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == before
+    monkeypatch.undo()
+    assert llmlab.load(previous).config == CONFIG
+    assert load_checkpoint(previous, Model(CONFIG))["step"] == 2
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, steps=2, checkpoint_every=2)
+    trainer.fit()
+    return latest_checkpoint(tmp_path / CHECKPOINTS_DIRECTORY)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(checkpoint):
+    with pytest.raises(CheckpointError, match="another architecture.*n_layers"):
+        load_checkpoint(checkpoint, Model(CONFIG.replace(n_layers=3)))
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", STATE_FILE])
+def test_a_truncated_checkpoint_is_refused(checkpoint, file):
+    path = checkpoint / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=file):
+        load_checkpoint(checkpoint, Model(CONFIG))
+
+
+def test_a_corrupt_training_state_is_refused(checkpoint):
+    (checkpoint / STATE_FILE).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=STATE_FILE):
+        load_checkpoint(checkpoint, Model(CONFIG))

@@ -1,0 +1,121 @@
+"""`llmlab pretrain`: bit-exact resume after SIGKILL, and bad input refused with exit code 2, nothing overwritten."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import llmlab
+from llmlab.cli.main import main
+from llmlab.train.checkpoint import latest_checkpoint
+
+TINY = str(Path(__file__).parents[2] / "recipes" / "tiny.yaml")
+SMALL = ["data.max_chars=60000", "data.vocab_size=512", "data.seq_len=32", "data.batch_size=4", "model.d_model=64",
+         "model.n_layers=2", "model.n_heads=2", "model.d_ff=128", "model.dropout=0.1", "train.steps=40",
+         "train.warmup=4", "train.checkpoint_every=5", "train.eval_every=10", "train.log_every=1"]  # fmt: skip
+
+
+def pretrain(out, *extra):
+    return main(["pretrain", TINY, "--out", str(out), "--no-progress", *SMALL, *extra])
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+def losses_by_step(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records if "loss" in record}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert pretrain(out) == 0
+    return out
+
+
+def test_a_run_killed_and_resumed_ends_bit_identical(finished_run, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "llmlab", "pretrain", TINY, "--out", str(out), "--no-progress", *SMALL]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(out / "checkpoints") is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest_checkpoint(out / "checkpoints") is not None and not (out / "final").exists()  # killed mid-run
+    assert pretrain(out, "--resume") == 0
+    assert (out / "final" / "model.safetensors").read_bytes() == (finished_run / "final" / "model.safetensors").read_bytes()
+    assert losses_by_step(out) == losses_by_step(finished_run)
+    assert len(losses_by_step(out)) == 40
+
+
+def test_the_final_model_loads_and_learned(finished_run):
+    model = llmlab.load(finished_run / "final")
+    assert model.config.d_model == 64 and (finished_run / "final" / "tokenizer.json").exists()
+    losses = losses_by_step(finished_run)
+    assert losses[40] < losses[1] - 0.5
+
+
+def test_a_missing_data_file_is_refused(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'tokens.npy'}") == 2
+    assert "tokens.npy does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_recipe_field_is_refused(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", "train.learning_rate=0.1") == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(finished_run, capsys):
+    before = snapshot(finished_run)
+    assert pretrain(finished_run) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert snapshot(finished_run) == before
+
+
+def corrupt(run: Path, file: str, how: str) -> None:
+    path = latest_checkpoint(run / "checkpoints") / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if how == "truncate" else b"garbage" * 10)
+
+
+@pytest.mark.parametrize(
+    ("damage", "extra", "message"),
+    [
+        (None, ["model.n_layers=3"], "another architecture"),
+        (("model.safetensors", "truncate"), [], "model.safetensors"),
+        (("train_state.pt", "truncate"), [], "train_state.pt"),
+        (("train_state.pt", "garbage"), [], "train_state.pt"),
+    ],
+)
+def test_a_bad_checkpoint_is_refused_and_nothing_is_overwritten(finished_run, tmp_path, capsys, damage, extra, message):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    if damage is not None:
+        corrupt(run, *damage)
+    before = snapshot(run)
+    assert pretrain(run, "--resume", *extra) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+    assert snapshot(run) == before
+
+
+def test_a_token_file_trains_with_the_vocabulary_from_the_recipe(tmp_path):
+    np.save(tmp_path / "tokens.npy", (np.arange(3000) * 7 % 100).astype(np.uint16))
+    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'tokens.npy'}", "model.vocab_size=100",
+                    "train.steps=4", "train.checkpoint_every=0") == 0  # fmt: skip
+    assert llmlab.load(tmp_path / "run" / "final").config.vocab_size == 100
