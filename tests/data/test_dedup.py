@@ -191,3 +191,13 @@ def test_cli_dedup(tmp_path, capsys):
     (tmp_path / "junk" / "file").write_text("x")
     assert main(["data", "dedup", str(source), str(destination), "--index", str(tmp_path / "junk")]) == 2
     assert main(["data", "dedup", str(source), str(destination), "--near", "--rows", "0"]) == 2
+
+
+def test_wordless_empty_and_non_ascii_documents():
+    documents = ["!!!", "!!!", "", "Grüße aus Köln, schöne Grüße aus Köln und mehr", "grüße aus köln schöne grüße aus köln und mehr!"]
+    kept = list(Deduplicator(near=True)({"text": text} for text in documents))
+    assert [d["text"] for d in kept] == documents[:1] + documents[3:4]
+    assert list(Deduplicator(unit="line")([{"text": ""}, {"text": "\n"}])) == []
+    # The ASCII byte-table tokeniser and the \w+ regex (taken for non-ASCII text) give the same words.
+    signatures, _ = MinHash().signatures(["Hello, world... foo_bar 42 (baz)", "hello\u2026world \u201cfoo_bar\u201d 42 baz"])
+    assert (signatures[0] == signatures[1]).all()

@@ -117,9 +117,11 @@ def _sorted_unique(keys: np.ndarray) -> np.ndarray:
 
 def mark_duplicates(keys: np.ndarray, seen: KeySet, valid: np.ndarray | None = None) -> np.ndarray:
     """Rows of KEYS (n × m) sharing any key with SEEN or with an earlier valid row; then every valid key joins SEEN."""
-    keys = keys.reshape(len(keys), -1)
+    keys = keys.reshape(len(keys), -1) if len(keys) else keys.reshape(0, 1)
     rows = np.arange(len(keys)) if valid is None else np.flatnonzero(valid)
     flat = keys[rows].ravel()
+    if len(flat) == 0:
+        return np.zeros(len(keys), dtype=bool)
     owner = np.repeat(np.arange(len(rows)), keys.shape[1])
     order = np.argsort(flat, kind="stable")  # stable: within equal keys the earliest row comes first
     sorted_keys, sorted_owner = flat[order], owner[order]
