@@ -16,6 +16,7 @@ from llmlab.objectives import (
     corrupt_spans,
     random_spans_noise_mask,
     sentinel_ids,
+    to_decoder_only,
 )
 
 X = IGNORE_INDEX
@@ -186,6 +187,25 @@ def test_ul2_mixes_the_seven_denoisers_uniformly_by_default():
     assert torch.all(batch["input_ids"][padded] == 0)
 
 
+def test_ul2_for_a_decoder_puts_the_targets_after_the_inputs_as_a_prefix():
+    objective = UL2(eos_token_id=1, mode_token_ids=MODES, vocab_size=1000, rates=only(2), decoder_only=True)
+    batch = objective(torch.stack([torch.arange(10, 18), torch.arange(20, 28)]))
+    # S-denoiser on 8 tokens: inputs [S] x0 … x5 [eos] (8 tokens), targets x6 x7 [eos].
+    assert batch["input_ids"].tolist() == [[901, 10, 11, 12, 13, 14, 15, 1, 16, 17, 1],
+                                           [901, 20, 21, 22, 23, 24, 25, 1, 26, 27, 1]]
+    assert batch["labels"].tolist() == [[X] * 8 + [16, 17, 1], [X] * 8 + [26, 27, 1]]
+    assert batch["prefix_lengths"].tolist() == [8, 8]
+
+
+def test_span_corruption_for_a_decoder_drops_the_padding_between_inputs_and_targets():
+    batch = to_decoder_only({"input_ids": torch.tensor([[4, 99, 1, 0], [4, 5, 99, 1]]),
+                             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+                             "labels": torch.tensor([[99, 6, 7, 1], [99, 6, 1, X]])})
+    assert batch["input_ids"].tolist() == [[4, 99, 1, 99, 6, 7, 1], [4, 5, 99, 1, 99, 6, 1]]
+    assert batch["labels"].tolist() == [[X, X, X, 99, 6, 7, 1], [X, X, X, X, 99, 6, 1]]
+    assert batch["prefix_lengths"].tolist() == [3, 4]
+
+
 def test_ul2_needs_an_id_for_every_mode():
     with pytest.raises(ConfigError, match="mode_token_ids"):
         UL2(eos_token_id=1, mode_token_ids={"R": 5, "X": 6}, vocab_size=100)
@@ -219,7 +239,7 @@ def test_glm_spans_cover_fifteen_percent_without_overlap():
     objective = GLMBlankInfilling(MASK, SOP, EOP)
     lengths = []
     for seed in range(50):
-        spans = objective.sample_spans(100, generator(seed))
+        spans = objective.sample_spans(torch.arange(100), generator(seed))
         assert sum(length for _, length in spans) == 15
         assert all(a + la <= b for (a, la), (b, _) in zip(spans, spans[1:])) and spans[-1][0] + spans[-1][1] <= 100
         lengths += [length for _, length in spans[:-1]]  # the last span may be cut to fit
@@ -228,10 +248,21 @@ def test_glm_spans_cover_fifteen_percent_without_overlap():
 
 
 def test_glm_document_objective_masks_one_tail_span_of_half_or_more():
-    objective = GLMBlankInfilling(MASK, SOP, EOP, document=True)
+    objective = GLMBlankInfilling(MASK, SOP, EOP, unit="document")
     for seed in range(20):
-        [(start, length)] = objective.sample_spans(40, generator(seed))
+        [(start, length)] = objective.sample_spans(torch.arange(40), generator(seed))
         assert 20 <= length <= 40 and start + length == 40
+
+
+def test_glm_sentence_objective_masks_whole_sentences_until_fifteen_percent():
+    # Sentences end after token 0: lengths 4, 6, 3, 7 (20 tokens), so round(0.15 · 20) = 3 is covered by the
+    # first sentence drawn, whichever it is.
+    tokens = torch.tensor([5, 5, 5, 0, 6, 6, 6, 6, 6, 0, 7, 7, 0, 8, 8, 8, 8, 8, 8, 0])
+    objective = GLMBlankInfilling(MASK, SOP, EOP, unit="sentence", sentence_end_ids=(0,))
+    drawn = {tuple(objective.sample_spans(tokens, generator(seed))) for seed in range(30)}
+    assert drawn == {((0, 4),), ((4, 6),), ((10, 3),), ((13, 7),)}
+    with pytest.raises(ConfigError, match="sentence_end_ids"):
+        GLMBlankInfilling(MASK, SOP, EOP, unit="sentence")
 
 
 def test_glm_batch_pads_rows_and_reports_part_a_lengths():

@@ -14,11 +14,12 @@ from llmlab.objectives.span_corruption import (
     corrupt_spans,
     random_spans_noise_mask,
     sentinel_ids,
+    to_decoder_only,
 )
 from llmlab.objectives.ul2 import UL2, UL2_DENOISERS, Denoiser
 
 __all__ = [
     "IGNORE_INDEX", "UL2", "UL2_DENOISERS", "Denoiser", "GLMBlankInfilling", "MaskedLM", "PrefixLM", "SpanCorruption",
     "blank_infilling_example", "causal_lm", "corrupt_spans", "objective_batches", "prefix_split",
-    "random_spans_noise_mask", "sentinel_ids",
+    "random_spans_noise_mask", "sentinel_ids", "to_decoder_only",
 ]

@@ -52,12 +52,13 @@ def blank_infilling_example(tokens: torch.Tensor, spans: Sequence[tuple[int, int
 
 @dataclass(frozen=True)
 class GLMBlankInfilling:
-    """GLM's pretraining batches: spans of Poisson(λ) lengths covering mask_ratio of each window, or one document span.
+    """GLM's pretraining batches (Du et al. 2022, §2.1 and §2.3.1), by the unit of what is blanked out.
 
-    document=False (GLM's token-level objective, use [MASK]): span lengths drawn from Poisson(poisson_lambda),
+    unit="token" (the blank-infilling objective, with [MASK]): span lengths drawn from Poisson(poisson_lambda),
     zero redrawn, until round(n · mask_ratio) tokens are covered (the last span cut to fit), placed uniformly
-    at random without overlap. document=True (GLM's document-level objective, use [gMASK]): one span at the end
-    whose length is uniform over 50%–100% of the window. Rows are right-padded (pad id, position 0, label -100);
+    at random without overlap. unit="sentence" (with [sMASK]): whole sentences, each ending after one of
+    sentence_end_ids, drawn in random order until they cover round(n · mask_ratio) tokens. unit="document"
+    (with [gMASK]): one span at the end whose length is uniform over 50%–100% of the window. Rows are right-padded (pad id, position 0, label -100);
     being causal after part A, real tokens never see the padding.
     """
 
@@ -67,19 +68,27 @@ class GLMBlankInfilling:
     pad_token_id: int = 0
     mask_ratio: float = 0.15
     poisson_lambda: float = 3.0
-    document: bool = False
+    unit: str = "token"
+    sentence_end_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
+        if self.unit not in ("token", "sentence", "document"):
+            raise ConfigError(f"GLMBlankInfilling.unit must be 'token', 'sentence' or 'document', got {self.unit!r}.")
+        if self.unit == "sentence" and not self.sentence_end_ids:
+            raise ConfigError("GLMBlankInfilling with unit='sentence' needs sentence_end_ids.")
         check_fraction(self.mask_ratio, "GLMBlankInfilling.mask_ratio")
         if self.poisson_lambda <= 0:
             raise ConfigError(f"GLMBlankInfilling.poisson_lambda must be positive, got {self.poisson_lambda}.")
 
-    def sample_spans(self, length: int, generator: torch.Generator | None = None) -> list[tuple[int, int]]:
-        """(start, length) spans for a window of length tokens."""
-        if self.document:
+    def sample_spans(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> list[tuple[int, int]]:
+        """Sorted (start, length) spans to blank out of a 1-D window."""
+        length = len(tokens)
+        budget = min(max(round(length * self.mask_ratio), 1), length)
+        if self.unit == "document":
             span = int(torch.randint((length + 1) // 2, length + 1, (), generator=generator))
             return [(length - span, span)]
-        budget = min(max(round(length * self.mask_ratio), 1), length)
+        if self.unit == "sentence":
+            return self._sample_sentences(tokens, budget, generator)
         lengths: list[int] = []
         while sum(lengths) < budget:
             draw = int(torch.poisson(torch.tensor([self.poisson_lambda]), generator=generator))
@@ -96,12 +105,24 @@ class GLMBlankInfilling:
             cursor += gap + span_length
         return spans
 
+    def _sample_sentences(self, tokens: torch.Tensor, budget: int, generator: torch.Generator | None) -> list:
+        ends = torch.isin(tokens, torch.tensor(self.sentence_end_ids, dtype=torch.long)).nonzero().flatten() + 1
+        bounds = [0] + [end for end in ends.tolist() if end < len(tokens)] + [len(tokens)]
+        sentences = list(zip(bounds[:-1], (b - a for a, b in zip(bounds[:-1], bounds[1:]))))
+        chosen, covered = [], 0
+        for index in torch.randperm(len(sentences), generator=generator).tolist():
+            if covered >= budget:
+                break
+            chosen.append(sentences[index])
+            covered += sentences[index][1]
+        return sorted(chosen)
+
     def __call__(self, windows: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Return input_ids, position_ids [batch, 2, seq], labels and prefix_lengths for Model.forward."""
         windows = check_windows(windows, "GLMBlankInfilling")
         examples = []
         for row in windows:
-            spans = self.sample_spans(len(row), generator)
+            spans = self.sample_spans(row, generator)
             order = torch.randperm(len(spans), generator=generator).tolist()
             examples.append(blank_infilling_example(row, spans, order, self.mask_token_id, self.sop_token_id,
                                                     self.eop_token_id))

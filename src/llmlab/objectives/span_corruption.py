@@ -81,6 +81,7 @@ class SpanCorruption:
 
     Sentinels come from sentinel_ids, or count down from vocab_size - 1. mode_token_id, when set, is prepended
     to every input (UL2's paradigm tokens). Rows are right-padded with pad_token_id (labels with -100).
+    decoder_only=True recasts each batch with to_decoder_only, for a (prefix) decoder.
     """
 
     eos_token_id: int
@@ -90,6 +91,7 @@ class SpanCorruption:
     sentinel_ids: tuple[int, ...] | None = None
     pad_token_id: int = 0
     mode_token_id: int | None = None
+    decoder_only: bool = False
 
     def __post_init__(self):
         check_fraction(self.noise_density, "SpanCorruption.noise_density")
@@ -109,8 +111,8 @@ class SpanCorruption:
     def __call__(self, windows: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Return input_ids, attention_mask and labels for a batch of token windows."""
         windows = check_windows(windows, "SpanCorruption")
-        pairs = [self.example(row, generator) for row in windows]
-        return encoder_decoder_batch(pairs, self.pad_token_id)
+        batch = encoder_decoder_batch([self.example(row, generator) for row in windows], self.pad_token_id)
+        return to_decoder_only(batch, self.pad_token_id) if self.decoder_only else batch
 
 
 def encoder_decoder_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_token_id: int) -> dict:
@@ -118,3 +120,19 @@ def encoder_decoder_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], pa
     inputs, targets = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
     return {"input_ids": pad_rows(inputs, pad_token_id), "attention_mask": padding_mask(inputs),
             "labels": pad_rows(targets, IGNORE_INDEX)}
+
+
+def to_decoder_only(batch: dict, pad_token_id: int = 0) -> dict:
+    """Recast an encoder-decoder batch for a decoder: inputs then targets, the inputs as a bidirectional prefix.
+
+    As UL2 trains its decoder-only models: loss only on the targets, prefix_lengths = the real input lengths.
+    """
+    rows, labels, prefix_lengths = [], [], []
+    for inputs, mask, targets in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+        inputs, targets = inputs[mask.bool()], targets[targets != IGNORE_INDEX]
+        rows.append(torch.cat([inputs, targets]))
+        labels.append(torch.cat([torch.full_like(inputs, IGNORE_INDEX), targets]))
+        prefix_lengths.append(len(inputs))
+    return {"input_ids": pad_rows(rows, pad_token_id), "labels": pad_rows(labels, IGNORE_INDEX),
+            "prefix_lengths": torch.tensor(prefix_lengths)}
+

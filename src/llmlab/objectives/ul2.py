@@ -6,7 +6,8 @@ The paper's seven denoisers (§3.1.2, "Mixture of Denoisers"), written there as 
   X: (μ=3, r=0.5), (μ=8, r=0.5), (μ=64, r=0.15), (μ=64, r=0.5) — extreme span corruption.
 Default mixing rates: one seventh each, i.e. the seven denoisers sampled uniformly — the paper lists the seven
 as the final objective and we found no other rates stated alongside them; pass `rates` to change them.
-The output is for an encoder-decoder (input_ids/attention_mask → encoder, labels → decoder), as UL2-20B.
+The output is for an encoder-decoder (input_ids/attention_mask → encoder, labels → decoder), as UL2-20B, or with
+decoder_only=True for a (prefix) decoder: inputs then targets, the inputs attended bidirectionally.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from llmlab.errors import ConfigError
 from llmlab.objectives.causal import prefix_split
 from llmlab.objectives.common import check_windows
-from llmlab.objectives.span_corruption import SpanCorruption, encoder_decoder_batch
+from llmlab.objectives.span_corruption import SpanCorruption, encoder_decoder_batch, to_decoder_only
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class UL2:
     pad_token_id: int = 0
     denoisers: Sequence[Denoiser] = UL2_DENOISERS
     rates: Sequence[float] | None = None
+    decoder_only: bool = False
     _corrupters: tuple = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self):
@@ -86,4 +88,5 @@ class UL2:
             else self._corrupters[k].example(row, generator)
             for row, k in zip(windows, choices)
         ]
-        return encoder_decoder_batch(pairs, self.pad_token_id)
+        batch = encoder_decoder_batch(pairs, self.pad_token_id)
+        return to_decoder_only(batch, self.pad_token_id) if self.decoder_only else batch
