@@ -19,7 +19,8 @@ STEPS, BATCH, SEQ = 30, 8, 64
 CASES = {
     "causal_lm": (presets.llama("tiny"), causal_lm, 3e-3, 3.0),
     "prefix_lm": (presets.prefix_llama("tiny"), PrefixLM(), 3e-3, 3.0),
-    "span_corruption": (presets.t5("tiny", eos_token_id=1), SpanCorruption(eos_token_id=1, vocab_size=VOCAB), 1e-2, 2.0),
+    "span_corruption": (presets.t5("tiny", eos_token_id=1),
+                        SpanCorruption(eos_token_id=1, vocab_size=VOCAB), 1e-2, 2.0),
     "ul2": (presets.t5("tiny", eos_token_id=1), UL2(eos_token_id=1, mode_token_ids=MODES, vocab_size=VOCAB), 1e-2, 1.8),
     "ul2_decoder": (presets.prefix_llama("tiny"),
                     UL2(eos_token_id=1, mode_token_ids=MODES, vocab_size=VOCAB, decoder_only=True), 3e-3, 2.5),

@@ -31,8 +31,8 @@ class PrefixLM:
         batch, length = windows.shape
         if self.prefix_length is not None:
             if not 0 < self.prefix_length < length:
-                raise ConfigError(f"PrefixLM.prefix_length must lie in [1, {length - 1}] for windows of {length} tokens, "
-                                  f"got {self.prefix_length}.")
+                raise ConfigError(f"PrefixLM.prefix_length must lie in [1, {length - 1}] for windows of {length} "
+                                  f"tokens, got {self.prefix_length}.")
             prefix_lengths = torch.full((batch,), self.prefix_length)
         else:
             prefix_lengths = torch.randint(1, length, (batch,), generator=generator)

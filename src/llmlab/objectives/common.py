@@ -43,9 +43,10 @@ def padding_mask(rows: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def objective_batches(
-    objective: Objective, tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator | None = None
+    objective: Objective, tokens: torch.Tensor, batch_size: int, seq_len: int,
+    generator: torch.Generator | None = None,
 ) -> Iterator[dict]:
-    """Yield objective(windows) forever for random windows of a packed 1-D token stream, reproducibly given generator."""
+    """Yield objective(windows) forever on random windows of a packed 1-D token stream, reproducible given generator."""
     while True:
         windows = sample_batch(tokens, batch_size, seq_len, generator)["input_ids"]
         yield objective(windows, generator)

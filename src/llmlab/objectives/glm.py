@@ -21,7 +21,7 @@ from llmlab.objectives.common import IGNORE_INDEX, check_fraction, check_windows
 
 def blank_infilling_example(tokens: torch.Tensor, spans: Sequence[tuple[int, int]], order: Sequence[int],
                             mask_token_id: int, sop_token_id: int, eop_token_id: int) -> dict:
-    """input_ids [L], position_ids [2, L], labels [L] and prefix_length for given (start, length) spans and part-B order."""
+    """input_ids [L], position_ids [2, L], labels [L] and prefix_length for (start, length) spans in part-B order."""
     spans = sorted(spans)
     if any(length < 1 for _, length in spans) or any(a + la > b for (a, la), (b, _) in zip(spans, spans[1:])) \
             or (spans and spans[-1][0] + spans[-1][1] > len(tokens)):
@@ -58,8 +58,8 @@ class GLMBlankInfilling:
     zero redrawn, until round(n · mask_ratio) tokens are covered (the last span cut to fit), placed uniformly
     at random without overlap. unit="sentence" (with [sMASK]): whole sentences, each ending after one of
     sentence_end_ids, drawn in random order until they cover round(n · mask_ratio) tokens. unit="document"
-    (with [gMASK]): one span at the end whose length is uniform over 50%–100% of the window. Rows are right-padded (pad id, position 0, label -100);
-    being causal after part A, real tokens never see the padding.
+    (with [gMASK]): one span at the end whose length is uniform over 50%–100% of the window. Rows are
+    right-padded (pad id, position 0, label -100); being causal after part A, real tokens never see the padding.
     """
 
     mask_token_id: int

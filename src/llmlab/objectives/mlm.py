@@ -1,4 +1,4 @@
-"""BERT's masked language modelling (Devlin et al. 2019, §3.1): 15% of tokens chosen, 80% [MASK], 10% random, 10% kept."""
+"""BERT's masked language modelling (Devlin et al. 2019, §3.1): 15% chosen; 80% [MASK], 10% random, 10% kept."""
 
 from __future__ import annotations
 

@@ -20,14 +20,15 @@ from llmlab.objectives.common import IGNORE_INDEX, check_fraction, check_windows
 
 def random_segmentation(num_items: int, num_segments: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Lengths of a uniformly random split of num_items items into num_segments non-empty consecutive segments."""
-    starts_segment = (torch.arange(num_items - 1) < num_segments - 1)[torch.randperm(num_items - 1, generator=generator)]
+    order = torch.randperm(num_items - 1, generator=generator)
+    starts_segment = (torch.arange(num_items - 1) < num_segments - 1)[order]
     segment_ids = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), starts_segment.long()]), 0)
     return torch.bincount(segment_ids, minlength=num_segments)
 
 
 def random_spans_noise_mask(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
                             generator: torch.Generator | None = None) -> torch.Tensor:
-    """A boolean [length] mask of noise tokens in random spans, as T5's random_spans_noise_mask (without random_roll)."""
+    """A boolean [length] mask of noise tokens in random spans: T5's random_spans_noise_mask without random_roll."""
     original_length, length = length, max(length, 2)
     num_noise_tokens = min(max(round(length * noise_density), 1), length - 1)
     num_noise_spans = max(round(num_noise_tokens / mean_noise_span_length), 1)
@@ -53,8 +54,10 @@ def _spans_to_sentinels(tokens: torch.Tensor, mask: torch.Tensor, sentinels: lis
     """Replace each run of masked tokens by the next sentinel, as T5's noise_span_to_unique_sentinel."""
     previous = torch.cat([torch.zeros(1, dtype=torch.bool), mask[:-1]])
     first = mask & ~previous
+    if not first.any():
+        return tokens.clone()
     span_number = torch.cumsum(first.long(), 0) - 1
-    replaced = torch.where(first, torch.tensor(sentinels + [0])[span_number.clamp(min=0)], tokens)
+    replaced = torch.where(first, torch.tensor(sentinels)[span_number.clamp(min=0)], tokens)
     return replaced[~(mask & previous)]
 
 
@@ -96,10 +99,12 @@ class SpanCorruption:
     def __post_init__(self):
         check_fraction(self.noise_density, "SpanCorruption.noise_density")
         if self.mean_noise_span_length < 1:
-            raise ConfigError(f"SpanCorruption.mean_noise_span_length must be at least 1, got {self.mean_noise_span_length}.")
+            raise ConfigError("SpanCorruption.mean_noise_span_length must be at least 1, "
+                              f"got {self.mean_noise_span_length}.")
         sentinel_ids(0, self.vocab_size, self.sentinel_ids)
 
-    def example(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def example(self, tokens: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) for one 1-D sequence with a freshly drawn noise mask."""
         mask = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length, generator)
         sentinels = sentinel_ids(sentinels_needed(mask), self.vocab_size, self.sentinel_ids)
