@@ -16,6 +16,7 @@ from llmlab.objectives import (
     corrupt_spans,
     random_spans_noise_mask,
     sentinel_ids,
+    span_corruption_lengths,
     to_decoder_only,
 )
 
@@ -121,6 +122,14 @@ def test_span_corruption_batch_on_a_ten_token_window():
     assert batch["input_ids"].tolist() == [[10, 11, 12, 13, 14, 15, 16, 17, 99, 1]]
     assert batch["attention_mask"].tolist() == [[1] * 10]
     assert batch["labels"].tolist() == [[99, 18, 19, 1]]
+
+
+def test_window_length_for_512_input_tokens_is_t5s_568_with_114_targets():
+    # T5's random_spans_helper(512, 0.15, 3): 568 tokens → 85 noise in 28 spans → 483 + 28 + 1 = 512 inputs and
+    # 85 + 28 + 1 = 114 targets (the lengths Hugging Face's run_t5_mlm_flax also uses); 569 would give 513 inputs.
+    assert span_corruption_lengths(512) == (568, 114)
+    batch = SpanCorruption(eos_token_id=1, vocab_size=32100)(torch.arange(2, 570)[None], generator())
+    assert batch["input_ids"].shape == (1, 512) and batch["labels"].shape == (1, 114)
 
 
 def test_span_corruption_is_deterministic_given_the_generator():

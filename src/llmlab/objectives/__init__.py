@@ -14,6 +14,7 @@ from llmlab.objectives.span_corruption import (
     corrupt_spans,
     random_spans_noise_mask,
     sentinel_ids,
+    span_corruption_lengths,
     to_decoder_only,
 )
 from llmlab.objectives.ul2 import UL2, UL2_DENOISERS, Denoiser
@@ -21,5 +22,5 @@ from llmlab.objectives.ul2 import UL2, UL2_DENOISERS, Denoiser
 __all__ = [
     "IGNORE_INDEX", "UL2", "UL2_DENOISERS", "Denoiser", "GLMBlankInfilling", "MaskedLM", "PrefixLM", "SpanCorruption",
     "blank_infilling_example", "causal_lm", "corrupt_spans", "objective_batches", "prefix_split",
-    "random_spans_noise_mask", "sentinel_ids", "to_decoder_only",
+    "random_spans_noise_mask", "sentinel_ids", "span_corruption_lengths", "to_decoder_only",
 ]

@@ -39,6 +39,26 @@ def random_spans_noise_mask(length: int, noise_density: float = 0.15, mean_noise
     return (span_index % 2 == 1)[:original_length]
 
 
+def encoded_lengths(tokens_length: int, noise_density: float = 0.15,
+                    mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+    """(inputs, targets) lengths span corruption makes of tokens_length tokens, each with its EOS."""
+    noise = min(max(round(tokens_length * noise_density), 1), tokens_length - 1)
+    spans = max(round(noise / mean_noise_span_length), 1)
+    return tokens_length - noise + spans + 1, noise + spans + 1
+
+
+def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
+                            mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+    """(window length, targets length) whose inputs come out exactly inputs_length long, as T5's random_spans_helper."""
+    tokens_length = inputs_length - 1
+    while encoded_lengths(tokens_length + 1, noise_density, mean_noise_span_length)[0] <= inputs_length:
+        tokens_length += 1
+    targets_length = encoded_lengths(tokens_length, noise_density, mean_noise_span_length)[1]
+    if noise_density == 0.5 and targets_length > inputs_length:  # T5's tweak to keep the targets at inputs_length
+        tokens_length, targets_length = tokens_length - 1, targets_length - 1
+    return tokens_length, targets_length
+
+
 def sentinel_ids(count: int, vocab_size: int | None = None, ids: Sequence[int] | None = None) -> list[int]:
     """The first count sentinel ids: from the given list, or vocab_size - 1, vocab_size - 2, … (T5's <extra_id_k>)."""
     if ids is not None:
