@@ -25,7 +25,7 @@ RECIPE = Recipe(
                tie_embeddings=True),
     data=DataConfig(source="bundled", vocab_size=4096, seq_len=128, batch_size=8, held_out_fraction=0.05, seed=0),
     train=TrainConfig(steps=250, lr=1.5e-3, schedule="cosine", warmup=20, min_lr_ratio=0.1, weight_decay=0.1,
-                      grad_clip=1.0, eval_batches=8, seed=0),
+                      grad_clip=1.0, eval_batches=8, seed=0, device="cpu"),
 )
 VOCAB_SIZE = RECIPE.data.vocab_size
 

@@ -53,9 +53,10 @@ class TrainConfig:
     eval_batches: int = 8
     log_every: int = 10
     checkpoint_every: int = 0
-    keep_last: int = 3
+    keep_last: int = 3  # 0 keeps every checkpoint
     seed: int = 0
     deterministic: bool = False
+    device: str = "auto"  # "auto": the GPU when there is one, else the CPU
 
     def __post_init__(self):
         choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS}
@@ -68,8 +69,18 @@ class TrainConfig:
         for name in ("warmup", "eval_every", "checkpoint_every", "keep_last", "weight_decay", "z_loss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, not {getattr(self, name)}.")
+        try:
+            torch.device(self.resolved_device())
+        except RuntimeError:
+            raise ConfigError(f"train.device {self.device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1).") from None
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, not {self.lr}.")
+
+    def resolved_device(self) -> str:
+        """The device to train on, with "auto" resolved."""
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
 
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -90,13 +101,19 @@ class MetricsLog:
     """Appends one JSON object per record to run_dir/metrics.jsonl, and to TensorBoard when it is installed."""
 
     def __init__(self, run_dir: Path | None):
+        self.run_dir = run_dir
         self.file = run_dir / METRICS_FILE if run_dir is not None else None
         self.board = None
-        if run_dir is not None:
+        self.board_tried = False
+
+    def _open_board(self) -> None:
+        """Start TensorBoard's writer at the first record (so that a run refused at its start writes nothing)."""
+        if not self.board_tried and self.run_dir is not None:
+            self.board_tried = True
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.board = SummaryWriter(str(run_dir / "tensorboard"))
+                self.board = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drop the records of steps after step (those a killed run logged past its last checkpoint)."""
@@ -113,6 +130,7 @@ class MetricsLog:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.file, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        self._open_board()
         if self.board is not None:
             for name, value in record.items():
                 if name != "step":
@@ -122,6 +140,7 @@ class MetricsLog:
         """Flush TensorBoard."""
         if self.board is not None:
             self.board.close()
+            self.board, self.board_tried = None, False
 
 
 class Trainer:

@@ -66,7 +66,7 @@ def build_model(recipe: Recipe, tokenizer, tokens: torch.Tensor) -> Model:
         raise DataError(f"{recipe.data.source} holds token id {largest}, beyond the model's vocab_size {config.vocab_size}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
-        return Model(config)
+        return Model(config).to(recipe.train.resolved_device())
 
 
 def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> Path:
