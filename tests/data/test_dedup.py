@@ -201,3 +201,11 @@ def test_wordless_empty_and_non_ascii_documents():
     # The ASCII byte-table tokeniser and the \w+ regex (taken for non-ASCII text) give the same words.
     signatures, _ = MinHash().signatures(["Hello, world... foo_bar 42 (baz)", "hello\u2026world \u201cfoo_bar\u201d 42 baz"])
     assert (signatures[0] == signatures[1]).all()
+
+
+def test_huge_document_goes_through_in_a_bounded_batch():
+    rng = random.Random(5)
+    huge = " ".join(f"t{rng.randrange(10**6)}" for _ in range(400_000))  # about 3.2 M characters
+    documents = [{"text": huge}, {"text": huge + " and a different ending"}, {"text": "small"}]
+    kept = list(Deduplicator(near=True)(documents))
+    assert [d["text"] for d in kept] == [huge, "small"]

@@ -39,7 +39,9 @@ WORD_BYTES[[*b"0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
 SENTENCE_RE = re.compile(r"[^.!?\n]*(?:[.!?]+[\"'”’)\]]*|\n|$)[ \t]*\n?")
 INDEX_FORMAT = 1
 HASH_SCHEME = "utf8-words|poly64|splitmix64>>32|(a*h+b)mod2^64|band-sum-splitmix64"
-MAX_NEAR_BYTES = 1 << 21  # signatures use the first 2 MiB of a document's words, to bound a batch's memory
+# A batch ends after 1024 documents or 4 Mi characters; signatures use a document's first 1 Mi characters. Together
+# they bound the batch's arrays (about 16 bytes per character) whatever the documents' sizes.
+BATCH_CHARACTERS, MAX_NEAR_CHARACTERS = 1 << 22, 1 << 20
 PERMUTATION_BLOCK, SHINGLE_CHUNK = 16, 8192  # (permutations × shingles) computed at once: about 1 MB, so in cache
 
 
@@ -186,7 +188,7 @@ class MinHash:
         ASCII texts are tokenised with a byte table (the same result as WORD_RE, without a Python loop per word);
         other texts go through WORD_RE first.
         """
-        prepared = [text[:MAX_NEAR_BYTES] if text.isascii() else " ".join(words(text[:MAX_NEAR_BYTES])) for text in texts]
+        prepared = [text[:MAX_NEAR_CHARACTERS] if text.isascii() else " ".join(words(text[:MAX_NEAR_CHARACTERS])) for text in texts]
         data = np.frombuffer("\n".join(prepared).encode("utf-8").lower(), dtype=np.uint8)
         is_word = WORD_BYTES[data]
         follows_word = np.concatenate([[False], is_word[:-1]])
@@ -419,13 +421,14 @@ class Deduplicator:
         return [{**documents[i], "text": texts[i]} for i, kept in zip(candidates, keep) if kept]
 
     def __call__(self, documents: Iterable[dict]) -> Iterator[dict]:
-        """Stream DOCUMENTS ({"text": ..., ...}) in batches and yield the survivors in order."""
-        batch = []
+        """Stream DOCUMENTS ({"text": ..., ...}) in bounded batches and yield the survivors in order."""
+        batch, characters = [], 0
         for document in documents:
             batch.append(document)
-            if len(batch) == self.batch_size:
+            characters += len(document["text"])
+            if len(batch) == self.batch_size or characters >= BATCH_CHARACTERS:
                 yield from self.process_batch(batch)
-                batch = []
+                batch, characters = [], 0
         if batch:
             yield from self.process_batch(batch)
 
