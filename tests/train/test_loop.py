@@ -10,7 +10,7 @@ from llmlab.errors import ConfigError, DataError
 from llmlab.model import presets
 from llmlab.model.transformer import Model
 from llmlab.train.data import RandomWindows
-from llmlab.train.loop import TrainConfig, Trainer, train, z_loss
+from llmlab.train.loop import TrainConfig, Trainer, train, training_flops_per_token, z_loss
 from llmlab.train.optim import parameter_groups
 from llmlab.train.schedules import warmup_constant, warmup_cosine, warmup_linear, warmup_stable_decay
 from llmlab.train.stability import SpikeGuard
@@ -209,3 +209,17 @@ def test_invalid_train_settings_name_the_field():
 def test_sample_batch_rejects_a_stream_shorter_than_a_window():
     with pytest.raises(DataError, match="fewer than seq_len"):
         RandomWindows(torch.arange(5), batch_size=1, seq_len=10)
+
+
+def test_training_flops_follow_palm_appendix_b():
+    # 6 · 1000 + 12 · 2 layers · 16 wide · 8 tokens = 6000 + 3072
+    assert training_flops_per_token(1000, n_layers=2, d_model=16, seq_len=8) == 9072
+
+
+def test_mfu_is_recorded_when_the_peak_is_given():
+    config = presets.llama("tiny", n_layers=2, d_model=64, n_heads=2, d_ff=128, vocab_size=128)
+    model = Model(config)
+    batches = RandomWindows(torch.arange(300) % 128, 2, 16, seed=0)
+    record = Trainer(model, TrainConfig(steps=1, peak_flops=1e12), batches, progress=False).train_step()
+    expected = training_flops_per_token(model.num_parameters(), 2, 64, 16) * 32 / record["step_time_s"] / 1e12
+    assert record["mfu"] == pytest.approx(expected)

@@ -47,19 +47,42 @@ def finished_run(tmp_path_factory):
 def test_a_run_killed_and_resumed_ends_bit_identical(finished_run, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "llmlab", "pretrain", TINY, "--out", str(out), "--no-progress", *SMALL]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while latest_checkpoint(out / "checkpoints") is None and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(random.uniform(0, 0.3))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert latest_checkpoint(out / "checkpoints") is not None and not (out / "final").exists()  # killed mid-run
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # first killed just after its first checkpoint, then resumed and killed at a random moment, then resumed to the end
+    for extra, wait_for_checkpoint, delay in (([], True, 0.3), (["--resume"], False, 2.0)):
+        process = subprocess.Popen(command + extra, env=environment, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while wait_for_checkpoint and latest_checkpoint(out / "checkpoints") is None and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(random.uniform(0, delay))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if wait_for_checkpoint:
+            assert latest_checkpoint(out / "checkpoints") is not None and not (out / "final").exists()  # mid-run
     assert pretrain(out, "--resume") == 0
     assert (out / "final" / "model.safetensors").read_bytes() == (finished_run / "final" / "model.safetensors").read_bytes()
     assert losses_by_step(out) == losses_by_step(finished_run)
     assert len(losses_by_step(out)) == 40
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(finished_run, tmp_path):
+    out = tmp_path / "early"
+    assert pretrain(out, "train.steps=3", "train.checkpoint_every=0") == 0  # leaves metrics and a tokenizer behind
+    shutil.rmtree(out / "final")
+    assert pretrain(out, "--resume") == 0
+    assert (out / "final" / "model.safetensors").read_bytes() == (finished_run / "final" / "model.safetensors").read_bytes()
+    assert losses_by_step(out) == losses_by_step(finished_run)
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 41, "lo')
+    assert pretrain(run, "--resume") == 0
+    assert losses_by_step(run) == losses_by_step(finished_run)
 
 
 def test_the_final_model_loads_and_learned(finished_run):

@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU
+    peak_flops: float | None = None  # the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16), for MFU
 
     def __post_init__(self):
         choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS}
@@ -81,6 +82,11 @@ class TrainConfig:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+
+def training_flops_per_token(n_parameters: int, n_layers: int, d_model: int, seq_len: int) -> float:
+    """Forward and backward FLOPs per token, 6N + 12·L·d·T (PaLM, Chowdhery et al. 2022, appendix B)."""
+    return 6 * n_parameters + 12 * n_layers * d_model * seq_len
 
 
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -119,10 +125,18 @@ class MetricsLog:
         """Drop the records of steps after step (those a killed run logged past its last checkpoint)."""
         if self.file is None or not self.file.exists():
             return
-        kept = [line for line in self.file.read_text().splitlines() if json.loads(line)["step"] <= step]
+        kept = [line for line in self.file.read_text().splitlines() if self._step_of(line) <= step]
         staging = self.file.with_suffix(".tmp")
         staging.write_text("".join(line + "\n" for line in kept))
         staging.replace(self.file)
+
+    @staticmethod
+    def _step_of(line: str) -> float:
+        """The step of a JSONL record; a line cut short by a kill counts as past every step."""
+        try:
+            return json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return math.inf
 
     def write(self, record: dict) -> None:
         """Record one step's metrics."""
@@ -259,6 +273,11 @@ class Trainer:
         step_time = time.perf_counter() - started
         record = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / step_time,
                   "step_time_s": step_time, "skipped_steps": sum(self.skipped.values())}  # fmt: skip
+        if config.peak_flops and hasattr(self.model, "config"):
+            model_config = self.model.config
+            flops = training_flops_per_token(sum(p.numel() for p in self.model.parameters()), model_config.n_layers,
+                                             model_config.d_model, batch["input_ids"].shape[-1])  # fmt: skip
+            record["mfu"] = flops * tokens / step_time / config.peak_flops
         if self.device.type == "cuda":
             record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return record

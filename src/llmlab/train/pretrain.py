@@ -93,6 +93,8 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
         held_out = fixed_batches(held_out_tokens, recipe.train.eval_batches, data.batch_size, data.seq_len, data.seed)
     trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, progress=progress,
                       description="pretrain")
+    if resume and latest is None:
+        trainer.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
     if latest is not None:
         state = load_checkpoint(latest, model)
         try:
