@@ -97,3 +97,38 @@ def test_a_corrupt_training_state_is_refused(checkpoint):
     (checkpoint / STATE_FILE).write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=STATE_FILE):
         load_checkpoint(checkpoint, Model(CONFIG))
+
+
+class PoisonedBatches(RandomWindows):
+    """Random windows whose draw number `poisoned` (0-based) has every label ignored: a NaN loss."""
+
+    def __init__(self, poisoned, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.poisoned = poisoned
+
+    def __next__(self):
+        batch = super().__next__()
+        if self.drawn - 1 == self.poisoned:
+            batch = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+        return batch
+
+
+def test_a_bad_step_rolls_back_to_the_last_checkpoint_and_skips_its_batches(tmp_path):
+    trainer = make_trainer(tmp_path, steps=6, checkpoint_every=3)
+    trainer.batches = PoisonedBatches(4, TOKENS, 4, 16, seed=1)
+    trainer.config = TrainConfig(**{**trainer.config.__dict__, "on_spike": "rollback"})
+    steps_seen, weights_after = [], {}
+
+    def watch(step, loss):
+        steps_seen.append(step)
+        if step == 4 and not weights_after:  # the poisoned step: back to the weights of step 3
+            weights_after.update({name: tensor.clone() for name, tensor in trainer.model.state_dict().items()})
+
+    trainer.on_step = watch
+    trainer.fit()
+    assert steps_seen == [0, 1, 2, 3, 4, 3, 4, 5]  # steps 4 and 5 again after the rollback to step 3
+    assert trainer.rollbacks == 1 and trainer.skipped["non-finite"] == 1
+    assert trainer.batches.drawn == 8  # the poisoned batch and the one before it are never drawn again
+    checkpoint = llmlab.load(tmp_path / CHECKPOINTS_DIRECTORY / "step-3").state_dict()
+    for name, tensor in checkpoint.items():
+        assert torch.equal(weights_after[name], tensor), name

@@ -18,12 +18,13 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from llmlab.errors import ConfigError
-from llmlab.train.checkpoint import save_checkpoint
+from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmlab.train.optim import OPTIMIZERS, build_optimizer
 from llmlab.train.schedules import SCHEDULES
 from llmlab.train.stability import SpikeGuard
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SPIKE_ACTIONS = ("skip", "rollback")
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIRECTORY = "checkpoints"
 
@@ -49,6 +50,7 @@ class TrainConfig:
     z_loss: float = 0.0
     spike_factor: float | None = None
     spike_window: int = 100
+    on_spike: str = "skip"  # or "rollback": reload the newest checkpoint and go on past the offending batches
     eval_every: int = 0
     eval_batches: int = 8
     log_every: int = 10
@@ -60,7 +62,7 @@ class TrainConfig:
     peak_flops: float | None = None  # the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16), for MFU
 
     def __post_init__(self):
-        choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS}
+        choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS, "on_spike": SPIKE_ACTIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
@@ -187,6 +189,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir)
         self.step = 0
         self.skipped = {"non-finite": 0, "spike": 0}
+        self.rollbacks = 0
         self.rng_states: dict | None = None
         self.losses: list[float] = []
 
@@ -198,21 +201,35 @@ class Trainer:
         return {
             "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None, "guard": self.guard.state_dict(),
-            "skipped": dict(self.skipped), "rng": rng, "batches": self.batches.state_dict(),
+            "skipped": dict(self.skipped), "rollbacks": self.rollbacks, "rng": rng, "batches": self.batches.state_dict(),
         }  # fmt: skip
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a state saved by state_dict (the weights are loaded separately)."""
+    def _restore_optimisation(self, state: dict) -> None:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.guard.load_state_dict(state["guard"])
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state saved by state_dict (the weights are loaded separately)."""
+        self._restore_optimisation(state)
         self.skipped = dict(state["skipped"])
+        self.rollbacks = int(state.get("rollbacks", 0))
         self.rng_states = state["rng"]
         self.batches.load_state_dict(state["batches"])
         self.metrics.truncate_after(self.step)
+
+    def roll_back(self) -> int | None:
+        """Reload the newest checkpoint's weights and optimiser state but keep the data position, so that the
+        batches since then are skipped (the OPT logbook's remedy); returns the step rolled back to, or None."""
+        latest = latest_checkpoint(self.run_dir / CHECKPOINTS_DIRECTORY) if self.run_dir is not None else None
+        if latest is None:
+            return None
+        self._restore_optimisation(load_checkpoint(latest, self.model))
+        self.rollbacks += 1
+        return self.step
 
     def _restore_rng(self) -> None:
         if self.rng_states is None:
@@ -280,6 +297,8 @@ class Trainer:
             record["mfu"] = flops * tokens / step_time / config.peak_flops
         if self.device.type == "cuda":
             record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if reason is not None and config.on_spike == "rollback":
+            record["rolled_back_to"] = self.roll_back()
         return record
 
     @torch.no_grad()
@@ -315,7 +334,7 @@ class Trainer:
                 if self.run_dir is not None and config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.on_step is not None:
-                    self.on_step(self.step - 1, record["loss"])
+                    self.on_step(record["step"] - 1, record["loss"])
         self.metrics.close()
         self.model.train(was_training)
         return self.losses
