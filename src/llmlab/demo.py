@@ -55,7 +55,7 @@ def print_samples(model, tokenizer, generator: torch.Generator, max_new_tokens: 
 
 
 def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "demo"), seed: int = 0) -> list[float]:
-    """Train the demo model on the bundled corpus, print samples before and after, save it to out_dir; return the losses."""
+    """Train the demo model on the bundled corpus, print samples before and after, save it; return the losses."""
     started = time.perf_counter()
     data = dataclasses.replace(RECIPE.data, seed=seed)
     recipe = dataclasses.replace(RECIPE, data=data, train=dataclasses.replace(RECIPE.train, steps=steps, seed=seed))

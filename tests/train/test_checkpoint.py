@@ -37,7 +37,8 @@ def test_resuming_from_a_checkpoint_gives_bit_identical_weights(tmp_path):
     with pytest.raises(InterruptedError):
         first.fit()
     resumed = make_trainer(tmp_path / "split", steps=6)
-    resumed.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path / "split" / CHECKPOINTS_DIRECTORY), resumed.model))
+    latest = latest_checkpoint(tmp_path / "split" / CHECKPOINTS_DIRECTORY)
+    resumed.load_state_dict(load_checkpoint(latest, resumed.model))
     resumed.fit()
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name

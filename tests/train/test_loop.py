@@ -33,7 +33,7 @@ class BigramModel(nn.Module):
 
 
 class LinearLoss(nn.Module):
-    """loss = scale · (10 + sum(w)): positive, with a constant gradient, so every Adam step moves each weight by exactly the learning rate."""
+    """loss = scale · (10 + sum(w)): positive, with a constant gradient, so Adam moves each weight by exactly lr."""
 
     def __init__(self):
         super().__init__()
@@ -63,7 +63,8 @@ def test_warmup_cosine_matches_hand_computed_values(step, expected):
 @pytest.mark.parametrize(
     ("schedule", "step", "expected"),
     [
-        (warmup_linear, 4, 0.5), (warmup_linear, 10, 1.0), (warmup_linear, 60, 1 - 0.9 * 0.5), (warmup_linear, 110, 0.1),
+        (warmup_linear, 4, 0.5), (warmup_linear, 10, 1.0), (warmup_linear, 60, 1 - 0.9 * 0.5),
+        (warmup_linear, 110, 0.1),
         (warmup_constant, 0, 0.1), (warmup_constant, 9, 1.0), (warmup_constant, 500, 1.0),
         # WSD with total 110, decay over the last 20% = 22 steps, from step 88
         (warmup_stable_decay, 4, 0.5), (warmup_stable_decay, 50, 1.0), (warmup_stable_decay, 87, 1.0),
@@ -78,7 +79,8 @@ def test_each_step_uses_the_scheduled_learning_rate():
     model = LinearLoss()
     weights = []
     config = TrainConfig(steps=12, lr=0.01, warmup=4, min_lr_ratio=0.1, weight_decay=0.0)
-    train(model, constant_batches(), config, progress=False, on_step=lambda step, loss: weights.append(model.weight[0].item()))
+    train(model, constant_batches(), config, progress=False,
+          on_step=lambda step, loss: weights.append(model.weight[0].item()))
     moves = [-(after - before) for before, after in zip([0.0, *weights], weights)]
     expected = [0.01 * warmup_cosine(step, warmup=4, total=12, min_ratio=0.1) for step in range(12)]
     assert moves == pytest.approx(expected, rel=1e-4)
@@ -107,8 +109,8 @@ def test_seeded_runs_are_identical_and_leave_the_global_rng_alone():
         torch.manual_seed(0)
         model = BigramModel(7, dropout=0.3)
         global_state = torch.get_rng_state()
-        losses = train(model, RandomWindows(torch.arange(500) % 7, 4, 8, seed=1), TrainConfig(steps=20, lr=0.01, seed=3),
-                       progress=False)  # fmt: skip
+        batches = RandomWindows(torch.arange(500) % 7, 4, 8, seed=1)
+        losses = train(model, batches, TrainConfig(steps=20, lr=0.01, seed=3), progress=False)
         assert torch.equal(torch.get_rng_state(), global_state)
         return losses
 

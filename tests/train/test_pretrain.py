@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import llmlab
 from llmlab.cli.main import main
@@ -21,7 +20,8 @@ from llmlab.train.checkpoint import latest_checkpoint
 TINY = str(Path(__file__).parents[2] / "recipes" / "tiny.yaml")
 SMALL = ["data.max_chars=60000", "data.vocab_size=512", "data.seq_len=32", "data.batch_size=4", "model.d_model=64",
          "model.n_layers=2", "model.n_heads=2", "model.d_ff=128", "model.dropout=0.1", "train.steps=40",
-         "train.warmup=4", "train.checkpoint_every=5", "train.eval_every=10", "train.log_every=1"]  # fmt: skip
+         "train.warmup=4", "train.checkpoint_every=5", "train.eval_every=10", "train.log_every=1",
+         "train.sample_every=20"]  # fmt: skip
 
 
 def pretrain(out, *extra):
@@ -30,6 +30,10 @@ def pretrain(out, *extra):
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+def final_weights(run: Path) -> bytes:
+    return (run / "final" / "model.safetensors").read_bytes()
 
 
 def losses_by_step(run: Path) -> dict[int, float]:
@@ -62,7 +66,7 @@ def test_a_run_killed_and_resumed_ends_bit_identical(finished_run, tmp_path):
         if wait_for_checkpoint:
             assert latest_checkpoint(out / "checkpoints") is not None and not (out / "final").exists()  # mid-run
     assert pretrain(out, "--resume") == 0
-    assert (out / "final" / "model.safetensors").read_bytes() == (finished_run / "final" / "model.safetensors").read_bytes()
+    assert final_weights(out) == final_weights(finished_run)
     assert losses_by_step(out) == losses_by_step(finished_run)
     assert len(losses_by_step(out)) == 40
 
@@ -72,7 +76,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(finished_run, tmp_
     assert pretrain(out, "train.steps=3", "train.checkpoint_every=0") == 0  # leaves metrics and a tokenizer behind
     shutil.rmtree(out / "final")
     assert pretrain(out, "--resume") == 0
-    assert (out / "final" / "model.safetensors").read_bytes() == (finished_run / "final" / "model.safetensors").read_bytes()
+    assert final_weights(out) == final_weights(finished_run)
     assert losses_by_step(out) == losses_by_step(finished_run)
 
 
@@ -90,6 +94,10 @@ def test_the_final_model_loads_and_learned(finished_run):
     assert model.config.d_model == 64 and (finished_run / "final" / "tokenizer.json").exists()
     losses = losses_by_step(finished_run)
     assert losses[40] < losses[1] - 0.5
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    samples = [record for record in records if "sample" in record]
+    assert [record["step"] for record in samples] == [20, 40] and samples[0]["sample"].startswith("The")
+    assert [record["step"] for record in records if "eval_loss" in record] == [10, 20, 30, 40]
 
 
 def test_a_missing_data_file_is_refused(tmp_path, capsys):

@@ -17,8 +17,9 @@ def test_tiny_recipe_reads_into_dataclasses():
     assert recipe.model_config(vocab_size=recipe.data.vocab_size).n_layers == 4
 
 def test_overrides_replace_fields_with_the_field_types():
-    recipe = load_recipe(RECIPES / "tiny.yaml", ["train.lr=1e-3", "train.steps=7", "train.betas=[0.9, 0.99]",
-                                                  "train.grad_clip=null", "data.seq_len=32", "model.n_layers=2"])  # fmt: skip
+    overrides = ["train.lr=1e-3", "train.steps=7", "train.betas=[0.9, 0.99]", "train.grad_clip=null",
+                 "data.seq_len=32", "model.n_layers=2"]
+    recipe = load_recipe(RECIPES / "tiny.yaml", overrides)
     assert recipe.train.lr == 0.001 and isinstance(recipe.train.lr, float)
     assert recipe.train.steps == 7
     assert recipe.train.betas == (0.9, 0.99)

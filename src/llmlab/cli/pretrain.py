@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "section.field=value (e.g. train.steps=100 model.n_layers=2).")
     parser.__class__ = _OverridesAnywhere  # subparsers build plain ArgumentParsers; this one also takes overrides
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe (see recipes/)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run directory: checkpoints/, metrics.jsonl, final/")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="run directory: checkpoints/, metrics.jsonl, final/")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="recipe fields to override")

@@ -49,7 +49,8 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model: Model, state
             save_llmlab(model, staging, tokenizer_file=tokenizer_file, metadata={"step": step})
             torch.save(state, staging / STATE_FILE)
     except OSError as error:
-        raise CheckpointError(f"writing the checkpoint {path} failed ({error}); the previous ones are intact.") from None
+        message = f"writing the checkpoint {path} failed ({error}); the previous ones are intact."
+        raise CheckpointError(message) from None
     if keep_last:
         for _, old in checkpoint_steps(directory)[:-keep_last]:
             remove_directory(old)
@@ -63,11 +64,11 @@ def remove_directory(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> None:
-    """Delete the temporary directories a killed run left behind while writing or deleting a checkpoint."""
+def remove_stale_temporaries(directory: str | os.PathLike, name: str = "step-*") -> None:
+    """Delete the temporary directories a killed run left behind while writing or deleting `name` directories."""
     directory = Path(directory)
     if directory.is_dir():
-        for path in directory.glob(".step-*"):
+        for path in directory.glob(f".{name}.*"):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -52,6 +52,9 @@ class TrainConfig:
     spike_window: int = 100
     on_spike: str = "skip"  # or "rollback": reload the newest checkpoint and go on past the offending batches
     eval_every: int = 0
+    sample_every: int = 0  # print and log a greedy continuation of sample_prompt every this many steps
+    sample_prompt: str = "The"
+    sample_tokens: int = 32
     eval_batches: int = 8
     log_every: int = 10
     checkpoint_every: int = 0
@@ -69,13 +72,15 @@ class TrainConfig:
         for name in ("steps", "grad_accum", "log_every", "eval_batches", "spike_window"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}.")
-        for name in ("warmup", "eval_every", "checkpoint_every", "keep_last", "weight_decay", "z_loss"):
+        for name in ("warmup", "eval_every", "sample_every", "sample_tokens", "checkpoint_every", "keep_last",
+                     "weight_decay", "z_loss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, not {getattr(self, name)}.")
         try:
             torch.device(self.resolved_device())
         except RuntimeError:
-            raise ConfigError(f"train.device {self.device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1).") from None
+            message = f"train.device {self.device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1)."
+            raise ConfigError(message) from None
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, not {self.lr}.")
 
@@ -149,7 +154,9 @@ class MetricsLog:
         self._open_board()
         if self.board is not None:
             for name, value in record.items():
-                if name != "step":
+                if isinstance(value, str):
+                    self.board.add_text(name, value, record["step"])
+                elif name != "step" and value is not None:
                     self.board.add_scalar(name, value, record["step"])
 
     def close(self) -> None:
@@ -171,10 +178,12 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, batches: Iterator[dict], *,
                  held_out: list[dict] | None = None, run_dir: str | Path | None = None,
                  tokenizer_file: str | Path | None = None, progress: bool = True, description: str = "train",
-                 on_step: Callable[[int, float], None] | None = None):
+                 on_step: Callable[[int, float], None] | None = None,
+                 sampler: Callable[[nn.Module], str] | None = None):
         self.model, self.config, self.batches, self.held_out = model, config, batches, held_out
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.tokenizer_file, self.progress, self.description, self.on_step = tokenizer_file, progress, description, on_step
+        self.tokenizer_file, self.progress, self.description = tokenizer_file, progress, description
+        self.on_step, self.sampler = on_step, sampler
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.betas)
         multiplier = partial(SCHEDULES[config.schedule], warmup=config.warmup, total=config.steps,
@@ -201,7 +210,8 @@ class Trainer:
         return {
             "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None, "guard": self.guard.state_dict(),
-            "skipped": dict(self.skipped), "rollbacks": self.rollbacks, "rng": rng, "batches": self.batches.state_dict(),
+            "skipped": dict(self.skipped), "rollbacks": self.rollbacks, "rng": rng,
+            "batches": self.batches.state_dict(),
         }  # fmt: skip
 
     def _restore_optimisation(self, state: dict) -> None:
@@ -288,8 +298,9 @@ class Trainer:
         self.schedule.step()
         self.step += 1
         step_time = time.perf_counter() - started
-        record = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / step_time,
-                  "step_time_s": step_time, "skipped_steps": sum(self.skipped.values())}  # fmt: skip
+        record = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": tokens / step_time, "step_time_s": step_time,
+                  "skipped_steps": sum(self.skipped.values()), "rollbacks": self.rollbacks}  # fmt: skip
         if config.peak_flops and hasattr(self.model, "config"):
             model_config = self.model.config
             flops = training_flops_per_token(sum(p.numel() for p in self.model.parameters()), model_config.n_layers,
@@ -308,6 +319,16 @@ class Trainer:
         losses = [self._loss({k: v.to(self.device) for k, v in batch.items()}).item() for batch in self.held_out]
         self.model.train()
         return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def write_sample(self, bar: tqdm) -> None:
+        """Log (and show above the progress bar) the sampler's text for the model as it is now."""
+        self.model.eval()
+        text = self.sampler(self.model)
+        self.model.train()
+        self.metrics.write({"step": self.step, "sample": text})
+        if self.progress:
+            bar.write(f"step {self.step}: {text!r}")
 
     def save_checkpoint(self) -> Path:
         """Write run_dir/checkpoints/step-N with the model, tokenizer and training state."""
@@ -331,6 +352,8 @@ class Trainer:
                     self.metrics.write(record)
                 if self.held_out and config.eval_every and self.step % config.eval_every == 0:
                     self.metrics.write({"step": self.step, "eval_loss": self.evaluate()})
+                if self.sampler is not None and config.sample_every and self.step % config.sample_every == 0:
+                    self.write_sample(bar)
                 if self.run_dir is not None and config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.on_step is not None:

@@ -63,10 +63,24 @@ def build_model(recipe: Recipe, tokenizer, tokens: torch.Tensor) -> Model:
     config = recipe.model_config(**fields)
     largest = int(tokens.max())
     if largest >= config.vocab_size:
-        raise DataError(f"{recipe.data.source} holds token id {largest}, beyond the model's vocab_size {config.vocab_size}.")
+        raise DataError(f"{recipe.data.source} holds token id {largest}, "
+                        f"beyond the model's vocab_size {config.vocab_size}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
         return Model(config).to(recipe.train.resolved_device())
+
+
+def greedy_sampler(tokenizer, prompt: str, max_new_tokens: int):
+    """A function of a model giving prompt plus its greedy continuation (None for models that cannot generate)."""
+
+    def sample(model: Model) -> str:
+        start = [model.config.bos_token_id] if model.config.bos_token_id is not None else []
+        ids = torch.tensor([start + tokenizer.encode(prompt).ids], device=model.device)
+        output = model.generate(ids, max_new_tokens=max_new_tokens)
+        new = output[0, ids.shape[1]:] if model.config.arch != "encoder_decoder" else output[0, 1:]
+        return prompt + tokenizer.decode(new.tolist())
+
+    return sample
 
 
 def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> Path:
@@ -91,8 +105,11 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     held_out = None
     if recipe.train.eval_every and held_out_tokens.numel() >= data.seq_len:
         held_out = fixed_batches(held_out_tokens, recipe.train.eval_batches, data.batch_size, data.seq_len, data.seed)
+    sampler = None
+    if tokenizer is not None and model.config.arch != "encoder":
+        sampler = greedy_sampler(tokenizer, recipe.train.sample_prompt, recipe.train.sample_tokens)
     trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, progress=progress,
-                      description="pretrain")
+                      description="pretrain", sampler=sampler)
     if resume and latest is None:
         trainer.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
     if latest is not None:
@@ -102,6 +119,7 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             raise CheckpointError(f"{latest} does not fit the recipe's training setup ({error}).") from None
         remove_stale_temporaries(checkpoints)
+        remove_stale_temporaries(run_dir, FINAL_DIRECTORY)
     if recipe.data.source != "bundled":
         trainer.tokenizer_file = Path(data.tokenizer) if data.tokenizer else None
     elif latest is None or not (run_dir / TOKENIZER_FILE).exists():
