@@ -96,7 +96,7 @@ def test_the_final_model_loads_and_learned(finished_run):
     assert losses[40] < losses[1] - 0.5
     records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     samples = [record for record in records if "sample" in record]
-    assert [record["step"] for record in samples] == [20, 40] and samples[0]["sample"].startswith("The")
+    assert [record["step"] for record in samples] == [20, 40] and samples[0]["sample"].startswith("Return the")
     assert [record["step"] for record in records if "eval_loss" in record] == [10, 20, 30, 40]
 
 
