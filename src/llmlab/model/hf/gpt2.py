@@ -35,8 +35,8 @@ def config_to_hf(config: ModelConfig) -> dict:
     }
 
 
-def weight_rules(config: ModelConfig) -> list[Rule]:
-    """llmlab ↔ HF tensor names for GPT-2; its Conv1D layers store weights as [in, out], hence the transposes."""
+def gpt2_layout_rules(config: ModelConfig, block_rules) -> list[Rule]:
+    """GPT-2's layout, shared by GPT-Neo: wte, wpe, ln_f, lm_head; ln_1, ln_2 and block_rules(ours, theirs) per block."""
     rules = [Rule("embed.tokens.weight", "transformer.wte.weight"),
              Rule("embed.positions.weight", "transformer.wpe.weight"),
              *weight_and_bias("decoder.norm", "transformer.ln_f")]
@@ -46,10 +46,18 @@ def weight_rules(config: ModelConfig) -> list[Rule]:
         ours, theirs = f"decoder.blocks.{i}.", f"transformer.h.{i}."
         rules += weight_and_bias(ours + "attn_norm", theirs + "ln_1")
         rules += weight_and_bias(ours + "mlp_norm", theirs + "ln_2")
-        for a, b in (("attn.qkv", "attn.c_attn"), ("attn.o", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
-                     ("mlp.down", "mlp.c_proj")):
-            rules += weight_and_bias(ours + a, theirs + b, to_ours=transpose, to_theirs=transpose)
+        rules += block_rules(ours, theirs)
     return rules
+
+
+def weight_rules(config: ModelConfig) -> list[Rule]:
+    """llmlab ↔ HF tensor names for GPT-2; its Conv1D layers store weights as [in, out], hence the transposes."""
+    def block_rules(ours: str, theirs: str) -> list[Rule]:
+        pairs = (("attn.qkv", "attn.c_attn"), ("attn.o", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
+                 ("mlp.down", "mlp.c_proj"))
+        return [rule for a, b in pairs
+                for rule in weight_and_bias(ours + a, theirs + b, to_ours=transpose, to_theirs=transpose)]
+    return gpt2_layout_rules(config, block_rules)
 
 
 FAMILIES = (Family(("gpt2",), config_from_hf, config_to_hf, weight_rules,

@@ -6,6 +6,7 @@ from llmlab.errors import ConfigError
 from llmlab.model.config import ModelConfig
 from llmlab.model.hf import Family
 from llmlab.model.hf.common import hf_activation, hf_tokens, mlp_kind, pick, special_tokens
+from llmlab.model.hf.gpt2 import gpt2_layout_rules
 from llmlab.model.hf.weights import Rule, weight_and_bias
 
 
@@ -58,22 +59,14 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 
 def weight_rules(config: ModelConfig) -> list[Rule]:
-    """llmlab ↔ HF tensor names for GPT-Neo (plain Linear layers; q/k/v without bias)."""
-    rules = [Rule("embed.tokens.weight", "transformer.wte.weight"),
-             Rule("embed.positions.weight", "transformer.wpe.weight"),
-             *weight_and_bias("decoder.norm", "transformer.ln_f")]
-    if not config.tie_embeddings:
-        rules.append(Rule("head.weight", "lm_head.weight"))
-    for i in range(config.n_layers):
-        ours, theirs = f"decoder.blocks.{i}.", f"transformer.h.{i}."
-        rules += weight_and_bias(ours + "attn_norm", theirs + "ln_1")
-        rules += weight_and_bias(ours + "mlp_norm", theirs + "ln_2")
-        for p in "qkv":
-            rules += weight_and_bias(f"{ours}attn.{p}", f"{theirs}attn.attention.{p}_proj", bias=False)
+    """llmlab ↔ HF tensor names for GPT-Neo (GPT-2's layout with plain Linear layers; q/k/v without bias)."""
+    def block_rules(ours: str, theirs: str) -> list[Rule]:
+        rules = [rule for p in "qkv"
+                 for rule in weight_and_bias(f"{ours}attn.{p}", f"{theirs}attn.attention.{p}_proj", bias=False)]
         rules += weight_and_bias(ours + "attn.o", theirs + "attn.attention.out_proj")
         rules += weight_and_bias(ours + "mlp.up", theirs + "mlp.c_fc")
-        rules += weight_and_bias(ours + "mlp.down", theirs + "mlp.c_proj")
-    return rules
+        return rules + weight_and_bias(ours + "mlp.down", theirs + "mlp.c_proj")
+    return gpt2_layout_rules(config, block_rules)
 
 
 FAMILIES = (Family(("gpt_neo",), config_from_hf, config_to_hf, weight_rules,
