@@ -36,7 +36,7 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 
 def gpt2_layout_rules(config: ModelConfig, block_rules) -> list[Rule]:
-    """GPT-2's layout, shared by GPT-Neo: wte, wpe, ln_f, lm_head; ln_1, ln_2 and block_rules(ours, theirs) per block."""
+    """GPT-2's layout (GPT-Neo's too): wte, wpe, ln_f, lm_head; per block ln_1, ln_2 and block_rules(ours, theirs)."""
     rules = [Rule("embed.tokens.weight", "transformer.wte.weight"),
              Rule("embed.positions.weight", "transformer.wpe.weight"),
              *weight_and_bias("decoder.norm", "transformer.ln_f")]
