@@ -14,6 +14,12 @@ PAD = "<pad>"
 DEFAULT_SPECIAL_TOKENS = (END_OF_TEXT, PAD)
 TOKENIZER_FILE = "tokenizer.json"
 
+# The special tokens the pretraining objectives need, by name (objectives take their ids).
+SENTINEL = "<extra_id_{}>"  # T5's sentinels, <extra_id_0> first
+UL2_MODE_TOKENS = {"R": "[R]", "S": "[S]", "X": "[X]"}
+MASK, SENTENCE_MASK, GENERATION_MASK = "[MASK]", "[sMASK]", "[gMASK]"  # BERT's and GLM's masks
+START_OF_PIECE, END_OF_PIECE = "<|startofpiece|>", "<|endofpiece|>"  # GLM's [sop] and [eop]
+
 
 def train_bpe_tokenizer(
     texts: Iterable[str],
