@@ -1,0 +1,140 @@
+"""A deterministic mixture of token sources, cut into windows: the window of global sample i is a pure function
+of (sources, seq_len, seed, i), so a trainer's batch for step s is samples [s·B, (s+1)·B) and resuming or
+splitting across ranks needs no sampler state.
+
+Each source's stream is cut into non-overlapping windows of seq_len tokens (documents are packed across window
+boundaries, each ending with the end-of-text id); the last held_out_fraction of a source's windows is its
+held-out split. A source's windows are visited in a fresh random order every epoch, seeded by (seed, source,
+epoch, split). Sources are blended as Megatron-LM's build_blending_indices does: sample i goes to the source
+whose realised count lags its weight's share of i most (ties to the first), so every prefix of the sample
+sequence matches the weights up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmlab.errors import ConfigError, DataError
+
+SPLITS = ("train", "held_out")
+
+
+@dataclass(frozen=True)
+class MixtureSource:
+    """One source of a mixture: a token stream (TokenShards or anything with .tokens and .read(start, length)),
+    with a weight, or a number of epochs (its weight is then epochs × its training tokens)."""
+
+    stream: Any
+    weight: float | None = None
+    epochs: float | None = None
+    name: str = "source"
+
+
+def blend(weights: Sequence[float], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Megatron-LM's blending of count samples: the source of each sample and its ordinal within that source."""
+    sources, ordinals = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
+    taken = [0] * len(weights)
+    for sample in range(count):  # sequential by definition: each choice depends on all earlier ones
+        scale = max(sample, 1)
+        errors = [weight * scale - done for weight, done in zip(weights, taken)]
+        chosen = errors.index(max(errors))
+        sources[sample], ordinals[sample] = chosen, taken[chosen]
+        taken[chosen] += 1
+    return sources, ordinals
+
+
+class Mixture:
+    """The windows of one split (train or held_out) of weighted sources; see the module's docstring."""
+
+    def __init__(self, sources: Sequence[MixtureSource], seq_len: int, seed: int = 0,
+                 held_out_fraction: float = 0.0, split: str = "train"):
+        if not sources:
+            raise ConfigError("a mixture needs at least one source.")
+        if seq_len < 1:
+            raise ConfigError(f"data.seq_len must be at least 1, not {seq_len}.")
+        if not 0.0 <= held_out_fraction < 1.0:
+            raise ConfigError(f"data.held_out_fraction must lie in [0, 1), not {held_out_fraction}.")
+        if split not in SPLITS:
+            raise ConfigError(f"a mixture's split is 'train' or 'held_out', not {split!r}.")
+        self.sources, self.seq_len, self.seed, self.split = list(sources), seq_len, seed, split
+        self.first_window, self.windows, train_windows = [], [], []
+        for source in self.sources:
+            total = source.stream.tokens // seq_len
+            held_out = math.ceil(total * held_out_fraction)
+            if total - held_out < 1:
+                raise DataError(f"the source {source.name} has {source.stream.tokens} tokens: too few for a training "
+                                f"window of {seq_len} tokens besides its held-out share.")
+            train_windows.append(total - held_out)
+            self.first_window.append(0 if split == "train" else total - held_out)
+            self.windows.append(total - held_out if split == "train" else held_out)
+        self.weights = source_weights(self.sources, train_windows)
+        if split == "held_out":  # sources without held-out windows drop out of this split
+            self.weights = normalised([w if n else 0.0 for w, n in zip(self.weights, self.windows)])
+        self._blend = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        """Windows in one pass over this split (samples beyond it repeat sources in new epochs)."""
+        return sum(self.windows)
+
+    def locate(self, sample: int) -> tuple[int, int]:
+        """(source index, window index within that source's stream) of global sample i."""
+        if sample < 0:
+            raise IndexError(f"sample index {sample} is negative.")
+        if len(self) == 0:
+            raise DataError(f"the {self.split} split of the mixture holds no windows.")
+        if sample >= len(self._blend[0]):
+            self._blend = blend(self.weights, max(2 * len(self._blend[0]), sample + 1, 4096))
+        source, ordinal = int(self._blend[0][sample]), int(self._blend[1][sample])
+        epoch, position = divmod(ordinal, self.windows[source])
+        return source, self.first_window[source] + int(self._order(source, epoch)[position])
+
+    def _order(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        if key not in self._orders:
+            if len(self._orders) >= 2 * len(self.sources):
+                self._orders.pop(next(iter(self._orders)))
+            generator = np.random.default_rng([self.seed, source, epoch, SPLITS.index(self.split)])
+            self._orders[key] = generator.permutation(self.windows[source])
+        return self._orders[key]
+
+    def sample(self, i: int) -> np.ndarray:
+        """The seq_len token ids (int64) of global sample i."""
+        source, window = self.locate(i)
+        return self.sources[source].stream.read(window * self.seq_len, self.seq_len).astype(np.int64)
+
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) as a [stop - start, seq_len] int64 array."""
+        return np.stack([self.sample(i) for i in range(start, stop)]).reshape(stop - start, self.seq_len)
+
+
+def normalised(weights: Sequence[float]) -> list[float]:
+    """weights divided by their sum."""
+    total = sum(weights)
+    return [weight / total for weight in weights] if total > 0 else list(weights)
+
+
+def source_weights(sources: Sequence[MixtureSource], train_windows: Sequence[int]) -> list[float]:
+    """Normalised weights: as given, or ∝ epochs × training windows; every source weight 1 if none says."""
+    with_weight = [s.weight is not None for s in sources]
+    with_epochs = [s.epochs is not None for s in sources]
+    if any(w and e for w, e in zip(with_weight, with_epochs)) or (any(with_weight) and any(with_epochs)):
+        raise ConfigError("give every data source a weight, or every one epochs, not both.")
+    if any(with_epochs) and not all(with_epochs) or any(with_weight) and not all(with_weight):
+        missing = next(s.name for s, w, e in zip(sources, with_weight, with_epochs) if not (w or e))
+        raise ConfigError(f"the data source {missing} has no weight (or epochs) while others have.")
+    if all(with_epochs):
+        raw = [s.epochs * n for s, n in zip(sources, train_windows)]
+    elif all(with_weight):
+        raw = [s.weight for s in sources]
+    else:
+        raw = [1.0] * len(sources)
+    for source, value in zip(sources, raw):
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"the data source {source.name} needs a positive weight or epochs, not {value}.")
+    return normalised(raw)

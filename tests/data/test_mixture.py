@@ -1,0 +1,106 @@
+"""The mixture sampler: Megatron's blend, epochs that visit every window once, held-out windows kept apart,
+and the window of sample i a pure function of (sources, seed, i)."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from llmlab.data.mixture import Mixture, MixtureSource, blend
+from llmlab.data.shards import TokenArray, TokenShards, token_dtype, write_index, write_shard
+from llmlab.errors import ConfigError, DataError
+
+SEQ = 4
+
+
+def source(windows: int, offset: int, **options) -> MixtureSource:
+    """A stream whose window w holds offset + w in every token, so a sample names its source and window."""
+    tokens = np.repeat(np.arange(offset, offset + windows), SEQ)
+    return MixtureSource(TokenArray(tokens), name=f"s{offset}", **options)
+
+
+def windows_of(mixture: Mixture, count: int) -> list[int]:
+    rows = mixture.samples(0, count)
+    assert (rows == rows[:, :1]).all()  # whole windows, never straddling two
+    return rows[:, 0].tolist()
+
+
+def test_the_blend_follows_megatrons_rule_by_hand():
+    # weights ½ ¼ ¼; at sample i pick argmax(w·max(i, 1) − taken), ties to the first:
+    # i=0: (.5,.25,.25)→0; i=1: (-.5,.25,.25)→1; i=2: (0,-.5,.5)→2; i=3: (.5,-.25,-.25)→0; i=4: (0,0,0)→0;
+    # i=5: (-.5,.25,.25)→1; i=6: (0,-.5,.5)→2; i=7: (.5,-.25,-.25)→0
+    sources, ordinals = blend([0.5, 0.25, 0.25], 8)
+    assert sources.tolist() == [0, 1, 2, 0, 0, 1, 2, 0]
+    assert ordinals.tolist() == [0, 0, 0, 1, 2, 1, 1, 3]
+
+
+@pytest.mark.parametrize("weights", [(0.7, 0.3), (0.5, 0.2, 0.3), (1, 1, 1, 5), (0.01, 0.99)])
+def test_realised_shares_match_the_weights_within_two_samples_at_every_prefix(weights):
+    # Megatron's rule compares with w·i before sample i is placed, so a source can lag by more than one sample
+    # (weights 1:1:1:5 after 5 samples: 2 taken, 3.125 due); two is the bound
+    shares = np.array(weights) / sum(weights)
+    sources, _ = blend(list(shares), 3000)
+    counts = np.zeros(len(weights))
+    for i, chosen in enumerate(sources, start=1):
+        counts[chosen] += 1
+        assert np.abs(counts - shares * i).max() < 2.0
+    assert np.abs(counts - shares * 3000).max() < 1.0
+
+
+def test_weighted_sources_are_sampled_in_proportion():
+    mixture = Mixture([source(10, 0, weight=3), source(10, 100, weight=1)], SEQ, seed=0)
+    counts = Counter(window >= 100 for window in windows_of(mixture, 40))
+    assert counts == {False: 30, True: 10}
+
+
+def test_epochs_weigh_by_size_and_visit_every_window_once_per_epoch():
+    # 6 windows once and 4 windows twice: weights 6 : 8, so 14 samples are exactly the two passes
+    mixture = Mixture([source(6, 0, epochs=1), source(4, 100, epochs=2)], SEQ, seed=3)
+    assert mixture.weights == pytest.approx([6 / 14, 8 / 14])
+    assert sorted(windows_of(mixture, 14)) == sorted([*range(6), *range(100, 104), *range(100, 104)])
+    single = Mixture([source(7, 0)], SEQ, seed=1)
+    drawn = windows_of(single, 21)
+    assert [sorted(drawn[e * 7:(e + 1) * 7]) for e in range(3)] == [list(range(7))] * 3
+    assert drawn[:7] != drawn[7:14]  # a new order every epoch
+
+
+def test_sample_i_is_the_same_in_every_instance_whatever_was_read_before():
+    sources = [source(50, 0, weight=0.6), source(30, 100, weight=0.4)]
+    first = Mixture(sources, SEQ, seed=7, held_out_fraction=0.1)
+    everything = first.samples(0, 300)
+    resumed = Mixture(sources, SEQ, seed=7, held_out_fraction=0.1)  # a fresh process resuming at sample 250
+    assert np.array_equal(resumed.samples(250, 300), everything[250:])
+    assert np.array_equal(resumed.sample(3), everything[3])
+    other_seed = Mixture(sources, SEQ, seed=8, held_out_fraction=0.1)
+    assert not np.array_equal(other_seed.samples(0, 300), everything)
+
+
+def test_held_out_windows_are_the_last_of_each_source_and_never_trained_on():
+    sources = [source(20, 0, weight=1), source(10, 100, weight=1)]
+    train = set(windows_of(Mixture(sources, SEQ, held_out_fraction=0.2), 200))
+    held_out = set(windows_of(Mixture(sources, SEQ, held_out_fraction=0.2, split="held_out"), 50))
+    assert held_out == {16, 17, 18, 19, 108, 109}
+    assert train == set(range(16)) | set(range(100, 108))
+
+
+def test_windows_cross_document_and_shard_boundaries_of_real_shards(tmp_path):
+    dtype = token_dtype(100)
+    entries = [write_shard(tmp_path, "a", [[1, 2, 3], [4]], dtype, 0), write_shard(tmp_path, "b", [[5, 6, 7]], dtype, 0)]
+    write_index(tmp_path, entries, 100, 0)
+    mixture = Mixture([MixtureSource(TokenShards(tmp_path))], seq_len=3)
+    # the stream 1 2 3 0 | 4 0 || 5 6 7 0 in windows of 3: the last token is left over
+    assert sorted(map(tuple, mixture.samples(0, 3).tolist())) == [(0, 4, 0), (1, 2, 3), (5, 6, 7)]
+
+
+@pytest.mark.parametrize(
+    ("sources", "error", "named"),
+    [
+        ([source(4, 0, weight=1), source(4, 100, epochs=1)], ConfigError, "weight"),
+        ([source(4, 0, weight=1), source(4, 100)], ConfigError, "s100"),
+        ([source(4, 0, weight=0)], ConfigError, "s0"),
+        ([source(1, 0)], DataError, "s0"),
+    ],
+)
+def test_bad_sources_are_refused_by_name(sources, error, named):
+    with pytest.raises(error, match=named):
+        Mixture(sources, SEQ, held_out_fraction=0.5)
