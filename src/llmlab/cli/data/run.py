@@ -1,0 +1,30 @@
+"""`llmlab data run RECIPE.yaml [--out DIR] [--workers N]`: run a whole data pipeline recipe (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the run command."""
+    parser = subparsers.add_parser(
+        "run", help="run a YAML data pipeline recipe: sources, stages, dedup, tokenizer, shards, report",
+        description="Run a data pipeline recipe (see recipes/data/). Running it again into the same output "
+                    "finishes a killed run: only the unfinished units are redone.")
+    parser.add_argument("recipe", metavar="RECIPE.yaml", help="the pipeline recipe")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: the recipe's output)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: the recipe's workers)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_recipe)
+
+
+def run_recipe(arguments: argparse.Namespace) -> None:
+    """Load the recipe, run it, and print the report's Markdown summary."""
+    from llmlab.data.pipeline import run_pipeline
+    from llmlab.data.pipeline_recipe import load_pipeline_recipe
+    from llmlab.data.pipeline_report import report_markdown
+
+    recipe = load_pipeline_recipe(arguments.recipe, {"workers": arguments.workers, "output": arguments.out})
+    report = run_pipeline(recipe, progress=not arguments.no_progress)
+    print(report_markdown(report))
+    print(f"wrote {recipe.output}")

@@ -1,0 +1,617 @@
+"""The data pipeline runner behind `llmlab data run RECIPE.yaml`: sources → stages → dedup → tokenizer → shards.
+
+Phases, each resumable (a unit's outputs are written atomically, its stats file last, and a unit whose stats
+file exists is not redone), so a run killed at any moment and run again writes the same bytes as one that was not:
+
+1. clean (worker pool): per source unit, read it, run the per-document stages (filter, langid, pii,
+   decontaminate), write the survivors (compressed JSONL), their de-duplication keys (exact key, MinHash band
+   keys) and the unit's counts;
+2. dedup (one process): the keys in unit order against what came before (the first occurrence is kept) →
+   one keep flag per document, and the updated de-duplication index;
+3. tokenizer: trained on the first de-duplicated documents in unit order (or an existing tokenizer.json);
+4. tokenize (worker pool): per unit, the kept documents → the cleaned corpus and token shards;
+5. the shard index and the report (report.json, report.md).
+
+Output layout under the recipe's output directory:
+
+    recipe.json                the recipe the directory was made with (workers and output left out)
+    units/SOURCE/UNIT.*        phase 1 and 4 work files: .jsonl.zst, .keys.npy, .clean.json, .shards.json
+    dedup/                     keep.npy, stats.json, index/ (a de-duplication index for later corpora)
+    documents/SOURCE/UNIT.jsonl.zst   the cleaned, de-duplicated documents
+    shards/                    index.json, tokenizer.json, NAME.tokens, NAME.docs (llmlab.data.shards)
+    report.json, report.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmlab.data.pipeline_recipe import (DecontaminateStage, DedupStage, FilterStage, LangidStage, PiiStage,
+                                         PipelineRecipe, stage_name)
+from llmlab.data.pipeline_report import build_report, write_report
+from llmlab.data.sources import SourceUnit, read_unit, source_units
+from llmlab.errors import ConfigError, DataError
+
+KEY_BATCH_DOCUMENTS, KEY_BATCH_CHARACTERS = 1024, 1 << 22  # as llmlab.data.dedup's batches
+ENCODE_BATCH = 256
+SUFFIXES = {"zstd": ".jsonl.zst", "gzip": ".jsonl.gz"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A source unit with its place in the run: its position in unit order and its file-name stem."""
+
+    position: int
+    key: str  # "SOURCE/UNIT", unique in the run and safe as a relative path
+    unit: SourceUnit
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs for one unit: the recipe, the output directory and the unit."""
+
+    recipe: PipelineRecipe
+    output: Path
+    unit: Unit
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Files: atomic writes and compressed JSONL
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside PATH, renamed onto it if the block finishes (removed if it fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    """Write DATA as indented JSON atomically."""
+    with atomic_path(path) as staging:
+        staging.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path):
+    """The JSON in PATH."""
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def _compressed_writer(path: Path, compression: str):
+    """A text stream writing compressed bytes to PATH (gzip without a timestamp, so the bytes are reproducible)."""
+    import io
+
+    with open(path, "wb") as raw:
+        if compression == "zstd":
+            import zstandard
+
+            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as binary:
+                with io.TextIOWrapper(binary, encoding="utf-8", newline="\n") as text:
+                    yield text
+        else:
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as binary:
+                with io.TextIOWrapper(binary, encoding="utf-8", newline="\n") as text:
+                    yield text
+
+
+def write_documents(path: Path, documents: Iterable[dict], compression: str) -> int:
+    """Write documents as compressed JSONL ({"text", ...meta}) atomically; return how many."""
+    count = 0
+    with atomic_path(path) as staging, _compressed_writer(staging, compression) as stream:
+        for document in documents:
+            stream.write(json.dumps({"text": document["text"], **document.get("meta", {})}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_documents(path: Path) -> Iterator[dict]:
+    """The documents of a file written by write_documents."""
+    import io
+
+    with open(path, "rb") as raw:
+        if path.name.endswith(".zst"):
+            import zstandard
+
+            binary = zstandard.ZstdDecompressor().stream_reader(raw)
+        else:
+            binary = gzip.GzipFile(fileobj=raw, mode="rb")
+        with binary, io.TextIOWrapper(binary, encoding="utf-8") as text:
+            for line in text:
+                record = json.loads(line)
+                yield {"text": record.pop("text"), "meta": record}
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files and directories a killed run left behind (.NAME.*.tmp, .NAME.old.*)."""
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.rglob(".*"), reverse=True):
+        if path.name.endswith(".tmp") or ".old." in path.name:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Units and their files
+
+
+def _safe(name: str) -> str:
+    """NAME with every character outside [A-Za-z0-9._-] replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "_"
+
+
+def source_name(index: int, recipe: PipelineRecipe) -> str:
+    """The name a source's files and report rows carry: its position and its name (or its path's last part)."""
+    return f"{index:03d}-{_safe(recipe.sources[index].source_name)}"
+
+
+def plan_units(recipe: PipelineRecipe) -> list[Unit]:
+    """Every unit of every source, in the run's deterministic order."""
+    units = []
+    for index, source in enumerate(recipe.sources):
+        for unit in source_units(source):
+            units.append(Unit(len(units), f"{source_name(index, recipe)}/{_safe(unit.id)}", unit))
+    if len({unit.key for unit in units}) != len(units):
+        raise ConfigError("two source units of the recipe would share a file name; give the sources distinct names.")
+    return units
+
+
+def unit_file(output: Path, unit: Unit, suffix: str) -> Path:
+    """The work file units/SOURCE/UNIT<SUFFIX>."""
+    return output / "units" / (unit.key + suffix)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 1: the per-document stages, per unit
+
+Process = Callable[[Iterator[dict], Counter], Iterator[dict]]
+_PREPARED: dict[str, list[Process]] = {}  # per process: the stages of the recipe, built once
+
+
+def _filter_stage(stage: FilterStage) -> Process:
+    from llmlab.cli.data.filter import build_filters
+    from llmlab.data.filters import ClassifierFilter, apply_filters
+
+    chain = build_filters(stage)
+
+    def process(documents, counts, unit_key):
+        for rule in chain:
+            if isinstance(rule, ClassifierFilter):  # the Pareto draws depend on the unit only, not on the worker
+                rule.rng = np.random.default_rng([stage.seed, zlib.crc32(unit_key.encode())])
+        return apply_filters(documents, chain, counts)
+    return process
+
+
+def _langid_stage(stage: LangidStage) -> Process:
+    from llmlab.data.filters import LanguageFilter, apply_filters, identify_language, parse_language_thresholds
+
+    if stage.keep:
+        language_filter = LanguageFilter(parse_language_thresholds(stage.keep))
+        return lambda documents, counts, unit_key: apply_filters(documents, [language_filter], counts)
+
+    def process(documents, counts, unit_key):
+        for document in documents:
+            language, score = identify_language(document["text"])
+            counts[f"language_{language}"] += 1
+            yield {**document, "meta": {**document["meta"], "language": language, "language_score": round(score, 4)}}
+    return process
+
+
+def _pii_stage(stage: PiiStage) -> Process:
+    from llmlab.data.pii import scrub_documents
+
+    return lambda documents, counts, unit_key: scrub_documents(documents, counts)
+
+
+def _decontaminate_stage(stage: DecontaminateStage) -> Process:
+    from llmlab.data.decontaminate import ContaminationIndex, decontaminate
+
+    index = ContaminationIndex(n=stage.ngram)  # built in each process: it keys n-grams by Python's salted hash()
+    for path in stage.eval:
+        index.add_file(path, stage.eval_fields.split(",") if stage.eval_fields else None)
+    return lambda documents, counts, unit_key: decontaminate(documents, index, counts, stage.mode)
+
+
+STAGE_BUILDERS = {FilterStage: _filter_stage, LangidStage: _langid_stage, PiiStage: _pii_stage,
+                  DecontaminateStage: _decontaminate_stage}
+
+
+def prepared_stages(recipe: PipelineRecipe) -> list[Process]:
+    """The recipe's per-document stages as processes, built once per process."""
+    key = json.dumps(recipe.to_dict(), sort_keys=True)
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[key] = [STAGE_BUILDERS[type(stage)](stage) for stage in recipe.document_stages]
+    return _PREPARED[key]
+
+
+def _counted(documents: Iterable[dict], counts: Counter, key: str) -> Iterator[dict]:
+    """DOCUMENTS unchanged, counting them in COUNTS[KEY]."""
+    for document in documents:
+        counts[key] += 1
+        yield document
+
+
+def _dedup_keys(documents: list[dict], dedup: DedupStage, minhash) -> np.ndarray:
+    """One row per document: exact key, whether it has a MinHash signature, its LSH band keys."""
+    from llmlab.data.dedup import exact_keys
+
+    texts = [document["text"] for document in documents]
+    keys = np.zeros((len(texts), 2 + dedup.bands), dtype=np.uint64)
+    keys[:, 0] = exact_keys(texts)
+    if dedup.near and texts:
+        signatures, has_signature = minhash.signatures(texts)
+        keys[:, 1] = has_signature
+        keys[:, 2:] = minhash.band_keys(signatures)
+    return keys
+
+
+def clean_unit(job: Job) -> dict:
+    """Phase 1 for one unit: read, run the per-document stages, write survivors, dedup keys and counts."""
+    recipe, unit, output = job.recipe, job.unit, job.output
+    read_counts: Counter = Counter()
+    stage_counts = [Counter() for _ in recipe.document_stages]
+    documents = read_unit(unit.unit, read_counts)
+    for process, counts in zip(prepared_stages(recipe), stage_counts):
+        documents = _counted(process(_counted(documents, counts, "in"), counts, unit.key), counts, "out")
+    dedup, dedup_counts = recipe.dedup, Counter()
+    if dedup is not None and dedup.repeats:
+        documents = _without_repeats(documents, dedup_counts)
+    keys, batch, characters = [], [], 0
+    minhash = None
+    if dedup is not None and dedup.near:
+        from llmlab.data.dedup import MinHash, MinHashConfig
+
+        minhash = MinHash(MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed))
+
+    def batched(documents):
+        nonlocal batch, characters
+        for document in documents:
+            yield document
+            if dedup is not None:
+                batch.append(document)
+                characters += len(document["text"])
+                if len(batch) == KEY_BATCH_DOCUMENTS or characters >= KEY_BATCH_CHARACTERS:
+                    keys.append(_dedup_keys(batch, dedup, minhash))
+                    batch, characters = [], 0
+
+    suffix = SUFFIXES[recipe.compression]
+    written = write_documents(unit_file(output, unit, suffix), batched(documents), recipe.compression)
+    if dedup is not None:
+        keys.append(_dedup_keys(batch, dedup, minhash))
+        with atomic_path(unit_file(output, unit, ".keys.npy")) as staging, open(staging, "wb") as stream:
+            np.save(stream, np.concatenate(keys))
+    stats = {"unit": unit.key, "documents": written, "read": dict(sorted(read_counts.items())),
+             "stages": [dict(sorted(counts.items())) for counts in stage_counts],
+             "dedup": dict(sorted(dedup_counts.items()))}
+    write_json(unit_file(output, unit, ".clean.json"), stats)  # last: the unit is done
+    return stats
+
+
+def _without_repeats(documents: Iterable[dict], counts: Counter) -> Iterator[dict]:
+    """Documents without repeated lines and n-grams (`llmlab data dedup --repeats`); emptied ones are dropped."""
+    from llmlab.data.dedup import remove_repeated_lines, remove_repeated_ngrams
+
+    for document in documents:
+        text = remove_repeated_ngrams(remove_repeated_lines(document["text"]))
+        if not text.strip():
+            counts["emptied"] += 1
+            continue
+        yield {**document, "text": text}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 2: de-duplication across units, in unit order
+
+
+def global_dedup(output: Path, units: list[Unit], dedup: DedupStage, unit_stats: list[dict]) -> dict:
+    """Keep flags for every phase-1 document (first occurrence kept), the updated index and the counts."""
+    from llmlab.data.dedup import DedupIndex, MinHashConfig, mark_duplicates, open_index
+
+    minhash = MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)
+    index = open_index(dedup.index, minhash) if dedup.index else DedupIndex(minhash)
+    counts: Counter = Counter({"in": 0, "exact_duplicates": 0, "near_duplicates": 0})
+    keeps = []
+    for unit, stats in zip(units, unit_stats):
+        keys = np.load(unit_file(output, unit, ".keys.npy")) if stats["documents"] else np.zeros((0, 2), np.uint64)
+        keep = np.ones(len(keys), dtype=bool)
+        if dedup.exact and len(keys):
+            exact = mark_duplicates(keys[:, 0].copy(), index.documents)
+            counts["exact_duplicates"] += int(exact.sum())
+            keep &= ~exact
+        if dedup.near and keep.any():
+            survivors = np.flatnonzero(keep)
+            near = mark_duplicates(keys[survivors, 2:], index.bands, keys[survivors, 1].astype(bool))
+            keep[survivors[near]] = False
+            counts["near_duplicates"] += int(near.sum())
+        counts["in"] += len(keys)
+        keeps.append(keep)
+    counts["out"] = int(sum(keep.sum() for keep in keeps))
+    index.save(output / "dedup" / "index")
+    with atomic_path(output / "dedup" / "keep.npy") as staging, open(staging, "wb") as stream:
+        np.save(stream, np.concatenate(keeps) if keeps else np.zeros(0, dtype=bool))
+    result = dict(sorted(counts.items()))
+    write_json(output / "dedup" / "stats.json", result)  # last: the phase is done
+    return result
+
+
+def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.ndarray | None) -> Iterator[dict]:
+    """The unit's phase-1 documents that survived de-duplication (KEEP: the unit's flags, None keeps all)."""
+    for position, document in enumerate(read_documents(unit_file(output, unit, SUFFIXES[recipe.compression]))):
+        if keep is None or keep[position]:
+            yield document
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 3: the tokenizer
+
+
+def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit], keeps: list) -> Iterator[str]:
+    """The first de-duplicated texts in unit order, within the training's max_documents and max_chars."""
+    training = recipe.tokenizer.train
+    documents = characters = 0
+    for unit, keep in zip(units, keeps):
+        for document in kept_documents(output, recipe, unit, keep):
+            if training.max_documents is not None and documents >= training.max_documents:
+                return
+            if training.max_chars is not None and characters + len(document["text"]) > training.max_chars:
+                return
+            documents += 1
+            characters += len(document["text"])
+            yield document["text"]
+
+
+def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit], keeps: list) -> Path:
+    """Train (or copy) the tokenizer into shards/tokenizer.json, unless a previous run already did."""
+    from llmlab.data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_bpe_tokenizer
+
+    path = output / "shards" / TOKENIZER_FILE
+    if path.is_file():
+        return path
+    section = recipe.tokenizer
+    if section.path is not None:
+        tokenizer = load_tokenizer(section.path)
+    else:
+        training = section.train
+        if training.kind != "byte_bpe" or training.objective != "causal":
+            raise ConfigError("this version trains only byte_bpe tokenizers for the causal objective.")
+        tokenizer = train_bpe_tokenizer(tokenizer_sample(output, recipe, units, keeps), training.vocab_size,
+                                        special_tokens=("<|endoftext|>", "<pad>", *training.special_tokens))
+    with atomic_path(path) as staging:
+        staging.write_text(tokenizer.to_str(pretty=True))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 4: tokenisation into shards, per unit
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def _tokenizer(path: Path):
+    """The tokenizer at PATH, loaded once per process."""
+    from llmlab.data.tokenizer import load_tokenizer
+
+    key = f"{path}:{path.stat().st_mtime_ns}"
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = load_tokenizer(path)
+    return _TOKENIZERS[key]
+
+
+def eos_token_id(tokenizer) -> int:
+    """The end-of-text id documents end with in the shards."""
+    from llmlab.data.tokenizer import END_OF_TEXT
+
+    eos = tokenizer.token_to_id(END_OF_TEXT)
+    if eos is None:
+        raise DataError(f"the tokenizer has no {END_OF_TEXT} token to end documents with.")
+    return eos
+
+
+def shard_name(unit: Unit, part: int) -> str:
+    """A shard's file-name stem: the unit's key with '/' as '--', and the part number."""
+    return f"{unit.key.replace('/', '--')}-{part:05d}"
+
+
+def tokenize_unit(job: Job) -> dict:
+    """Phase 4 for one unit: write its cleaned documents and its token shards; return their index entries."""
+    from llmlab.data.shards import token_dtype, write_shard
+
+    recipe, unit, output = job.recipe, job.unit, job.output
+    keep = None
+    if recipe.dedup is not None:
+        keep = unit_keep(output, unit, read_json(unit_file(output, unit, ".clean.json"))["documents"])
+    tokenizer = _tokenizer(output / "shards" / "tokenizer.json")
+    eos, dtype = eos_token_id(tokenizer), token_dtype(tokenizer.get_vocab_size())
+    limit = recipe.shards.tokens_per_shard
+    entries, pending, pending_tokens = [], [], 0
+    totals = Counter()
+
+    def encoded(documents):
+        batch = []
+        for document in documents:
+            batch.append(document)
+            if len(batch) == ENCODE_BATCH:
+                yield from zip(batch, tokenizer.encode_batch([d["text"] for d in batch], add_special_tokens=False))
+                batch = []
+        if batch:
+            yield from zip(batch, tokenizer.encode_batch([d["text"] for d in batch], add_special_tokens=False))
+
+    def flush():
+        nonlocal pending, pending_tokens
+        entries.append(write_shard(output / "shards", shard_name(unit, len(entries)), pending, dtype, eos))
+        pending, pending_tokens = [], 0
+
+    def cleaned():
+        nonlocal pending_tokens
+        for document, encoding in encoded(kept_documents(output, recipe, unit, keep)):
+            pending.append(encoding.ids)
+            pending_tokens += len(encoding.ids) + 1
+            totals["documents"] += 1
+            totals["tokens"] += len(encoding.ids) + 1
+            yield document
+            if limit is not None and pending_tokens >= limit:
+                flush()
+
+    document_path = output / "documents" / (unit.key + SUFFIXES[recipe.compression])
+    write_documents(document_path, cleaned(), recipe.compression)
+    if pending or not entries:
+        flush()
+    result = {"unit": unit.key, "documents": totals["documents"], "tokens": totals["tokens"], "shards": entries}
+    write_json(unit_file(output, unit, ".shards.json"), result)  # last: the unit is done
+    return result
+
+
+def unit_keep(output: Path, unit: Unit, documents: int) -> np.ndarray:
+    """The unit's slice of dedup/keep.npy (DOCUMENTS: how many phase 1 wrote for it)."""
+    start = read_json(output / "dedup" / "offsets.json")[unit.key]
+    return np.asarray(np.load(output / "dedup" / "keep.npy", mmap_mode="r")[start:start + documents])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running the phases
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit when the parent dies (killed), rather than linger as an orphan."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class Workers:
+    """Spawned worker processes (none when count is 1), started at their first use and shared by the phases."""
+
+    def __init__(self, count: int):
+        self.count, self.pool = count, None
+
+    def run(self, function: Callable[[Job], dict], jobs: list[Job], description: str, done: int, total: int,
+            progress: bool) -> None:
+        """Run FUNCTION on every job, in any order, with a progress bar over the units."""
+        from tqdm.auto import tqdm
+
+        results = map(function, jobs)
+        if self.count > 1 and len(jobs) > 1:
+            if self.pool is None:
+                context = multiprocessing.get_context("spawn")  # fork is unsafe with threads (tokenizers, torch)
+                self.pool = context.Pool(self.count, initializer=_watch_parent, initargs=(os.getpid(),))
+            results = self.pool.imap_unordered(function, jobs)
+        with tqdm(total=total, initial=done, desc=description, unit="unit", disable=not progress) as bar:
+            for _ in results:
+                bar.update()
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+def _check_recipe(output: Path, recipe: PipelineRecipe) -> None:
+    """Record the recipe in OUTPUT, or refuse an OUTPUT made with another recipe (its work files would be reused)."""
+    data = recipe.to_dict()
+    data.pop("workers"), data.pop("output")
+    path = output / "recipe.json"
+    if path.is_file() and read_json(path) != json.loads(json.dumps(data)):
+        raise ConfigError(f"the output directory {output} was made with another recipe; give another output.")
+    if not path.is_file():
+        write_json(path, data)
+
+
+def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Run (or finish) the whole pipeline into OUTPUT (default: the recipe's output); return the report."""
+    if output is None and recipe.output is None:
+        raise ConfigError("the recipe names no output directory; give output: in the recipe or --out.")
+    output = Path(output if output is not None else recipe.output)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    remove_stale_temporaries(output)
+    _check_recipe(output, recipe)
+    units = plan_units(recipe)
+    workers = Workers(recipe.workers)
+    try:
+        report = _run_phases(recipe, output, units, workers, progress)
+    finally:
+        workers.close()
+    seconds = report["seconds"]
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    report["documents_per_second"] = round(report["stages"][0]["out"] / max(seconds["total"], 1e-9), 1)
+    write_report(output, report)
+    remove_stale_temporaries(output)
+    return report
+
+
+def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], workers: Workers, progress: bool) -> dict:
+    """Phases 1 to 5 (see the module's docstring); the report without the total time."""
+    seconds = {}
+
+    phase = time.perf_counter()
+    pending = [unit for unit in units if not unit_file(output, unit, ".clean.json").is_file()]
+    workers.run(clean_unit, [Job(recipe, output, unit) for unit in pending], "clean", len(units) - len(pending),
+                len(units), progress)
+    unit_stats = [read_json(unit_file(output, unit, ".clean.json")) for unit in units]
+    seconds["clean"] = time.perf_counter() - phase
+
+    phase = time.perf_counter()
+    dedup_stats, keeps = None, [None] * len(units)
+    if recipe.dedup is not None:
+        if not (output / "dedup" / "stats.json").is_file():
+            offsets = np.cumsum([0] + [stats["documents"] for stats in unit_stats])
+            write_json(output / "dedup" / "offsets.json", {unit.key: int(offsets[unit.position]) for unit in units})
+            global_dedup(output, units, recipe.dedup, unit_stats)
+        dedup_stats = read_json(output / "dedup" / "stats.json")
+        keeps = [unit_keep(output, unit, stats["documents"]) for unit, stats in zip(units, unit_stats)]
+    seconds["dedup"] = time.perf_counter() - phase
+
+    tokenized = []
+    if recipe.tokenizer is not None:
+        phase = time.perf_counter()
+        build_tokenizer(output, recipe, units, keeps)
+        seconds["tokenizer"] = time.perf_counter() - phase
+
+        phase = time.perf_counter()
+        pending = [unit for unit in units if not unit_file(output, unit, ".shards.json").is_file()]
+        workers.run(tokenize_unit, [Job(recipe, output, unit) for unit in pending], "tokenize",
+                    len(units) - len(pending), len(units), progress)
+        tokenized = [read_json(unit_file(output, unit, ".shards.json")) for unit in units]
+        _write_shard_index(output, recipe, tokenized)
+        seconds["tokenize"] = time.perf_counter() - phase
+
+    return build_report(recipe, units, unit_stats, dedup_stats, tokenized, seconds)
+
+
+def _write_shard_index(output: Path, recipe: PipelineRecipe, tokenized: list[dict]) -> None:
+    """Write shards/index.json: every unit's shards in unit order."""
+    from llmlab.data.shards import write_index
+
+    tokenizer = _tokenizer(output / "shards" / "tokenizer.json")
+    entries = [entry for unit in tokenized for entry in unit["shards"]]
+    write_index(output / "shards", entries, tokenizer.get_vocab_size(), eos_token_id(tokenizer),
+                tokenizer="tokenizer.json")
