@@ -9,8 +9,8 @@ from llmlab.errors import CheckpointError
 from llmlab.model import presets
 from llmlab.model.transformer import Model
 from llmlab.train.checkpoint import STATE_FILE, checkpoint_steps, latest_checkpoint, load_checkpoint
-from llmlab.train.data import RandomWindows
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, TrainConfig, Trainer
+from tests.train.test_loop import Windows
 
 CONFIG = presets.llama("tiny", n_layers=2, d_model=32, n_heads=2, d_ff=64, vocab_size=64, dropout=0.1)
 TOKENS = (torch.arange(2000) * 7) % 64
@@ -22,7 +22,7 @@ def make_trainer(run_dir, steps, checkpoint_every=0, keep_last=3):
     model = Model(CONFIG)
     train = TrainConfig(steps=steps, lr=3e-3, warmup=2, checkpoint_every=checkpoint_every, keep_last=keep_last,
                         spike_factor=3.0, seed=5)  # fmt: skip
-    return Trainer(model, train, RandomWindows(TOKENS, 4, 16, seed=1), run_dir=run_dir, progress=False)
+    return Trainer(model, train, Windows(TOKENS, 4, 16, seed=1), run_dir=run_dir, progress=False)
 
 
 def test_resuming_from_a_checkpoint_gives_bit_identical_weights(tmp_path):
@@ -100,7 +100,7 @@ def test_a_corrupt_training_state_is_refused(checkpoint):
         load_checkpoint(checkpoint, Model(CONFIG))
 
 
-class PoisonedBatches(RandomWindows):
+class PoisonedBatches(Windows):
     """Random windows whose draw number `poisoned` (0-based) has every label ignored: a NaN loss."""
 
     def __init__(self, poisoned, *args, **kwargs):

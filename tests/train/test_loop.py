@@ -9,11 +9,34 @@ from llmlab.data.packing import sample_batch
 from llmlab.errors import ConfigError, DataError
 from llmlab.model import presets
 from llmlab.model.transformer import Model
-from llmlab.train.data import RandomWindows
 from llmlab.train.loop import TrainConfig, Trainer, train, training_flops_per_token, z_loss
 from llmlab.train.optim import parameter_groups
 from llmlab.train.schedules import warmup_constant, warmup_cosine, warmup_linear, warmup_stable_decay
 from llmlab.train.stability import SpikeGuard
+
+
+class Windows:
+    """Seeded random-window batches of a token stream whose position (generator state, batches drawn) checkpoints:
+    the trainer's data without the shard pipeline."""
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
+        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drawn = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        self.drawn += 1
+        return sample_batch(self.tokens, self.batch_size, self.seq_len, self.generator)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.drawn = int(state["drawn"])
 
 
 class BigramModel(nn.Module):
@@ -90,7 +113,7 @@ def test_loss_falls_on_a_learnable_stream():
     vocab_size = 12
     torch.manual_seed(0)
     model = BigramModel(vocab_size)
-    batches = RandomWindows(torch.arange(600) % vocab_size, 8, 16, seed=0)
+    batches = Windows(torch.arange(600) % vocab_size, 8, 16, seed=0)
     losses = train(model, batches, TrainConfig(steps=150, lr=0.05, warmup=10), progress=False)
     assert losses[0] == pytest.approx(math.log(vocab_size), abs=0.5)
     assert sum(losses[-10:]) / 10 < 0.1
@@ -99,7 +122,7 @@ def test_loss_falls_on_a_learnable_stream():
 def test_adafactor_learns_too():
     torch.manual_seed(0)
     model = BigramModel(12)
-    batches = RandomWindows(torch.arange(600) % 12, 8, 16, seed=0)
+    batches = Windows(torch.arange(600) % 12, 8, 16, seed=0)
     losses = train(model, batches, TrainConfig(steps=100, lr=0.05, optimizer="adafactor"), progress=False)
     assert sum(losses[-10:]) / 10 < 0.5 * losses[0]
 
@@ -109,7 +132,7 @@ def test_seeded_runs_are_identical_and_leave_the_global_rng_alone():
         torch.manual_seed(0)
         model = BigramModel(7, dropout=0.3)
         global_state = torch.get_rng_state()
-        batches = RandomWindows(torch.arange(500) % 7, 4, 8, seed=1)
+        batches = Windows(torch.arange(500) % 7, 4, 8, seed=1)
         losses = train(model, batches, TrainConfig(steps=20, lr=0.01, seed=3), progress=False)
         assert torch.equal(torch.get_rng_state(), global_state)
         return losses
@@ -196,7 +219,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_mixed_precision_steps_train(precision):
     torch.manual_seed(0)
     model = BigramModel(12)
-    batches = RandomWindows(torch.arange(600) % 12, 8, 16, seed=0)
+    batches = Windows(torch.arange(600) % 12, 8, 16, seed=0)
     losses = train(model, batches, TrainConfig(steps=60, lr=0.05, precision=precision), progress=False)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
 
@@ -210,7 +233,7 @@ def test_invalid_train_settings_name_the_field():
 
 def test_sample_batch_rejects_a_stream_shorter_than_a_window():
     with pytest.raises(DataError, match="fewer than seq_len"):
-        RandomWindows(torch.arange(5), batch_size=1, seq_len=10)
+        sample_batch(torch.arange(5), batch_size=1, seq_len=10)
 
 
 def test_training_flops_follow_palm_appendix_b():
@@ -221,7 +244,7 @@ def test_training_flops_follow_palm_appendix_b():
 def test_mfu_is_recorded_when_the_peak_is_given():
     config = presets.llama("tiny", n_layers=2, d_model=64, n_heads=2, d_ff=128, vocab_size=128)
     model = Model(config)
-    batches = RandomWindows(torch.arange(300) % 128, 2, 16, seed=0)
+    batches = Windows(torch.arange(300) % 128, 2, 16, seed=0)
     record = Trainer(model, TrainConfig(steps=1, peak_flops=1e12), batches, progress=False).train_step()
     expected = training_flops_per_token(model.num_parameters(), 2, 64, 16) * 32 / record["step_time_s"] / 1e12
     assert record["mfu"] == pytest.approx(expected)

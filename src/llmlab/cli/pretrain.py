@@ -1,4 +1,5 @@
-"""`llmlab pretrain RECIPE.yaml --out DIR [--resume] [section.field=value ...]`: pretrain a model from a recipe."""
+"""`llmlab pretrain RECIPE.yaml --out DIR [--resume] [section.field=value ...]`: pretrain a model from a recipe, in one
+process or in each of those `torchrun --nproc-per-node N -m llmlab pretrain ...` starts (docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pretrain(arguments: argparse.Namespace) -> None:
-    """Load the recipe, train, and say where the final model went."""
+    """Load the recipe, train (in every process torchrun started, if it did), and say where the final model went."""
+    from llmlab.train import distributed
     from llmlab.train.pretrain import pretrain
     from llmlab.train.recipe import load_recipe
 
     recipe = load_recipe(arguments.recipe, arguments.overrides)
-    final = pretrain(recipe, arguments.out, resume=arguments.resume, progress=not arguments.no_progress)
-    print(f"wrote {final}")
+    distributed.setup()
+    try:
+        final = pretrain(recipe, arguments.out, resume=arguments.resume, progress=not arguments.no_progress)
+        is_main = distributed.is_main()
+    finally:
+        distributed.teardown()
+    if is_main:
+        print(f"wrote {final}")

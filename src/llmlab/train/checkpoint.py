@@ -1,8 +1,13 @@
 """Training checkpoints: DIR/step-N/ holds the model (llmlab format, safetensors) and train_state.pt (optimiser,
-scheduler, RNG states, data position), written atomically; the newest complete one is where a run resumes."""
+scheduler, RNG states, data position), written atomically; the newest complete one is where a run resumes.
+
+A distributed run writes DIR/step-N/sharded/ instead of model.safetensors: model and optimiser state through
+torch.distributed.checkpoint, each rank its own shards, so that any world size (a single process too) reads them back;
+train_state.pt then holds the rest, with one RNG state per rank."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,14 +15,21 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from llmlab.errors import CheckpointError
 from llmlab.model.checkpoint import (
-    CONFIG_FILE, WEIGHTS_FILE, atomic_directory, load_state, read_llmlab_config, read_safetensors, save_llmlab,
+    CONFIG_FILE, FORMAT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE, atomic_directory, expected_shapes, load_state,
+    model_from_state, read_llmlab_config, read_safetensors, save_llmlab,
 )  # fmt: skip
+from llmlab.model.hf.weights import check_shapes
 from llmlab.model.transformer import Model
+from llmlab.train import distributed
 
 STATE_FILE = "train_state.pt"
+SHARDED_DIRECTORY = "sharded"
+SHARDED_METADATA = ".metadata"  # written last by torch.distributed.checkpoint
 STEP_DIRECTORY = re.compile(r"step-(\d+)")
 
 
@@ -29,7 +41,8 @@ def checkpoint_steps(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     found = []
     for path in directory.iterdir():
         match = STEP_DIRECTORY.fullmatch(path.name)
-        if match and all((path / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE)):
+        weights = (path / WEIGHTS_FILE).is_file() or (path / SHARDED_DIRECTORY / SHARDED_METADATA).is_file()
+        if match and weights and (path / CONFIG_FILE).is_file() and (path / STATE_FILE).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -51,10 +64,80 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model: Model, state
     except OSError as error:
         message = f"writing the checkpoint {path} failed ({error}); the previous ones are intact."
         raise CheckpointError(message) from None
+    remove_old_checkpoints(directory, keep_last)
+    return path
+
+
+def remove_old_checkpoints(directory: str | os.PathLike, keep_last: int | None) -> None:
+    """Delete all but the keep_last newest checkpoints (none when keep_last is 0 or None)."""
     if keep_last:
         for _, old in checkpoint_steps(directory)[:-keep_last]:
             remove_directory(old)
+
+
+def save_sharded_checkpoint(directory: str | os.PathLike, step: int, model: Model, optimizer: torch.optim.Optimizer,
+                            state: dict, tokenizer_file: str | os.PathLike | None = None,
+                            keep_last: int | None = None) -> Path:
+    """Write DIR/step-N from every rank of a distributed run: the ranks' shards into a temporary directory that
+    rank 0 names, then rank 0's llmlab.json, tokenizer.json and train_state.pt, then rank 0 renames it into place
+    once every rank has written (the last barrier), and deletes all but the keep_last newest. Collective."""
+    directory = Path(directory)
+    path = directory / f"step-{step}"
+    staging = None
+    if distributed.is_main():
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=directory)
+    staging = Path(distributed.broadcast(staging))
+    failure = None
+    try:
+        distributed.save_sharded(staging / SHARDED_DIRECTORY, model, optimizer)
+        if distributed.is_main():
+            write_config_header(model, staging, {"step": step})
+            if tokenizer_file is not None:
+                shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
+            torch.save(state, staging / STATE_FILE)
+            for file in (CONFIG_FILE, STATE_FILE):
+                with open(staging / file, "rb") as handle:
+                    os.fsync(handle.fileno())
+    except (OSError, CheckpointException) as error:
+        failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+    failures = [reason for reason in distributed.gather(failure) if reason is not None]
+    if distributed.is_main():
+        if failures:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            if path.exists():
+                remove_directory(path)
+            os.replace(staging, path)
+            remove_old_checkpoints(directory, keep_last)
+    distributed.barrier()
+    if failures:
+        raise CheckpointError(f"writing the checkpoint {path} failed ({failures[0]}); the previous ones are intact.")
     return path
+
+
+def write_config_header(model: Model, directory: Path, metadata: dict) -> None:
+    """Write llmlab.json (the model's config and metadata) as save_llmlab does, without the weights."""
+    header = {"format": "llmlab", "version": FORMAT_VERSION, "config": model.config.to_dict(), "metadata": metadata}
+    (directory / CONFIG_FILE).write_text(json.dumps(header, indent=2))
+
+
+def save_model(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
+               metadata: dict | None = None) -> Path:
+    """Write model as an llmlab checkpoint directory for llmlab.load; in a distributed run rank 0 writes it, a
+    sharded model first gathered whole onto rank 0's CPU (collective)."""
+    if not distributed.is_distributed():
+        return save_llmlab(model, path, tokenizer_file=tokenizer_file, metadata=metadata)
+    if distributed.is_sharded(model):
+        state = distributed.full_model_state(model)
+        if distributed.is_main():
+            if model.config.lm_head and model.config.tie_embeddings:
+                state.pop("head.weight", None)
+            save_llmlab(model_from_state(model.config, state, str(path)), path, tokenizer_file, metadata)
+    elif distributed.is_main():
+        save_llmlab(model, path, tokenizer_file=tokenizer_file, metadata=metadata)
+    distributed.barrier()
+    return Path(path)
 
 
 def remove_directory(path: Path) -> None:
@@ -67,19 +150,36 @@ def remove_directory(path: Path) -> None:
 def remove_stale_temporaries(directory: str | os.PathLike, name: str = "step-*") -> None:
     """Delete the temporary directories a killed run left behind while writing or deleting `name` directories."""
     directory = Path(directory)
-    if directory.is_dir():
+    if directory.is_dir() and distributed.is_main():
         for path in directory.glob(f".{name}.*"):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: str | os.PathLike, model: Model) -> dict:
-    """Copy the checkpoint's weights into model (whose config must match) and return its training state."""
+def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Copy the checkpoint's weights into model (whose config must match) and return its training state.
+
+    A sharded checkpoint is read at this run's world size (a single process too), into optimizer as well when one is
+    given (its state is then absent from the returned dict); a single-process checkpoint's optimizer state is in
+    the returned dict. Collective when model is sharded or the checkpoint is.
+    """
     path = Path(path)
     config, _ = read_llmlab_config(path)
     if config != model.config:
         differing = [name for name, value in config.to_dict().items() if model.config.to_dict().get(name) != value]
         raise CheckpointError(f"{path} holds a model of another architecture (differing in {', '.join(differing)}).")
-    load_state(model, read_safetensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
+    if (path / SHARDED_DIRECTORY).is_dir():
+        try:
+            distributed.load_sharded(path / SHARDED_DIRECTORY, model, optimizer)
+        except (CheckpointException, OSError, RuntimeError, KeyError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{path / SHARDED_DIRECTORY} cannot be read ({reason}).") from None
+    elif distributed.is_sharded(model):
+        weights = read_safetensors(path / WEIGHTS_FILE)
+        with torch.device("meta"):
+            check_shapes(weights, expected_shapes(Model(model.config)), str(path / WEIGHTS_FILE))
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        load_state(model, read_safetensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types on a truncated or corrupt file

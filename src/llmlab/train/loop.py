@@ -1,11 +1,13 @@
 """The training loop: optimiser, schedule, mixed precision, accumulation, clipping, spike skipping, evaluation,
-metrics and checkpoints. Everything that trains in llmlab goes through Trainer.fit."""
+metrics and checkpoints, in one process or many (DDP or FSDP2 under torchrun, see distributed.py). Everything that
+trains in llmlab goes through Trainer.fit."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +20,10 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from llmlab.errors import ConfigError
-from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llmlab.train import distributed
+from llmlab.train.checkpoint import (
+    latest_checkpoint, load_checkpoint, save_checkpoint, save_model, save_sharded_checkpoint,
+)  # fmt: skip
 from llmlab.train.optim import OPTIMIZERS, build_optimizer
 from llmlab.train.schedules import SCHEDULES
 from llmlab.train.stability import SpikeGuard
@@ -63,9 +68,12 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU
     peak_flops: float | None = None  # the device's peak FLOP/s (e.g. 989e12 for an H100 in bf16), for MFU
+    parallel: str = "none"  # under torchrun: "ddp" (replicas) or "fsdp" (FSDP2 shards); a single process ignores it
+    reduce_precision: str = "fp32"  # fsdp: the dtype gradients are reduced in (parameters compute in `precision`)
 
     def __post_init__(self):
-        choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS, "on_spike": SPIKE_ACTIONS}
+        choices = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS, "on_spike": SPIKE_ACTIONS,
+                   "parallel": distributed.PARALLEL_MODES, "reduce_precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
@@ -90,6 +98,16 @@ class TrainConfig:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
+    @property
+    def param_dtype(self) -> torch.dtype | None:
+        """The dtype FSDP2 casts parameters to for computing (None: as stored, float32)."""
+        return PRECISIONS[self.precision]
+
+    @property
+    def reduce_dtype(self) -> torch.dtype:
+        """The dtype FSDP2 reduces gradients in."""
+        return PRECISIONS[self.reduce_precision] or torch.float32
+
 
 def training_flops_per_token(n_parameters: int, n_layers: int, d_model: int, seq_len: int) -> float:
     """Forward and backward FLOPs per token, 6N + 12·L·d·T (PaLM, Chowdhery et al. 2022, appendix B)."""
@@ -99,6 +117,15 @@ def training_flops_per_token(n_parameters: int, n_layers: int, d_model: int, seq
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
     """PaLM's auxiliary loss: the mean over positions of log(Z)², Z the softmax normaliser."""
     return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+def label_count(batch: dict, shifted: bool) -> int:
+    """How many positions of a batch carry a label (not -100), without the first when the model shifts labels; the
+    number of input positions for batches without labels."""
+    if "labels" not in batch:
+        return batch["input_ids"].numel()
+    labels = batch["labels"][:, 1:] if shifted else batch["labels"]
+    return int((labels != -100).sum())
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -173,6 +200,11 @@ class Trainer:
     checkpoints the batches must have state_dict/load_state_dict (their position is saved with the rest).
     Randomness inside the model (dropout) comes from the global generator seeded from config.seed inside
     Trainer.fit only: the caller's global random state is left as it was.
+
+    When a process group is up (distributed.setup under torchrun) the model is wrapped per config.parallel, batches
+    must yield this rank's rows (distributed.RankRows), metrics, samples and the progress bar come from rank 0 only,
+    and checkpoints are sharded (torch.distributed.checkpoint). Every rank must call fit, save_checkpoint,
+    state_dict, resume and save_model: they are collective.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, batches: Iterator[dict], *,
@@ -185,17 +217,22 @@ class Trainer:
         self.tokenizer_file, self.progress, self.description = tokenizer_file, progress, description
         self.on_step, self.sampler = on_step, sampler
         self.device = next(model.parameters()).device
+        if config.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        self.parallel_model = distributed.parallelize(model, config)  # model itself, its DDP wrapper, or sharded
+        self.sharded_checkpoints = distributed.is_distributed()
+        self.is_main = distributed.is_main()
         self.optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.betas)
         multiplier = partial(SCHEDULES[config.schedule], warmup=config.warmup, total=config.steps,
                              min_ratio=config.min_lr_ratio, decay_fraction=config.decay_fraction)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
-        self.autocast_dtype = PRECISIONS[config.precision]
+        # FSDP2 computes in config.param_dtype through its MixedPrecisionPolicy, the other modes through autocast
+        self.autocast_dtype = None if distributed.is_sharded(model) else PRECISIONS[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.guard = SpikeGuard(config.spike_factor, config.spike_window)
-        if config.activation_checkpointing:
-            enable_activation_checkpointing(model)
-        self.forward = torch.compile(model) if config.compile else model
-        self.metrics = MetricsLog(self.run_dir)
+        self.forward = torch.compile(self.parallel_model) if config.compile else self.parallel_model
+        self.shifts_labels = getattr(getattr(model, "config", None), "arch", None) in ("decoder", "prefix_decoder")
+        self.metrics = MetricsLog(self.run_dir if self.is_main else None)
         self.step = 0
         self.skipped = {"non-finite": 0, "spike": 0}
         self.rollbacks = 0
@@ -203,20 +240,30 @@ class Trainer:
         self.losses: list[float] = []
 
     def state_dict(self) -> dict:
-        """Everything besides the weights that a bit-exact resume needs."""
+        """Everything besides the weights that a bit-exact resume needs; with sharded checkpoints the optimiser is
+        left out (it is saved with the shards) and "rng" lists every rank's states (gathered: collective)."""
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
+        state = {
             "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None, "guard": self.guard.state_dict(),
             "skipped": dict(self.skipped), "rollbacks": self.rollbacks, "rng": rng,
             "batches": self.batches.state_dict(),
         }  # fmt: skip
+        if self.sharded_checkpoints:
+            del state["optimizer"]
+            state["rng"] = distributed.gather(rng)
+        return state
 
     def _restore_optimisation(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" not in state:
+            pass  # a sharded checkpoint's optimiser state was read with its weights (load_checkpoint)
+        elif distributed.is_sharded(self.model):
+            distributed.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -227,9 +274,16 @@ class Trainer:
         self._restore_optimisation(state)
         self.skipped = dict(state["skipped"])
         self.rollbacks = int(state.get("rollbacks", 0))
-        self.rng_states = state["rng"]
+        rng = state["rng"]  # one dict, or one per rank of the run that saved it (a new rank takes rank 0's)
+        if isinstance(rng, list):
+            rng = rng[distributed.rank() if distributed.rank() < len(rng) else 0]
+        self.rng_states = rng
         self.batches.load_state_dict(state["batches"])
         self.metrics.truncate_after(self.step)
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Continue from a checkpoint directory of either format: weights, optimiser state and the rest."""
+        self.load_state_dict(load_checkpoint(path, self.model, self.optimizer))
 
     def roll_back(self) -> int | None:
         """Reload the newest checkpoint's weights and optimiser state but keep the data position, so that the
@@ -237,7 +291,7 @@ class Trainer:
         latest = latest_checkpoint(self.run_dir / CHECKPOINTS_DIRECTORY) if self.run_dir is not None else None
         if latest is None:
             return None
-        self._restore_optimisation(load_checkpoint(latest, self.model))
+        self._restore_optimisation(load_checkpoint(latest, self.model, self.optimizer))
         self.rollbacks += 1
         return self.step
 
@@ -266,21 +320,35 @@ class Trainer:
         return {name: value.to(self.device) for name, value in next(self.batches).items()}
 
     def train_step(self) -> dict:
-        """One optimiser step over grad_accum micro-batches (skipped on a bad loss); returns its metrics."""
+        """One optimiser step over grad_accum micro-batches on every rank (skipped on a bad loss); returns its metrics.
+
+        The step's loss is the mean over every labelled position of the global batch (all micro-batches of all
+        ranks), as one process with the whole batch computes it: each micro-batch's mean loss is weighted by its
+        share of the labelled positions, times the world size, since DDP and FSDP average gradients over ranks.
+        Micro-batches with uneven label counts (padding, span corruption, MLM) therefore weigh by their labels, not
+        equally. The loss logged is that global mean; tokens/s counts every rank's tokens.
+        """
         config, started = self.config, time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, tokens = 0.0, 0
-        for _ in range(config.grad_accum):
-            batch = self._next_batch()
-            tokens += batch["input_ids"].numel()
-            loss = self._loss(batch) / config.grad_accum
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        micro_batches = [self._next_batch() for _ in range(config.grad_accum)]
+        counts = [label_count(batch, self.shifts_labels) for batch in micro_batches]
+        world = distributed.world_size()
+        (total_count,) = distributed.all_reduce_sum([sum(counts)], self.device)
+        loss_sum, tokens = 0.0, sum(batch["input_ids"].numel() for batch in micro_batches)
+        for index, (batch, count) in enumerate(zip(micro_batches, counts)):
+            weight = count * world / total_count if total_count else 1 / config.grad_accum
+            with distributed.gradient_sync(self.parallel_model, enabled=index == len(micro_batches) - 1):
+                loss = self._loss(batch) * weight
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += loss.item()
+        loss_sum, tokens = distributed.all_reduce_sum([loss_sum, tokens], self.device)
+        loss_sum /= world
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = float(distributed.as_full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                                    max_norm)))
         reason = self.guard.reason_to_skip(loss_sum)
         if reason is None and self.scaler is None and not math.isfinite(grad_norm):
             reason = "non-finite"
@@ -305,7 +373,7 @@ class Trainer:
             model_config = self.model.config
             flops = training_flops_per_token(sum(p.numel() for p in self.model.parameters()), model_config.n_layers,
                                              model_config.d_model, batch["input_ids"].shape[-1])  # fmt: skip
-            record["mfu"] = flops * tokens / step_time / config.peak_flops
+            record["mfu"] = flops * tokens / step_time / (config.peak_flops * world)
         if self.device.type == "cuda":
             record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if reason is not None and config.on_spike == "rollback":
@@ -318,30 +386,46 @@ class Trainer:
         self.model.eval()
         losses = [self._loss({k: v.to(self.device) for k, v in batch.items()}).item() for batch in self.held_out]
         self.model.train()
-        return sum(losses) / len(losses)
+        (total,) = distributed.all_reduce_sum([sum(losses) / len(losses)], self.device)
+        return total / distributed.world_size()
 
     @torch.no_grad()
     def write_sample(self, bar: tqdm) -> None:
-        """Log (and show above the progress bar) the sampler's text for the model as it is now."""
+        """Log (and show above the progress bar) the sampler's text for the model as it is now; every rank samples
+        (a sharded model needs them all), rank 0 writes."""
         self.model.eval()
+        sharded = distributed.is_sharded(self.model)
+        if sharded:
+            self.model.unshard()  # the root's weights, which calls other than forward (encode) need too
         text = self.sampler(self.model)
+        if sharded:
+            self.model.reshard()
         self.model.train()
         self.metrics.write({"step": self.step, "sample": text})
-        if self.progress:
+        if self.progress and self.is_main:
             bar.write(f"step {self.step}: {text!r}")
 
     def save_checkpoint(self) -> Path:
-        """Write run_dir/checkpoints/step-N with the model, tokenizer and training state."""
-        return save_checkpoint(self.run_dir / CHECKPOINTS_DIRECTORY, self.step, self.model, self.state_dict(),
-                               self.tokenizer_file, self.config.keep_last)
+        """Write run_dir/checkpoints/step-N with the model, tokenizer and training state (sharded when distributed)."""
+        directory = self.run_dir / CHECKPOINTS_DIRECTORY
+        if self.sharded_checkpoints:
+            return save_sharded_checkpoint(directory, self.step, self.model, self.optimizer, self.state_dict(),
+                                           self.tokenizer_file, self.config.keep_last)  # fmt: skip
+        return save_checkpoint(directory, self.step, self.model, self.state_dict(), self.tokenizer_file,
+                               self.config.keep_last)
+
+    def save_model(self, path: str | os.PathLike) -> Path:
+        """Write the model as it is now (whole, even when sharded) to an llmlab checkpoint directory for llmlab.load."""
+        return save_model(self.model, path, self.tokenizer_file, {"step": self.step})
 
     def fit(self) -> list[float]:
         """Train until config.steps (from wherever a loaded state left off); return this call's step losses."""
         config, was_training = self.config, self.model.training
         self.model.train()
         cuda_devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices), tqdm(total=config.steps, initial=self.step,
-                                                               desc=self.description, disable=not self.progress) as bar:
+        bar = tqdm(total=config.steps, initial=self.step, desc=self.description,
+                   disable=not (self.progress and self.is_main))
+        with torch.random.fork_rng(devices=cuda_devices), bar:
             self._restore_rng()
             while self.step < config.steps:
                 record = self.train_step()
