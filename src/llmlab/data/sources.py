@@ -24,6 +24,7 @@ DataError naming it.
 from __future__ import annotations
 
 import codecs
+import functools
 import glob
 import gzip
 import hashlib
@@ -79,7 +80,7 @@ class SourceConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise DataError(f"source {self.path}: {field_name} must be a positive integer, not {value!r}.")
 
-    @property
+    @functools.cached_property
     def source_name(self) -> str:
         """The name recorded in every document's meta."""
         if self.name:
@@ -91,7 +92,7 @@ class SourceConfig:
         base = Path(_strip_suffixes(self.path.rstrip("/\\"))[0])
         return (base.stem if Path(self.path).is_file() else base.name) or "source"
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         """The format, with "auto" resolved for the source as a whole ("files" when each file decides)."""
         if self.format != "auto":
@@ -148,7 +149,7 @@ def read_unit(unit: SourceUnit, counts: Counter) -> Iterator[dict]:
     readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf, "bundled": _read_bundled}
     limit = unit.source.max_document_chars
     for text, meta, replaced in readers[unit.format](unit, counts):
-        if not text.strip():
+        if not text or text.isspace():
             counts["skipped_empty"] += 1
             continue
         if len(text) > limit:
@@ -254,19 +255,35 @@ def _meta(unit: SourceUnit, fields: dict | None = None, **position) -> dict:
 # --- text and JSONL files ---------------------------------------------------------------------------------------
 
 
+def _replace_escaped_bytes(text: str) -> tuple[str, int]:
+    """TEXT with each surrogate-escaped invalid byte replaced by U+FFFD, and how many there were."""
+    return _ESCAPED_BYTE.subn("\ufffd", text)
+
+
+def _decode_utf8(data: bytes) -> tuple[str, int]:
+    """DATA decoded as UTF-8 with each invalid byte replaced by U+FFFD, and how many bytes were invalid."""
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        return _replace_escaped_bytes(data.decode("utf-8", "surrogateescape"))
+
+
 class _Utf8Decoder:
-    """Incremental UTF-8 decoding that replaces each invalid byte by U+FFFD and remembers whether it had to."""
+    """Incremental UTF-8 decoding that replaces each invalid byte by U+FFFD and counts them."""
 
     def __init__(self):
-        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self.invalid_bytes = 0
 
     def decode(self, data: bytes, final: bool = False) -> str:
-        text = self._decoder.decode(data, final)
-        if _ESCAPED_BYTE.search(text):
-            text, replaced = _ESCAPED_BYTE.subn("\ufffd", text)
+        try:
+            return self._decoder.decode(data, final)
+        except UnicodeDecodeError:  # the decoder's state is unchanged: decode again, escaping the bad bytes
+            self._decoder.errors = "surrogateescape"
+            text, replaced = _replace_escaped_bytes(self._decoder.decode(data, final))
+            self._decoder.errors = "strict"
             self.invalid_bytes += replaced
-        return text
+            return text
 
 
 def _open_file(path: str, compression: str | None):
@@ -336,10 +353,14 @@ def _strip_bom(text: str) -> str:
 
 def _raw_lines(stream, max_bytes: int) -> Iterator[tuple[bytes, bool]]:
     """Yield each line's first max_bytes bytes (end of line removed) and whether the line was longer."""
+    first_read = min(max_bytes + 1, LINE_CHUNK_BYTES)
     while True:
-        piece = stream.readline(min(max_bytes + 1, LINE_CHUNK_BYTES))
+        piece = stream.readline(first_read)
         if not piece:
             return
+        if piece[-1:] == b"\n":  # the common case: the whole line in one read
+            yield piece.rstrip(b"\r\n"), False
+            continue
         pieces, kept = [piece], len(piece)
         while not piece.endswith(b"\n"):
             piece = stream.readline(LINE_CHUNK_BYTES if kept > max_bytes else min(max_bytes + 1 - kept, LINE_CHUNK_BYTES))
@@ -388,10 +409,9 @@ def _read_records(unit: SourceUnit, stream, counts: Counter) -> Iterator[tuple[s
         if cut:
             counts["skipped_long_line"] += 1
             continue
-        if not raw.strip():
+        if not raw or raw.isspace():
             continue
-        decoder = _Utf8Decoder()
-        line = decoder.decode(raw, final=True)
+        line, invalid_bytes = _decode_utf8(raw)
         try:
             record = json.loads(_strip_bom(line) if number == 1 else line)
         except ValueError:
@@ -403,7 +423,7 @@ def _read_records(unit: SourceUnit, stream, counts: Counter) -> Iterator[tuple[s
         if not isinstance(text, str):
             counts["skipped_missing_text"] += 1
             continue
-        yield text, _meta(unit, record, line=number), decoder.invalid_bytes > 0
+        yield text, _meta(unit, record, line=number), invalid_bytes > 0
 
 
 # --- Parquet ----------------------------------------------------------------------------------------------------
