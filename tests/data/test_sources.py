@@ -43,7 +43,8 @@ def test_directory_of_text_files_one_document_per_file_in_sorted_path_order(tmp_
     write(root / ".hidden", "left out")
     write(root / ".git" / "config", "left out")
     documents, counts = read_all(SourceConfig(str(root)))
-    assert texts(documents) == ["first file", "# markdown\n\nbody", "no suffix\n", "after the sub directory", "last file"]
+    expected = ["first file", "# markdown\n\nbody", "no suffix\n", "after the sub directory", "last file"]
+    assert texts(documents) == expected
     assert [document["meta"] for document in documents[:2]] == [
         {"source": "corpus", "path": str(root / "a.txt")},
         {"source": "corpus", "path": str(root / "sub" / "b.md")},
@@ -89,7 +90,10 @@ def test_jsonl_keeps_other_fields_as_meta_and_counts_bad_lines(tmp_path):
     documents, counts = read_all(SourceConfig(str(path)))
     assert documents == [
         {"text": "hello", "meta": {"source": "web", "path": str(path), "line": 1, "id": 1, "lang": "en"}},
-        {"text": "world", "meta": {"source": "web", "path": str(path), "line": 8, "source_field": "wiki", "path_field": "p"}},
+        {
+            "text": "world",
+            "meta": {"source": "web", "path": str(path), "line": 8, "source_field": "wiki", "path_field": "p"},
+        },
     ]
     assert counts == Counter(documents=2, skipped_invalid_json=2, skipped_missing_text=2, skipped_empty=1)
 

@@ -1,4 +1,4 @@
-"""Where the pretraining pipeline's documents come from: text files, JSONL, Parquet, Hugging Face datasets, the demo corpus.
+"""The pretraining pipeline's sources of documents: text files, JSONL, Parquet, Hugging Face datasets, the demo corpus.
 
 A source (`SourceConfig`) is cut into units (`SourceUnit`): one per file, one per range of row groups of a big
 Parquet file, one per row range of a saved Hugging Face dataset, one per shard (`IterableDataset.num_shards`, i.e.
@@ -146,7 +146,9 @@ def source_units(config: SourceConfig) -> list[SourceUnit]:
 
 def read_unit(unit: SourceUnit, counts: Counter) -> Iterator[dict]:
     """Yield the unit's documents {"text", "meta"}, skipping, repairing and truncating bad input (counted)."""
-    readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf, "bundled": _read_bundled}
+    readers = {
+        "text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf, "bundled": _read_bundled
+    }
     limit = unit.source.max_document_chars
     for text, meta, replaced in readers[unit.format](unit, counts):
         if not text or text.isspace():
@@ -299,7 +301,7 @@ def _open_file(path: str, compression: str | None):
 
 
 def _read_file_safely(unit: SourceUnit, counts: Counter, read) -> Iterator[tuple[str, dict, bool]]:
-    """Open the unit's file, skip it if empty or binary, and pass the stream to READ; a corrupt archive is a DataError."""
+    """Skip the unit's file if it is empty or binary, else pass its stream to READ; a corrupt archive is a DataError."""
     try:
         import zstandard
 
@@ -363,7 +365,8 @@ def _raw_lines(stream, max_bytes: int) -> Iterator[tuple[bytes, bool]]:
             continue
         pieces, kept = [piece], len(piece)
         while not piece.endswith(b"\n"):
-            piece = stream.readline(LINE_CHUNK_BYTES if kept > max_bytes else min(max_bytes + 1 - kept, LINE_CHUNK_BYTES))
+            wanted = LINE_CHUNK_BYTES if kept > max_bytes else min(max_bytes + 1 - kept, LINE_CHUNK_BYTES)
+            piece = stream.readline(wanted)
             if not piece:
                 break
             if kept <= max_bytes:
@@ -448,7 +451,8 @@ def _parquet_units(config: SourceConfig, path: Path, unit_id: str) -> list[Sourc
     parquet_file = _parquet_file(path)
     schema = parquet_file.schema_arrow
     if config.text_field not in schema.names:
-        raise DataError(f"Parquet file {path} has no column {config.text_field!r} (its columns: {', '.join(schema.names)}).")
+        columns = ", ".join(schema.names)
+        raise DataError(f"Parquet file {path} has no column {config.text_field!r} (its columns: {columns}).")
     column_type = str(schema.field(config.text_field).type)
     if column_type not in TEXT_ARROW_TYPES:
         raise DataError(f"column {config.text_field!r} of Parquet file {path} holds {column_type}, not text.")
@@ -516,7 +520,9 @@ def _json_safe(value):
 
 def _is_saved_hf_dataset(path: Path) -> bool:
     """Whether PATH is a directory written by Dataset.save_to_disk or DatasetDict.save_to_disk."""
-    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+    if (path / "dataset_dict.json").is_file():
+        return True
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
 
 
 def _open_hf(config: SourceConfig):
@@ -530,9 +536,8 @@ def _open_hf(config: SourceConfig):
             dataset = datasets.load_from_disk(config.path)
             if isinstance(dataset, datasets.DatasetDict):
                 if config.hf_split not in dataset:
-                    raise DataError(
-                        f"saved dataset {config.path} has no split {config.hf_split!r} (its splits: {', '.join(dataset)})."
-                    )
+                    splits = ", ".join(dataset)
+                    raise DataError(f"saved dataset {config.path} has no split {config.hf_split!r} (it has {splits}).")
                 dataset = dataset[config.hf_split]
             return dataset
         return datasets.load_dataset(config.path, config.hf_config, split=config.hf_split, streaming=config.streaming)
@@ -549,7 +554,8 @@ def _hf_units(config: SourceConfig) -> list[SourceUnit]:
     dataset = _open_hf(config)
     columns = dataset.column_names if dataset.features is not None else None
     if columns is not None and config.text_field not in columns:
-        raise DataError(f"Hugging Face dataset {config.path} has no column {config.text_field!r} (its columns: {', '.join(columns)}).")
+        names = ", ".join(columns)
+        raise DataError(f"Hugging Face dataset {config.path} has no column {config.text_field!r} (it has {names}).")
     if isinstance(dataset, datasets.IterableDataset):
         shards = dataset.num_shards
         return [SourceUnit(config, f"shard-{index:05d}-of-{shards:05d}", "hf", None, None, index, index + 1, shards)
