@@ -44,6 +44,8 @@ UNIGRAM_BACKFILL_STEP = 1e-4  # tokenizers' UnigramTrainer: the score step betwe
 
 def objective_special_tokens(objective: str, sentinels: int = 100) -> tuple[str, ...]:
     """The special tokens a pretraining objective needs, beyond END_OF_TEXT and PAD."""
+    if sentinels < 0:
+        raise ConfigError(f"the number of sentinels {sentinels} must not be negative.")
     sentinel_tokens = tuple(SENTINEL.format(index) for index in range(sentinels))
     tokens = {
         "causal": (),
@@ -66,6 +68,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     split_digits: bool | None = None,
     character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+    progress: bool = False,
 ) -> Tokenizer:
     """Train a tokenizer of the given kind (byte_bpe, bpe or unigram) on texts; special tokens take the first ids.
 
@@ -78,8 +81,10 @@ def train_tokenizer(
     if split_digits is None:
         split_digits = kind != "byte_bpe"
     if kind == "byte_bpe":
-        return _train_byte_level_bpe(texts, vocab_size, specials, min_frequency, split_digits)
-    return _train_sentencepiece_style(texts, vocab_size, kind, specials, min_frequency, split_digits, character_coverage)
+        return _train_byte_level_bpe(texts, vocab_size, specials, min_frequency, split_digits, progress)
+    return _train_sentencepiece_style(
+        texts, vocab_size, kind, specials, min_frequency, split_digits, character_coverage, progress
+    )
 
 
 def train_bpe_tokenizer(
@@ -116,7 +121,12 @@ def _check_not_empty(counts: Counter) -> None:
 
 
 def _train_byte_level_bpe(
-    texts: Iterable[str], vocab_size: int, specials: tuple[str, ...], min_frequency: int, split_digits: bool
+    texts: Iterable[str],
+    vocab_size: int,
+    specials: tuple[str, ...],
+    min_frequency: int,
+    split_digits: bool,
+    progress: bool,
 ) -> Tokenizer:
     """GPT-2's byte-level BPE: 256 byte symbols, then merges."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -137,7 +147,7 @@ def _train_byte_level_bpe(
         min_frequency=min_frequency,
         special_tokens=list(specials),
         initial_alphabet=alphabet,
-        show_progress=False,
+        show_progress=progress,
     )
     counts = Counter()
     tokenizer.train_from_iterator(_valid_texts(texts, counts), trainer=trainer)
@@ -182,6 +192,7 @@ def _train_sentencepiece_style(
     min_frequency: int,
     split_digits: bool,
     character_coverage: float,
+    progress: bool,
 ) -> Tokenizer:
     """SentencePiece-style BPE or Unigram: characters, 256 byte-fallback pieces, learned pieces."""
     if not 0 < character_coverage <= 1:
@@ -203,11 +214,11 @@ def _train_sentencepiece_style(
     learned_size = vocab_size - len(BYTE_PIECES)
     if kind == "bpe":
         trainer = trainers.BpeTrainer(
-            vocab_size=learned_size, min_frequency=min_frequency, special_tokens=list(specials), show_progress=False
+            vocab_size=learned_size, min_frequency=min_frequency, special_tokens=list(specials), show_progress=progress
         )
     else:
         trainer = trainers.UnigramTrainer(
-            vocab_size=learned_size, special_tokens=list(specials), unk_token=UNKNOWN, show_progress=False
+            vocab_size=learned_size, special_tokens=list(specials), unk_token=UNKNOWN, show_progress=progress
         )
     learner.train_from_iterator(_alphabet_segments(texts, alphabet), trainer=trainer)
     learned = json.loads(learner.to_str())["model"]
