@@ -15,8 +15,8 @@ file exists is not redone), so a run killed at any moment and run again writes t
 Output layout under the recipe's output directory:
 
     recipe.json                the recipe the directory was made with (workers and output left out)
-    units/SOURCE/UNIT.*        phase 1 and 4 work files: .jsonl.zst, .keys.npy, .clean.json, .shards.json
-    dedup/                     keep.npy, stats.json, index/ (a de-duplication index for later corpora)
+    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy (2), .shards.json (4)
+    dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora)
     documents/SOURCE/UNIT.jsonl.zst   the cleaned, de-duplicated documents
     shards/                    index.json, tokenizer.json, NAME.tokens, NAME.docs (llmlab.data.shards)
     report.json, report.md
@@ -270,6 +270,22 @@ def _dedup_keys(documents: list[dict], dedup: DedupStage, minhash) -> np.ndarray
     return keys
 
 
+def _collect_keys(documents: Iterable[dict], dedup: DedupStage, keys: list) -> Iterator[dict]:
+    """DOCUMENTS unchanged; their de-duplication key rows are appended to KEYS, a bounded batch at a time."""
+    from llmlab.data.dedup import MinHash, MinHashConfig
+
+    minhash = MinHash(MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)) if dedup.near else None
+    batch, characters = [], 0
+    for document in documents:
+        yield document
+        batch.append(document)
+        characters += len(document["text"])
+        if len(batch) == KEY_BATCH_DOCUMENTS or characters >= KEY_BATCH_CHARACTERS:
+            keys.append(_dedup_keys(batch, dedup, minhash))
+            batch, characters = [], 0
+    keys.append(_dedup_keys(batch, dedup, minhash))
+
+
 def clean_unit(job: Job) -> dict:
     """Phase 1 for one unit: read, run the per-document stages, write survivors, dedup keys and counts."""
     recipe, unit, output = job.recipe, job.unit, job.output
@@ -278,31 +294,11 @@ def clean_unit(job: Job) -> dict:
     documents = read_unit(unit.unit, read_counts)
     for process, counts in zip(prepared_stages(recipe), stage_counts):
         documents = _counted(process(_counted(documents, counts, "in"), counts, unit.key), counts, "out")
-    dedup, dedup_counts = recipe.dedup, Counter()
-    if dedup is not None and dedup.repeats:
-        documents = _without_repeats(documents, dedup_counts)
-    keys, batch, characters = [], [], 0
-    minhash = None
-    if dedup is not None and dedup.near:
-        from llmlab.data.dedup import MinHash, MinHashConfig
-
-        minhash = MinHash(MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed))
-
-    def batched(documents):
-        nonlocal batch, characters
-        for document in documents:
-            yield document
-            if dedup is not None:
-                batch.append(document)
-                characters += len(document["text"])
-                if len(batch) == KEY_BATCH_DOCUMENTS or characters >= KEY_BATCH_CHARACTERS:
-                    keys.append(_dedup_keys(batch, dedup, minhash))
-                    batch, characters = [], 0
-
-    suffix = SUFFIXES[recipe.compression]
-    written = write_documents(unit_file(output, unit, suffix), batched(documents), recipe.compression)
+    dedup, dedup_counts, keys = recipe.dedup, Counter(), []
     if dedup is not None:
-        keys.append(_dedup_keys(batch, dedup, minhash))
+        documents = _collect_keys(_without_repeats(documents, dedup_counts) if dedup.repeats else documents, dedup, keys)
+    written = write_documents(unit_file(output, unit, SUFFIXES[recipe.compression]), documents, recipe.compression)
+    if dedup is not None:
         with atomic_path(unit_file(output, unit, ".keys.npy")) as staging, open(staging, "wb") as stream:
             np.save(stream, np.concatenate(keys))
     stats = {"unit": unit.key, "documents": written, "read": dict(sorted(read_counts.items())),
@@ -334,8 +330,7 @@ def global_dedup(output: Path, units: list[Unit], dedup: DedupStage, unit_stats:
 
     minhash = MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)
     index = open_index(dedup.index, minhash) if dedup.index else DedupIndex(minhash)
-    counts: Counter = Counter({"in": 0, "exact_duplicates": 0, "near_duplicates": 0})
-    keeps = []
+    counts: Counter = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
     for unit, stats in zip(units, unit_stats):
         keys = np.load(unit_file(output, unit, ".keys.npy")) if stats["documents"] else np.zeros((0, 2), np.uint64)
         keep = np.ones(len(keys), dtype=bool)
@@ -349,11 +344,10 @@ def global_dedup(output: Path, units: list[Unit], dedup: DedupStage, unit_stats:
             keep[survivors[near]] = False
             counts["near_duplicates"] += int(near.sum())
         counts["in"] += len(keys)
-        keeps.append(keep)
-    counts["out"] = int(sum(keep.sum() for keep in keeps))
+        counts["out"] += int(keep.sum())
+        with atomic_path(unit_file(output, unit, ".keep.npy")) as staging, open(staging, "wb") as stream:
+            np.save(stream, keep)
     index.save(output / "dedup" / "index")
-    with atomic_path(output / "dedup" / "keep.npy") as staging, open(staging, "wb") as stream:
-        np.save(stream, np.concatenate(keeps) if keeps else np.zeros(0, dtype=bool))
     result = dict(sorted(counts.items()))
     write_json(output / "dedup" / "stats.json", result)  # last: the phase is done
     return result
@@ -387,7 +381,7 @@ def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit], ke
 
 def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit], keeps: list) -> Path:
     """Train (or copy) the tokenizer into shards/tokenizer.json, unless a previous run already did."""
-    from llmlab.data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_bpe_tokenizer
+    from llmlab.data.tokenizer import TOKENIZER_FILE, load_tokenizer, objective_special_tokens, save_tokenizer, train_tokenizer
 
     path = output / "shards" / TOKENIZER_FILE
     if path.is_file():
@@ -397,12 +391,10 @@ def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit], kee
         tokenizer = load_tokenizer(section.path)
     else:
         training = section.train
-        if training.kind != "byte_bpe" or training.objective != "causal":
-            raise ConfigError("this version trains only byte_bpe tokenizers for the causal objective.")
-        tokenizer = train_bpe_tokenizer(tokenizer_sample(output, recipe, units, keeps), training.vocab_size,
-                                        special_tokens=("<|endoftext|>", "<pad>", *training.special_tokens))
-    with atomic_path(path) as staging:
-        staging.write_text(tokenizer.to_str(pretty=True))
+        specials = (*objective_special_tokens(training.objective), *training.special_tokens)
+        tokenizer = train_tokenizer(tokenizer_sample(output, recipe, units, keeps), training.vocab_size, training.kind,
+                                    special_tokens=specials)
+    save_tokenizer(tokenizer, path.parent)
     return path
 
 
@@ -443,9 +435,7 @@ def tokenize_unit(job: Job) -> dict:
     from llmlab.data.shards import token_dtype, write_shard
 
     recipe, unit, output = job.recipe, job.unit, job.output
-    keep = None
-    if recipe.dedup is not None:
-        keep = unit_keep(output, unit, read_json(unit_file(output, unit, ".clean.json"))["documents"])
+    keep = unit_keep(output, unit) if recipe.dedup is not None else None
     tokenizer = _tokenizer(output / "shards" / "tokenizer.json")
     eos, dtype = eos_token_id(tokenizer), token_dtype(tokenizer.get_vocab_size())
     limit = recipe.shards.tokens_per_shard
@@ -487,10 +477,9 @@ def tokenize_unit(job: Job) -> dict:
     return result
 
 
-def unit_keep(output: Path, unit: Unit, documents: int) -> np.ndarray:
-    """The unit's slice of dedup/keep.npy (DOCUMENTS: how many phase 1 wrote for it)."""
-    start = read_json(output / "dedup" / "offsets.json")[unit.key]
-    return np.asarray(np.load(output / "dedup" / "keep.npy", mmap_mode="r")[start:start + documents])
+def unit_keep(output: Path, unit: Unit) -> np.ndarray:
+    """Which of the unit's phase-1 documents de-duplication kept."""
+    return np.load(unit_file(output, unit, ".keep.npy"))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -528,9 +517,9 @@ class Workers:
                 bar.update()
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the worker processes (at the end every job is done; after an error the others are abandoned)."""
         if self.pool is not None:
-            self.pool.close()
+            self.pool.terminate()
             self.pool.join()
 
 
@@ -583,11 +572,9 @@ def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], workers
     dedup_stats, keeps = None, [None] * len(units)
     if recipe.dedup is not None:
         if not (output / "dedup" / "stats.json").is_file():
-            offsets = np.cumsum([0] + [stats["documents"] for stats in unit_stats])
-            write_json(output / "dedup" / "offsets.json", {unit.key: int(offsets[unit.position]) for unit in units})
             global_dedup(output, units, recipe.dedup, unit_stats)
         dedup_stats = read_json(output / "dedup" / "stats.json")
-        keeps = [unit_keep(output, unit, stats["documents"]) for unit, stats in zip(units, unit_stats)]
+        keeps = [unit_keep(output, unit) for unit in units]
     seconds["dedup"] = time.perf_counter() - phase
 
     tokenized = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from llmlab.data.pipeline_recipe import PipelineRecipe, stage_name
 
 # Counter keys that are the documents entering and leaving a stage rather than what the stage found
-FLOW_KEYS = ("in", "out")
+FLOW_KEYS = ("in", "out", "kept")
 
 
 def _summed(dicts) -> dict:
