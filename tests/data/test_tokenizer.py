@@ -19,6 +19,7 @@ from llmlab.data.tokenizer import (
     PAD,
     UNKNOWN,
     covered_characters,
+    decode_bytes,
     load_tokenizer,
     objective_special_tokens,
     save_tokenizer,
@@ -78,6 +79,16 @@ def test_decoding_restores_any_text(tokenizer, kind, text):
     ids = tokenizer.encode(text).ids
     assert all(0 <= i < VOCAB_SIZES[kind] for i in ids)
     assert decode(tokenizer, ids) == text
+
+
+@given(data=st.binary(), cut=st.integers(min_value=0))
+def test_decoded_bytes_are_the_utf8_bytes_even_inside_a_character(tokenizer, data, cut):
+    text = data.decode("utf-8", errors="replace")
+    ids = tokenizer.encode(text).ids
+    assert decode(tokenizer, ids) == text
+    assert decode_bytes(tokenizer, ids) == text.encode("utf-8")
+    cut = cut % (len(ids) + 1)
+    assert text.encode("utf-8").startswith(decode_bytes(tokenizer, ids[:cut]))
 
 
 @pytest.mark.parametrize("text", TRICKY_TEXTS)
@@ -160,6 +171,7 @@ def test_special_tokens_are_single_ids_that_decode_back(kind, objective):
         ids = tokenizer.encode(f"a {token}b").ids
         assert ids.count(id) == 1
         assert decode(tokenizer, ids) == f"a {token}b"
+        assert decode_bytes(tokenizer, ids) == f"a {token}b".encode("utf-8")
 
 
 def test_objective_special_tokens():

@@ -116,6 +116,7 @@ def _valid_texts(texts: Iterable[str], counts: Counter) -> Iterator[str]:
 
 
 def _check_not_empty(counts: Counter) -> None:
+    """Raise DataError if the texts held no character."""
     if not counts["characters"]:
         raise DataError("there is no text to train the tokenizer on: every training text is empty.")
 
@@ -137,9 +138,8 @@ def _train_byte_level_bpe(
         )
     tokenizer = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.pre_tokenizer = (
-        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if split_digits else byte_level
-    )
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level]) if split_digits else byte_level
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -263,6 +263,39 @@ def _deterministic_unigram_scores(scores: dict[str, float]) -> dict[str, float]:
     backfilled = sorted(piece for piece, step in steps.items() if step < len(steps) and abs(step - round(step)) < 1e-6)
     scores.update((piece, lowest + index * UNIGRAM_BACKFILL_STEP) for index, piece in enumerate(backfilled))
     return {piece: round(score, SCORE_DECIMALS) for piece, score in scores.items()}
+
+
+def decode_bytes(tokenizer: Tokenizer, ids: Iterable[int]) -> bytes:
+    """The UTF-8 bytes that ids stand for, exact even where they end inside a character (for streaming output)."""
+    special = {id: token.content for id, token in tokenizer.get_added_tokens_decoder().items()}
+    byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+    pieces = []
+    for id in ids:
+        token = special.get(id)
+        if token is not None:
+            pieces.append(token.encode("utf-8"))
+            continue
+        token = tokenizer.id_to_token(id)
+        if token is None:
+            raise DataError(f"token id {id} is outside the tokenizer's vocabulary of {tokenizer.get_vocab_size()}.")
+        if byte_level:
+            pieces.append(bytes(_BYTE_OF_SYMBOL[symbol] for symbol in token))
+        elif token in _BYTE_OF_PIECE:
+            pieces.append(bytes([_BYTE_OF_PIECE[token]]))
+        else:
+            pieces.append(token.encode("utf-8"))
+    return b"".join(pieces)
+
+
+def _gpt2_byte_symbols() -> dict[str, int]:
+    """GPT-2's map from its byte-level symbols back to bytes: printable bytes are themselves, the rest U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{chr(byte): byte for byte in printable}, **{chr(256 + n): byte for n, byte in enumerate(others)}}
+
+
+_BYTE_OF_SYMBOL = _gpt2_byte_symbols()
+_BYTE_OF_PIECE = {piece: byte for byte, piece in enumerate(BYTE_PIECES)}
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> str:

@@ -25,12 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="byte_bpe: GPT-2's byte-level BPE; bpe, unigram: SentencePiece-style with byte fallback")
     parser.add_argument("--vocab-size", type=int, required=True, metavar="N", help="ids in the vocabulary")
     parser.add_argument("--objective", action="append", default=[], choices=OBJECTIVES, metavar="NAME",
-                        help=f"add the special tokens this pretraining objective needs ({', '.join(OBJECTIVES)}); repeatable")
+                        help=f"add the special tokens a pretraining objective needs: {', '.join(OBJECTIVES)}; repeatable")
     parser.add_argument("--sentinels", type=int, default=100, metavar="N",
                         help="sentinel tokens for span_corruption and ul2 (default: 100)")
-    parser.add_argument("--special-token", action="append", default=[], metavar="TOKEN", help="another special token; repeatable")
-    parser.add_argument("--min-frequency", type=int, default=2, metavar="N", help="BPE: least count of a merged pair (default: 2)")
-    parser.add_argument("--no-split-digits", action="store_true", help="bpe, unigram: let digits merge (default: one per token)")
+    parser.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
+                        help="another special token; repeatable")
+    parser.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                        help="BPE kinds: least count of a merged pair (default: 2)")
+    parser.add_argument("--no-split-digits", action="store_true",
+                        help="bpe, unigram: let digits merge (default: one digit per token)")
     parser.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text (default: text)")
     parser.add_argument("--max-documents", type=int, metavar="N", help="train on the first N documents only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
