@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 
 import torch
 
 import llmlab
 from llmlab.data.corpus import bundled_documents
-from llmlab.data.tokenizer import END_OF_TEXT, save_tokenizer, train_bpe_tokenizer
+from llmlab.data.mixture import Mixture
+from llmlab.data.tokenizer import END_OF_TEXT, save_tokenizer
 from llmlab.model import Model
-from llmlab.train.data import RandomWindows, fixed_batches, split_held_out, tokenize_documents
+from llmlab.objectives import causal_lm
+from llmlab.train.data import StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer
 from llmlab.train.loop import TrainConfig, Trainer
 from llmlab.train.pretrain import build_model
 from llmlab.train.recipe import DataConfig, Recipe
@@ -63,15 +66,27 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     documents = [document["text"] for document in bundled_documents(data.max_chars)]
     say(f"   {len(documents)} documents, {sum(map(len, documents)) / 1e6:.1f}M characters")
 
-    say(f"2. A byte-level BPE tokenizer with {data.vocab_size} tokens, trained on the corpus")
-    tokenizer = train_bpe_tokenizer(documents, data.vocab_size)
-    tokens = tokenize_documents(tokenizer, documents)
-    train_tokens, held_out_tokens = split_held_out(tokens, data.held_out_fraction)
-    say(f"   {len(train_tokens)} training tokens, {len(held_out_tokens)} held-out tokens")
+    say(f"2. A byte-level BPE tokenizer with {data.vocab_size} tokens, trained on the corpus, and token shards")
+    with tempfile.TemporaryDirectory(prefix="llmlab-demo-") as scratch:
+        shards = bundled_shards(os.path.join(scratch, "data"), data.vocab_size, data.max_chars, texts=documents)
+        tokenizer = shard_tokenizer(shards)
+        sources = open_sources(dataclasses.replace(data, source=str(shards.directory)))
+        train_split = Mixture(sources, data.seq_len, seed, data.held_out_fraction)
+        held_out_split = Mixture(sources, data.seq_len, seed, data.held_out_fraction, split="held_out")
+        say(f"   {len(train_split) * data.seq_len} training tokens, {len(held_out_split) * data.seq_len} held-out tokens")
+        model = build_model(recipe, tokenizer, shards)
+        held_out = held_out_batches(held_out_split, causal_lm, recipe.train.eval_batches, data.batch_size, seed)
+        batches = StepBatches(train_split, causal_lm, data.batch_size, seed)
+        losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed)
+    save_model(model, tokenizer, out_dir)
+    say(f"Done in {time.perf_counter() - started:.0f}s.")
+    return losses
 
-    model = build_model(recipe, tokenizer, tokens)
-    held_out = fixed_batches(held_out_tokens, recipe.train.eval_batches, data.batch_size, data.seq_len, seed)
-    batches = RandomWindows(train_tokens, data.batch_size, data.seq_len, seed)
+
+def train_and_show(model: Model, tokenizer, recipe: Recipe, batches: StepBatches, held_out: list[dict],
+                   seed: int) -> list[float]:
+    """Print samples and the held-out loss, train, and print them again; return the losses."""
+    data, steps = recipe.data, recipe.train.steps
     trainer = Trainer(model, recipe.train, batches, held_out=held_out, description="demo")
     say(f"3. A LLaMA-style model with {model.num_parameters() / 1e6:.1f}M parameters; samples before training:")
     sampling_generator = torch.Generator().manual_seed(seed)
@@ -85,9 +100,6 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
 
     say("5. Samples after training:")
     print_samples(model, tokenizer, sampling_generator)
-
-    save_model(model, tokenizer, out_dir)
-    say(f"Done in {time.perf_counter() - started:.0f}s.")
     return losses
 
 

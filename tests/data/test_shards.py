@@ -126,3 +126,30 @@ def test_an_index_that_does_not_fit_is_refused(shard_dir, change):
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     with pytest.raises(DataError, match="index.json"):
         TokenShards(shard_dir)
+
+
+def test_llmlab_data_tokenize_writes_each_documents_ids_and_refuses_bad_input(tmp_path, capsys):
+    from llmlab.cli.main import main
+    from llmlab.data.tokenizer import END_OF_TEXT, train_bpe_tokenizer
+
+    texts = ["Return the sum of a list.", "Raise ValueError when it is empty.", "héllo wörld"]
+    tokenizer = train_bpe_tokenizer(texts * 5, 300)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts))
+                                       + "not json\n")
+    arguments = ["data", "tokenize", str(tmp_path / "in.jsonl"), "--tokenizer", str(tmp_path), "--out",
+                 str(tmp_path / "shards"), "--shard-tokens", "8", "--no-progress"]
+    assert main(arguments) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents"] == 3 and report["read"]["skipped"] == {"invalid_json": 1}
+    reader = TokenShards(tmp_path / "shards")
+    eos = tokenizer.token_to_id(END_OF_TEXT)
+    expected = [token for text in texts for token in [*tokenizer.encode(text).ids, eos]]
+    assert reader.read(0, reader.tokens).tolist() == expected and report["shards"] == len(reader.index["shards"]) > 1
+    assert (tmp_path / "shards" / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+    before = sorted(path.name for path in tmp_path.iterdir())
+    assert main(arguments) == 2  # the directory exists
+    assert main([*arguments[:2], str(tmp_path / "missing.jsonl"), *arguments[3:5], "--out", str(tmp_path / "x")]) == 2
+    errors = capsys.readouterr().err
+    assert "shards already exists" in errors and "missing.jsonl" in errors
+    assert sorted(path.name for path in tmp_path.iterdir()) == before

@@ -15,6 +15,8 @@ import pytest
 
 import llmlab
 from llmlab.cli.main import main
+from llmlab.data.shards import token_dtype, write_index, write_shard
+from llmlab.data.tokenizer import load_tokenizer
 from llmlab.train.checkpoint import latest_checkpoint
 
 TINY = str(Path(__file__).parents[2] / "recipes" / "tiny.yaml")
@@ -100,9 +102,17 @@ def test_the_final_model_loads_and_learned(finished_run):
     assert [record["step"] for record in records if "eval_loss" in record] == [10, 20, 30, 40]
 
 
-def test_a_missing_data_file_is_refused(tmp_path, capsys):
-    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'tokens.npy'}") == 2
-    assert "tokens.npy does not exist" in capsys.readouterr().err
+def test_a_missing_shard_directory_is_refused(tmp_path, capsys):
+    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'shards'}") == 2
+    assert "shards does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shard_directory_without_an_index_is_refused(tmp_path, capsys):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "a.tokens").write_bytes(b"\0" * 10)
+    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'shards'}") == 2
+    assert "has no index.json" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -145,8 +155,59 @@ def test_a_bad_checkpoint_is_refused_and_nothing_is_overwritten(finished_run, tm
     assert snapshot(run) == before
 
 
-def test_a_token_file_trains_with_the_vocabulary_from_the_recipe(tmp_path):
-    np.save(tmp_path / "tokens.npy", (np.arange(3000) * 7 % 100).astype(np.uint16))
-    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'tokens.npy'}", "model.vocab_size=100",
-                    "train.steps=4", "train.checkpoint_every=0") == 0  # fmt: skip
+def test_shards_without_a_tokenizer_train_with_the_vocabulary_of_their_index(tmp_path):
+    documents = [(np.arange(n) * 7 % 99 + 1).tolist() for n in range(20, 200)]
+    write_index(tmp_path / "shards", [write_shard(tmp_path / "shards", "a", documents, token_dtype(100), 0)], 100, 0)
+    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'shards'}", "train.steps=4",
+                    "train.checkpoint_every=0", "train.sample_every=0") == 0  # fmt: skip
     assert llmlab.load(tmp_path / "run" / "final").config.vocab_size == 100
+
+
+def test_tokenized_jsonl_blended_from_two_shard_directories_trains_with_their_tokenizer(finished_run, tmp_path):
+    texts = [f"Return the {word} of the list, or None when it is empty." for word in ("sum", "length", "maximum")]
+    for name, repeat in (("a", 40), ("b", 20)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"body": text}) + "\n" for text in texts * repeat))
+        assert main(["data", "tokenize", str(tmp_path / f"{name}.jsonl"), "--tokenizer", str(finished_run / "data"),
+                     "--out", str(tmp_path / name), "--text-field", "body", "--no-progress"]) == 0
+    sources = f"data.sources=[{{path: {tmp_path / 'a'}, weight: 0.7}}, {{path: {tmp_path / 'b'}, epochs: 1}}]"
+    assert pretrain(tmp_path / "run", "data.source=null", sources) == 2  # weight and epochs mixed
+    sources = f"data.sources=[{{path: {tmp_path / 'a'}, weight: 0.7}}, {{path: {tmp_path / 'b'}, weight: 0.3}}]"
+    assert pretrain(tmp_path / "run", "data.source=null", sources, "train.steps=4", "train.checkpoint_every=0") == 0
+    tokenizer = load_tokenizer(tmp_path / "run" / "final")
+    assert tokenizer.to_str() == load_tokenizer(finished_run / "data").to_str()
+    assert llmlab.load(tmp_path / "run" / "final").config.vocab_size == tokenizer.get_vocab_size()
+
+
+# each objective on a tiny model of a family it fits, a few steps on the bundled corpus
+OBJECTIVE_MODELS = {"causal": "llama", "prefix_lm": "prefix_llama", "span_corruption": "t5", "ul2": "prefix_llama",
+                    "glm": "glm", "mlm": "bert"}
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVE_MODELS))
+def test_every_objective_pretrains_from_a_recipe_and_its_loss_falls(objective, tmp_path):
+    assert main(["pretrain", TINY, "--out", str(tmp_path / "run"), "--no-progress", *SMALL[:3], "data.batch_size=8",
+                 "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=128", "train.steps=20",
+                 "train.lr=5e-3", "train.warmup=2", "train.log_every=1", "train.checkpoint_every=0",
+                 "train.eval_every=0", "train.sample_every=20", f"model.preset={OBJECTIVE_MODELS[objective]}",
+                 f"objective.name={objective}"]) == 0  # fmt: skip
+    losses = list(losses_by_step(tmp_path / "run").values())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("sample" in record for record in records) == (objective not in ("glm", "mlm"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["objective.name=mlm"], "mlm objective cannot train model.arch decoder"),
+        (["objective.name=glm"], "glm objective cannot train model.arch decoder"),
+        (["objective.name=span_corruption", "objective.decoder_only=false"], "span_corruption objective cannot"),
+        (["objective.name=causal", "model.preset=t5"], "causal objective cannot train model.arch encoder_decoder"),
+        (["objective.name=causal", "model.preset=glm"], "model.position glm2d"),
+    ],
+)
+def test_an_objective_that_does_not_fit_the_architecture_is_refused_before_anything_is_written(
+        tmp_path, capsys, overrides, named):
+    assert pretrain(tmp_path / "run", *overrides) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -58,3 +58,35 @@ def test_an_unknown_section_in_the_file_is_named(tmp_path):
 def test_a_missing_recipe_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="nothing.yaml"):
         load_recipe(tmp_path / "nothing.yaml")
+
+
+def test_the_objective_section_takes_a_name_and_that_objectives_parameters(tmp_path):
+    recipe = load_recipe(RECIPES / "tiny.yaml", ["objective.name=span_corruption", "objective.noise_density=0.3"])
+    assert recipe.objective == {"name": "span_corruption", "noise_density": 0.3}
+    assert recipe.objective_name == "span_corruption" and load_recipe(RECIPES / "tiny.yaml").objective_name == "causal"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["objective.name=bogus"], "bogus"),
+        (["objective.name=mlm", "objective.noise_density=0.3"], "noise_density"),
+        (["objective.name=span_corruption", "objective.eos_token_id=3"], "eos_token_id"),  # from the tokenizer
+        (["objective.prefix_length=3"], "prefix_length"),  # causal takes no parameters
+    ],
+)
+def test_unknown_objectives_and_parameters_are_named(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_recipe(RECIPES / "tiny.yaml", overrides)
+
+
+def test_data_sources_read_as_shard_sources_with_weights_or_epochs(tmp_path):
+    (tmp_path / "r.yaml").write_text("data:\n  source: null\n  sources:\n    - {path: a, weight: 2}\n"
+                                     "    - {path: b, epochs: 1}\n")
+    sources = load_recipe(tmp_path / "r.yaml").data.sources
+    assert [(s.path, s.weight, s.epochs) for s in sources] == [("a", 2.0, None), ("b", None, 1.0)]
+    for text, named in (("{sources: [{path: a}]}", "data.source"), ("{source: null, sources: [{weight: 1}]}", "path"),
+                        ("{source: null, sources: [{path: a, share: 1}]}", "share")):
+        (tmp_path / "r.yaml").write_text(f"data: {text}\n")
+        with pytest.raises(ConfigError, match=named):
+            load_recipe(tmp_path / "r.yaml")

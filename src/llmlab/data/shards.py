@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from llmlab.data.tokenizer import END_OF_TEXT, TOKENIZER_FILE
 from llmlab.errors import DataError
 
 INDEX_FILE = "index.json"
@@ -142,6 +146,37 @@ class ShardWriter:
         return write_index(self.directory, self.entries, self.vocab_size, self.eos_token_id, **self.metadata)
 
 
+def tokenize_to_shards(texts: Iterable[str], tokenizer, directory: str | os.PathLike, shard_tokens: int = 1 << 28,
+                       batch_documents: int = 1024, progress: bool = False, **metadata) -> Path:
+    """Encode texts with a tokenizers.Tokenizer into a new shard directory (tokenizer.json copied in); the
+    directory appears whole, by a rename, or not at all. Returns its index's path."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise DataError(f"the shard directory {directory} already exists; choose a new one.")
+    end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+    if end_of_text is None:
+        raise DataError(f"the tokenizer has no {END_OF_TEXT} token to end each document with.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        writer = ShardWriter(staging, tokenizer.get_vocab_size(), end_of_text, shard_tokens, **metadata)
+        texts = iter(texts)
+        with tqdm(desc="tokenize", unit=" documents", disable=not progress) as bar:
+            while batch := list(itertools.islice(texts, batch_documents)):
+                for encoding in tokenizer.encode_batch(batch):
+                    writer.add(encoding.ids)
+                bar.update(len(batch))
+        tokenizer.save(str(staging / TOKENIZER_FILE))
+        writer.close()
+        if directory.exists():
+            directory.rmdir()
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory / INDEX_FILE
+
+
 def _memmap(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
     """The file as a read-only array of count items (numpy cannot map an empty file)."""
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype=dtype)
@@ -194,7 +229,7 @@ class TokenShards:
     @property
     def tokenizer_file(self) -> Path | None:
         """The directory's tokenizer.json, or None when it has none."""
-        path = self.directory / "tokenizer.json"
+        path = self.directory / TOKENIZER_FILE
         return path if path.is_file() else None
 
     def verify(self) -> None:

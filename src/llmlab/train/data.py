@@ -1,80 +1,136 @@
-"""The training data until the data pipeline's shards land: a token stream (the bundled corpus or a token file)
-cut into random windows by a sampler whose position can be checkpointed."""
+"""The training data: shard directories blended by a Mixture (the bundled corpus is first tokenized into a shard
+directory of the run), batched per step by StepBatches."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llmlab.data.packing import sample_batch
-from llmlab.data.tokenizer import END_OF_TEXT
-from llmlab.errors import DataError
+from llmlab.data.mixture import Mixture, MixtureSource
+from llmlab.data.shards import TokenShards, tokenize_to_shards
+from llmlab.data.tokenizer import (DEFAULT_SPECIAL_TOKENS, END_OF_PIECE, GENERATION_MASK, MASK, SENTENCE_MASK,
+                                   SENTINEL, START_OF_PIECE, TOKENIZER_FILE, UL2_MODE_TOKENS, load_tokenizer,
+                                   train_bpe_tokenizer)
+from llmlab.errors import ConfigError, DataError
+from llmlab.train.recipe import DataConfig, ShardSource
 
-TOKEN_FILE_SUFFIXES = (".npy", ".bin")
-
-
-def tokenize_documents(tokenizer, texts: list[str]) -> torch.Tensor:
-    """Encode texts into one 1-D stream of token ids, each document followed by <|endoftext|>."""
-    end_of_text = tokenizer.token_to_id(END_OF_TEXT)
-    ids: list[int] = []
-    for encoding in tokenizer.encode_batch(texts):
-        ids.extend(encoding.ids)
-        ids.append(end_of_text)
-    return torch.tensor(ids, dtype=torch.long)
+BUNDLED = "bundled"
+SENTINELS = 100  # T5's <extra_id_0> … <extra_id_99>
 
 
-def read_token_file(path: str | os.PathLike) -> torch.Tensor:
-    """A 1-D stream of token ids from a .npy array or a flat .bin file of uint16 ids (nanoGPT's format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"the token file {path} does not exist.")
-    if path.suffix not in TOKEN_FILE_SUFFIXES:
-        raise DataError(f"{path} is not a token file; use a .npy array or a .bin file of uint16 token ids.")
-    try:
-        array = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.fromfile(path, dtype=np.uint16)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path} cannot be read as a token file ({error}).") from None
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"{path} must hold a 1-D array of integer token ids, not {array.dtype} of shape {array.shape}.")
-    return torch.from_numpy(array.astype(np.int64))
+def objective_special_tokens(objective: str, sentinels: int = SENTINELS) -> tuple[str, ...]:
+    """The special tokens an objective needs besides <|endoftext|> and <pad>, by objective name."""
+    sentinel_tokens = tuple(SENTINEL.format(k) for k in range(sentinels))
+    return {"causal": (), "prefix_lm": (), "span_corruption": sentinel_tokens,
+            "ul2": (*UL2_MODE_TOKENS.values(), *sentinel_tokens), "mlm": (MASK,),
+            "glm": (MASK, SENTENCE_MASK, GENERATION_MASK, START_OF_PIECE, END_OF_PIECE)}[objective]
 
 
-def split_held_out(tokens: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stream without its last `fraction` of tokens, and that held-out tail."""
-    held_out = int(tokens.numel() * fraction)
-    return tokens[: tokens.numel() - held_out], tokens[tokens.numel() - held_out :]
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator an objective draws step's batch with: seeded by (seed, step) only."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def fixed_batches(tokens: torch.Tensor, count: int, batch_size: int, seq_len: int, seed: int) -> list[dict]:
-    """The same count random batches on every call: held-out data for evaluation."""
-    generator = torch.Generator().manual_seed(seed)
-    return [sample_batch(tokens, batch_size, seq_len, generator) for _ in range(count)]
+class StepBatches:
+    """Batches by step: step s is the objective applied to mixture samples [s·B, (s+1)·B) with a generator seeded
+    by (seed, s); this rank keeps rows [rank·B/W, (rank+1)·B/W), so W processes see the one-process batch."""
 
+    def __init__(self, mixture: Mixture, objective: Callable, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if batch_size < 1 or batch_size % world_size:
+            raise ConfigError(f"data.batch_size {batch_size} must be a positive multiple of the {world_size} ranks.")
+        self.mixture, self.objective, self.batch_size, self.seed = mixture, objective, batch_size, seed
+        per_rank = batch_size // world_size
+        self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        self.step = 0
 
-class RandomWindows:
-    """An endless iterator of random-window batches whose position (generator state, batches drawn) checkpoints."""
+    def batch(self, step: int) -> dict:
+        """This rank's rows of step's batch."""
+        start = step * self.batch_size
+        windows = torch.from_numpy(self.mixture.samples(start, start + self.batch_size))
+        batch = self.objective(windows, step_generator(self.seed, step))
+        return {name: value[self.rows] for name, value in batch.items()}
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
-        sample_batch(tokens[:seq_len], 1, seq_len, torch.Generator())  # reject a too-short stream now, not mid-run
-        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
-        self.generator = torch.Generator().manual_seed(seed)
-        self.drawn = 0
-
-    def __iter__(self) -> "RandomWindows":
+    def __iter__(self) -> StepBatches:
         return self
 
     def __next__(self) -> dict:
-        self.drawn += 1
-        return sample_batch(self.tokens, self.batch_size, self.seq_len, self.generator)
+        batch = self.batch(self.step)
+        self.step += 1
+        return batch
 
     def state_dict(self) -> dict:
-        """The sampler's position: its generator's state and how many batches it has drawn."""
-        return {"generator": self.generator.get_state(), "drawn": self.drawn}
+        """The position: the next step."""
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a position saved by state_dict."""
-        self.generator.set_state(state["generator"])
-        self.drawn = int(state["drawn"])
+        """Continue at a position saved by state_dict."""
+        self.step = int(state["step"])
+
+
+def held_out_batches(mixture: Mixture, objective: Callable, count: int, batch_size: int, seed: int) -> list[dict]:
+    """The first count batches of a held-out mixture (the same on every call); none when it holds no window."""
+    if len(mixture) == 0:
+        return []
+    batches = StepBatches(mixture, objective, batch_size, seed)
+    return [batches.batch(step) for step in range(count)]
+
+
+def open_sources(data: DataConfig) -> list[MixtureSource]:
+    """The recipe's shard directories as mixture sources (DataError naming a missing or damaged one)."""
+    opened = []
+    for spec in data.sources or (ShardSource(data.source),):
+        if spec.path == BUNDLED:
+            raise ConfigError("the bundled corpus can only be data.source, not one of data.sources.")
+        if not Path(spec.path).exists():
+            raise DataError(f"the data source {spec.path} does not exist.")
+        opened.append(MixtureSource(TokenShards(spec.path), spec.weight, spec.epochs, name=spec.path))
+    first = opened[0].stream
+    for other in opened[1:]:
+        stream = other.stream
+        same = (stream.vocab_size, stream.eos_token_id) == (first.vocab_size, first.eos_token_id) and \
+            _file_bytes(stream.tokenizer_file) == _file_bytes(first.tokenizer_file)
+        if not same:
+            raise DataError(f"the data sources {first.directory} and {stream.directory} were tokenized with "
+                            "different tokenizers.")
+    return opened
+
+
+def _file_bytes(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def bundled_shards(directory: str | os.PathLike, vocab_size: int, max_chars: int | None,
+                   special_tokens: Iterable[str] = (), texts: list[str] | None = None,
+                   progress: bool = False) -> TokenShards:
+    """The bundled corpus tokenized into directory with a byte-level BPE tokenizer trained on it (with
+    special_tokens after <|endoftext|> and <pad>); an existing complete directory built alike is reused."""
+    directory = Path(directory)
+    recipe = {"vocab_size": vocab_size, "max_chars": max_chars,
+              "special_tokens": [*DEFAULT_SPECIAL_TOKENS, *special_tokens]}
+    if directory.exists():
+        shards = TokenShards(directory)
+        if shards.index.get("bundled") != recipe:
+            raise ConfigError(f"{directory} holds the bundled corpus tokenized as {shards.index.get('bundled')}, "
+                              f"not as the recipe asks ({recipe}).")
+        return shards
+    if texts is None:
+        from llmlab.data.corpus import bundled_documents
+
+        texts = [document["text"] for document in bundled_documents(max_chars)]
+    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # left by a run killed while tokenizing
+        shutil.rmtree(stale, ignore_errors=True)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size, recipe["special_tokens"])
+    tokenize_to_shards(texts, tokenizer, directory, progress=progress, bundled=recipe)
+    return TokenShards(directory)
+
+
+def shard_tokenizer(shards: TokenShards):
+    """The tokenizer of a shard directory, or None when it has no tokenizer.json."""
+    return load_tokenizer(shards.tokenizer_file) if shards.tokenizer_file is not None else None

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-from llmlab.data.corpus import bundled_documents
-from llmlab.data.tokenizer import END_OF_TEXT, PAD, TOKENIZER_FILE, load_tokenizer, train_bpe_tokenizer
+from llmlab.data.mixture import Mixture
+from llmlab.data.shards import TokenShards
+from llmlab.data.tokenizer import (DEFAULT_SPECIAL_TOKENS, END_OF_PIECE, END_OF_TEXT, GENERATION_MASK, MASK, PAD,
+                                   SENTENCE_MASK, SENTINEL, START_OF_PIECE, UL2_MODE_TOKENS)
 from llmlab.errors import CheckpointError, ConfigError, DataError
 from llmlab.model.checkpoint import save_llmlab
+from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Model
+from llmlab.objectives import causal_lm
 from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
-from llmlab.train.data import RandomWindows, fixed_batches, read_token_file, split_held_out, tokenize_documents
+from llmlab.train.data import (BUNDLED, SENTINELS, StepBatches, bundled_shards, held_out_batches,
+                               objective_special_tokens, open_sources, shard_tokenizer)
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, METRICS_FILE, Trainer
-from llmlab.train.recipe import Recipe
+from llmlab.train.recipe import OBJECTIVES, Recipe
 
 FINAL_DIRECTORY = "final"
+DATA_DIRECTORY = "data"  # the bundled corpus's tokenizer and shards, inside the run directory
+GLM_MASKS = {"token": MASK, "sentence": SENTENCE_MASK, "document": GENERATION_MASK}
+SENTENCE_ENDS = (".", "?", "!")
 
 
 @contextlib.contextmanager
@@ -32,42 +41,87 @@ def deterministic_algorithms(enabled: bool):
         torch.use_deterministic_algorithms(previous)
 
 
-def prepare_tokens(recipe: Recipe, tokenizer_file: Path | None):
-    """The tokenizer (or None) and the token stream; for the bundled corpus, tokenizer_file's or a newly trained one."""
-    data = recipe.data
-    if data.source != "bundled":
-        tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
-        return tokenizer, read_token_file(data.source)
-    texts = [document["text"] for document in bundled_documents(data.max_chars)]
-    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else train_bpe_tokenizer(texts, data.vocab_size)
-    return tokenizer, tokenize_documents(tokenizer, texts)
-
-
-def save_tokenizer_atomically(tokenizer, path: Path) -> Path:
-    """Write tokenizer.json to path through a temporary file, so that a killed run never leaves half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    tokenizer.save(str(staging))
-    os.replace(staging, path)
-    return path
-
-
-def build_model(recipe: Recipe, tokenizer, tokens: torch.Tensor) -> Model:
-    """The recipe's model, sized to the tokenizer's vocabulary, initialised from train.seed."""
-    fields = {}
+def build_model(recipe: Recipe, tokenizer, shards: TokenShards) -> Model:
+    """The recipe's model, sized to the tokenizer's vocabulary (or the shards'), initialised from train.seed."""
     if tokenizer is not None:
-        end_of_text = tokenizer.token_to_id(END_OF_TEXT)
         fields = {"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": tokenizer.token_to_id(PAD)}
-        if end_of_text is not None:
-            fields.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
+        end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+    else:
+        fields, end_of_text = {"vocab_size": recipe.model.get("vocab_size", shards.vocab_size)}, shards.eos_token_id
+    if end_of_text is not None:
+        fields.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
     config = recipe.model_config(**fields)
-    largest = int(tokens.max())
-    if largest >= config.vocab_size:
-        raise DataError(f"{recipe.data.source} holds token id {largest}, "
+    if config.arch == "encoder_decoder" and config.pad_token_id is not None:
+        config = recipe.model_config(**fields, decoder_start_token_id=config.pad_token_id)
+    if shards.vocab_size > config.vocab_size:
+        raise DataError(f"{shards.directory} holds token ids up to {shards.vocab_size - 1}, "
                         f"beyond the model's vocab_size {config.vocab_size}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
         return Model(config).to(recipe.train.resolved_device())
+
+
+def check_objective_fits(name: str, parameters: dict, config: ModelConfig) -> bool:
+    """Raise ConfigError naming both when the objective cannot train this architecture; return decoder_only
+    (whether span corruption / UL2 batches are recast for a decoder)."""
+    arch, position = config.arch, config.position
+    decoders = ("decoder", "prefix_decoder")
+    decoder_only = parameters.get("decoder_only", arch in decoders)
+    if name == "glm" or position == "glm2d":
+        fits = name == "glm" and position == "glm2d"
+        needs = "the GLM position scheme (model.position glm2d) and objective glm together"
+    elif name == "mlm" or arch == "encoder":
+        fits, needs = name == "mlm" and arch == "encoder", "an encoder (model.arch encoder) and objective mlm together"
+    elif name in ("span_corruption", "ul2"):
+        fits = arch in decoders if decoder_only else arch == "encoder_decoder"
+        needs = "an encoder-decoder, or a decoder with decoder_only: true"
+    else:
+        fits, needs = arch in decoders, "a decoder or prefix decoder"
+    if not fits:
+        raise ConfigError(f"the {name} objective cannot train model.arch {arch} with model.position {position}: "
+                          f"it needs {needs}.")
+    return decoder_only
+
+
+def build_objective(recipe: Recipe, tokenizer, config: ModelConfig):
+    """The recipe's objective with its special-token ids from the tokenizer, checked against the architecture."""
+    name = recipe.objective_name
+    parameters = {key: value for key, value in recipe.objective.items() if key != "name"}
+    decoder_only = check_objective_fits(name, parameters, config)
+    if name == "causal":
+        return causal_lm
+    if tokenizer is None and name != "prefix_lm":
+        raise ConfigError(f"the {name} objective needs the special tokens of a tokenizer.json beside the shards.")
+
+    def token_id(token: str) -> int:
+        found = tokenizer.token_to_id(token)
+        if found is None:
+            raise DataError(f"the tokenizer has no {token} token, which the {name} objective needs; retokenize with "
+                            f"the objective's special tokens.")
+        return found
+
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    sentinels = lambda: tuple(token_id(SENTINEL.format(k)) for k in range(SENTINELS))  # noqa: E731
+    supplied = {
+        "prefix_lm": lambda: {},
+        "span_corruption": lambda: dict(eos_token_id=config.eos_token_id, sentinel_ids=sentinels(), pad_token_id=pad,
+                                        decoder_only=decoder_only),
+        "ul2": lambda: dict(eos_token_id=config.eos_token_id, sentinel_ids=sentinels(), pad_token_id=pad,
+                            mode_token_ids={mode: token_id(token) for mode, token in UL2_MODE_TOKENS.items()},
+                            decoder_only=decoder_only),
+        "glm": lambda: dict(mask_token_id=token_id(GLM_MASKS.get(parameters.get("unit", "token"), MASK)),
+                            sop_token_id=token_id(START_OF_PIECE), eop_token_id=token_id(END_OF_PIECE),
+                            pad_token_id=pad, sentence_end_ids=tuple(
+                                found for end in SENTENCE_ENDS if (found := tokenizer.token_to_id(end)) is not None)),
+        "mlm": lambda: dict(mask_token_id=token_id(MASK), vocab_size=config.vocab_size, special_token_ids=tuple(
+            token_id(token) for token in (*DEFAULT_SPECIAL_TOKENS, *objective_special_tokens(name)))),
+    }[name]()
+    try:
+        return OBJECTIVES[name](**{**parameters, **supplied})
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"the recipe's objective section does not fit the {name} objective ({error}).") from None
 
 
 def greedy_sampler(tokenizer, prompt: str, max_new_tokens: int):
@@ -94,22 +148,31 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     latest = latest_checkpoint(checkpoints) if resume else None
     if not resume and any(path.exists() for path in (checkpoints, run_dir / FINAL_DIRECTORY, run_dir / METRICS_FILE)):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
-    if recipe.data.source != "bundled" and not Path(recipe.data.source).is_file():
-        raise DataError(f"the recipe's data.source {recipe.data.source} does not exist.")
-    checkpoint_tokenizer = latest / TOKENIZER_FILE if latest is not None else None
-    tokenizer, tokens = prepare_tokens(recipe, checkpoint_tokenizer if recipe.data.source == "bundled" else None)
-    model = build_model(recipe, tokenizer, tokens)
     data = recipe.data
-    train_tokens, held_out_tokens = split_held_out(tokens, data.held_out_fraction)
-    batches = RandomWindows(train_tokens, data.batch_size, data.seq_len, data.seed)
+    check_objective_fits(recipe.objective_name, recipe.objective, recipe.model_config())  # before writing data
+    if data.source == BUNDLED:
+        special_tokens = objective_special_tokens(recipe.objective_name)
+        shards = bundled_shards(run_dir / DATA_DIRECTORY, data.vocab_size, data.max_chars, special_tokens,
+                                progress=progress)
+        sources = open_sources(dataclasses.replace(data, source=str(shards.directory)))
+    else:
+        sources = open_sources(data)
+    first = sources[0].stream
+    tokenizer = shard_tokenizer(first)
+    model = build_model(recipe, tokenizer, first)
+    objective = build_objective(recipe, tokenizer, model.config)
+    mixture = Mixture(sources, data.seq_len, data.seed, data.held_out_fraction)
+    batches = StepBatches(mixture, objective, data.batch_size, data.seed)
     held_out = None
-    if recipe.train.eval_every and held_out_tokens.numel() >= data.seq_len:
-        held_out = fixed_batches(held_out_tokens, recipe.train.eval_batches, data.batch_size, data.seq_len, data.seed)
+    if recipe.train.eval_every:
+        held_out_mixture = Mixture(sources, data.seq_len, data.seed, data.held_out_fraction, split="held_out")
+        held_out = held_out_batches(held_out_mixture, objective, recipe.train.eval_batches, data.batch_size,
+                                    data.seed) or None
     sampler = None
-    if tokenizer is not None and model.config.arch != "encoder":
+    if tokenizer is not None and model.config.arch != "encoder" and model.config.position != "glm2d":
         sampler = greedy_sampler(tokenizer, recipe.train.sample_prompt, recipe.train.sample_tokens)
     trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, progress=progress,
-                      description="pretrain", sampler=sampler)
+                      description="pretrain", sampler=sampler, tokenizer_file=first.tokenizer_file)
     if resume and latest is None:
         trainer.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
     if latest is not None:
@@ -120,12 +183,6 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
             raise CheckpointError(f"{latest} does not fit the recipe's training setup ({error}).") from None
         remove_stale_temporaries(checkpoints)
         remove_stale_temporaries(run_dir, FINAL_DIRECTORY)
-    if recipe.data.source != "bundled":
-        trainer.tokenizer_file = Path(data.tokenizer) if data.tokenizer else None
-    elif latest is None or not (run_dir / TOKENIZER_FILE).exists():
-        trainer.tokenizer_file = save_tokenizer_atomically(tokenizer, run_dir / TOKENIZER_FILE)
-    else:
-        trainer.tokenizer_file = run_dir / TOKENIZER_FILE
     with deterministic_algorithms(recipe.train.deterministic):
         trainer.fit()
     return save_llmlab(model, run_dir / FINAL_DIRECTORY, tokenizer_file=trainer.tokenizer_file,

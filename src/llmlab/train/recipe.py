@@ -1,4 +1,5 @@
-"""Recipes: YAML files mapped onto dataclasses (model, data, train sections), with `section.field=value` overrides."""
+"""Recipes: YAML files mapped onto dataclasses (model, data, objective, train sections), with `section.field=value`
+overrides."""
 
 from __future__ import annotations
 
@@ -15,15 +16,41 @@ import yaml
 from llmlab.errors import ConfigError
 from llmlab.model import presets
 from llmlab.model.config import ModelConfig
+from llmlab.objectives import UL2, GLMBlankInfilling, MaskedLM, PrefixLM, SpanCorruption
 from llmlab.train.loop import TrainConfig
+
+# objective name → its class (None: causal_lm, a function without parameters)
+OBJECTIVES = {"causal": None, "prefix_lm": PrefixLM, "span_corruption": SpanCorruption, "ul2": UL2,
+              "glm": GLMBlankInfilling, "mlm": MaskedLM}
+# constructor parameters that pretraining fills in from the tokenizer and the model, never from a recipe
+SUPPLIED_PARAMETERS = {"eos_token_id", "pad_token_id", "vocab_size", "sentinel_ids", "mode_token_id", "mode_token_ids",
+                       "mask_token_id", "sop_token_id", "eop_token_id", "special_token_ids", "sentence_end_ids",
+                       "denoisers"}
+
+
+def objective_parameters(name: str) -> list[str]:
+    """The parameters a recipe may give the named objective."""
+    cls = OBJECTIVES[name]
+    if cls is None:
+        return []
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in SUPPLIED_PARAMETERS]
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """One item of data.sources: a shard directory with a weight, or a number of epochs."""
+
+    path: str
+    weight: float | None = None
+    epochs: float | None = None
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the tokens come from and how they are batched: the `data:` section of a recipe."""
 
-    source: str = "bundled"  # "bundled" (the standard library's docstrings) or a .npy / .bin token file
-    tokenizer: str | None = None  # tokenizer.json for a token file; the bundled corpus trains its own
+    source: str | None = "bundled"  # "bundled" (the standard library's docstrings) or a shard directory
+    sources: tuple[ShardSource, ...] = ()  # several shard directories blended by weight or epochs (then no source)
     vocab_size: int = 4096  # of the tokenizer trained on the bundled corpus
     max_chars: int | None = None  # of the bundled corpus (None: all of it)
     seq_len: int = 128
@@ -31,14 +58,31 @@ class DataConfig:
     held_out_fraction: float = 0.05
     seed: int = 0
 
+    def __post_init__(self):
+        if self.sources and self.source is not None:
+            raise ConfigError(f"data.source ({self.source}) and data.sources both name the data; give one "
+                              "(data.source=null to use data.sources).")
+        if not self.sources and self.source is None:
+            raise ConfigError("data.source or data.sources must name the data.")
+        for name in ("seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1, not {getattr(self, name)}.")
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """A whole pretraining run: the model (a preset and/or ModelConfig fields), its data and how to train it."""
+    """A whole pretraining run: the model (a preset and/or ModelConfig fields), its data, its objective (a name and
+    that objective's parameters) and how to train it."""
 
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = DataConfig()
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "causal"})
     train: TrainConfig = TrainConfig()
+
+    @property
+    def objective_name(self) -> str:
+        """The objective's name."""
+        return self.objective.get("name", "causal")
 
     def model_config(self, **fields: Any) -> ModelConfig:
         """The ModelConfig: the named preset (if any) with the recipe's fields, then fields (e.g. the vocabulary)."""
@@ -73,6 +117,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                     pass
         if origin is str and isinstance(value, str):
             return value
+        if origin is tuple and isinstance(value, (list, tuple)) and typing.get_args(option)[-1:] == (Ellipsis,):
+            kind = typing.get_args(option)[0]
+            return tuple(_section(kind, item, f"{where}[{i}]") if dataclasses.is_dataclass(kind)
+                         else _coerce(item, kind, f"{where}[{i}]") for i, item in enumerate(value))
         if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(option)):
             return tuple(_coerce(item, kind, where) for item, kind in zip(value, typing.get_args(option)))
     expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
@@ -86,6 +134,11 @@ def _section(cls: type, values: Any, where: str) -> Any:
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ConfigError(f"{where} has no field {unknown[0]!r} (known: {', '.join(hints)}).")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ConfigError(f"{where} needs the field {missing[0]!r}.")
     return cls(**{name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()})
 
 
@@ -95,8 +148,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     for override in overrides:
         key, separator, text = override.partition("=")
         section, dot, name = key.partition(".")
-        if not separator or not dot or section not in ("model", *SECTIONS) or not name:
-            raise ConfigError(f"the override {override!r} is not of the form model|data|train.FIELD=VALUE.")
+        if not separator or not dot or section not in ("model", "objective", *SECTIONS) or not name:
+            raise ConfigError(f"the override {override!r} is not of the form model|data|objective|train.FIELD=VALUE.")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -105,13 +158,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     return parsed
 
 
-def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
-    """A Recipe from a mapping with model, data and train sections, rejecting unknown fields by name."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping with model, data and train sections.")
-    unknown = sorted(set(data) - {"model", *SECTIONS})
+def _objective(values: Any, where: str) -> dict[str, Any]:
+    """The objective section: a known name and only that objective's own parameters."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of a name and that objective's parameters.")
+    name = values.get("name", "causal")
+    if name not in OBJECTIVES:
+        raise ConfigError(f"{where}.name is {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+    allowed = objective_parameters(name)
+    unknown = sorted(set(values) - {"name", *allowed})
     if unknown:
-        raise ConfigError(f"{where} has no section {unknown[0]!r} (known: model, data, train).")
+        known = ", ".join(allowed) or "none"
+        raise ConfigError(f"{where}: the {name} objective has no parameter {unknown[0]!r} (known: {known}).")
+    return {"name": name, **values}
+
+
+def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
+    """A Recipe from a mapping with model, data, objective and train sections, rejecting unknown fields by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping with model, data, objective and train sections.")
+    unknown = sorted(set(data) - {"model", "objective", *SECTIONS})
+    if unknown:
+        raise ConfigError(f"{where} has no section {unknown[0]!r} (known: model, data, objective, train).")
     model = data.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{where}: model must be a mapping of a preset, a size and ModelConfig fields.")
@@ -119,7 +187,8 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
     if unknown:
         raise ConfigError(f"{where}: model has no field {unknown[0]!r} (a ModelConfig field, preset or size).")
     sections = {name: _section(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
-    return Recipe(model=dict(model), **sections)
+    objective = _objective(data.get("objective") or {}, f"{where}: objective")
+    return Recipe(model=dict(model), objective=objective, **sections)
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
@@ -132,7 +201,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     except yaml.YAMLError as error:
         raise ConfigError(f"the recipe {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"the recipe {path} must be a mapping with model, data and train sections.")
+        raise ConfigError(f"the recipe {path} must be a mapping with model, data, objective and train sections.")
     for section, values in parse_overrides(list(overrides)).items():
         if not isinstance(data.get(section) or {}, dict):
             raise ConfigError(f"the recipe {path}: {section} must be a mapping of fields.")
