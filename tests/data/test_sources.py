@@ -311,3 +311,20 @@ def test_unit_ids_are_unique_filesystem_safe_and_stable(tmp_path):
     counts = Counter()
     by_unit = [document for unit in source_units(config) for document in read_unit(unit, counts)]
     assert by_unit == read_all(config)[0]
+
+
+def test_jsonl_module_reads_zstd_and_reports_a_corrupt_one(tmp_path):
+    from llmlab.data.jsonl import ReadCounts, read_documents
+
+    data = b'{"text": "one", "id": 1}\nnot json\n{"text": "two"}\n'
+    plain = write(tmp_path / "a.jsonl", data)
+    zst = write(tmp_path / "a.jsonl.zst", zstandard.ZstdCompressor().compress(data))
+    counts = ReadCounts()
+    assert list(read_documents(zst, counts)) == list(read_documents(plain)) == [
+        {"text": "one", "meta": {"id": 1}},
+        {"text": "two", "meta": {}},
+    ]
+    assert counts.as_dict() == {"lines": 3, "documents": 2, "skipped": {"invalid_json": 1}}
+    corrupt = write(tmp_path / "b.jsonl.zst", b"\x28\xb5\x2f\xfd garbage")
+    with pytest.raises(DataError, match="b.jsonl.zst"):
+        list(read_documents(corrupt))

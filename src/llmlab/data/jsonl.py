@@ -9,7 +9,6 @@ skipped and counted, never fatal.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import tempfile
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmlab.data.sources import open_binary, read_errors
 from llmlab.errors import DataError
 
 Document = dict
@@ -36,13 +36,6 @@ class ReadCounts:
         return {"lines": self.lines, "documents": self.documents, "skipped": dict(self.skipped)}
 
 
-def _open_binary(path: Path):
-    """Open a plain or gzip-compressed file for binary reading."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def check_readable(path: str | os.PathLike) -> Path:
     """Return PATH as a Path, or raise DataError if it is not a readable file."""
     path = Path(path)
@@ -52,10 +45,11 @@ def check_readable(path: str | os.PathLike) -> Path:
 
 
 def read_records(path: str | os.PathLike, counts: ReadCounts | None = None) -> Iterator[dict]:
-    """Yield the JSON objects of a JSONL (or .jsonl.gz) file, skipping and counting bad lines."""
+    """Yield the JSON objects of a JSONL (or .jsonl.gz, .jsonl.zst) file, skipping and counting bad lines."""
     path = check_readable(path)
     counts = counts if counts is not None else ReadCounts()
-    with _open_binary(path) as stream:
+    errors = read_errors(path)
+    with open_binary(path) as stream:
         try:
             for raw in stream:
                 if not raw.strip():
@@ -73,7 +67,7 @@ def read_records(path: str | os.PathLike, counts: ReadCounts | None = None) -> I
                     counts.skipped["not_an_object"] += 1
                     continue
                 yield record
-        except (OSError, EOFError) as error:  # a truncated or corrupt .gz
+        except errors as error:  # a truncated or corrupt .gz or .zst
             raise DataError(f"cannot read {path}: {error}.") from error
 
 

@@ -300,16 +300,29 @@ def _open_file(path: str, compression: str | None):
     return open(path, "rb")
 
 
-def _read_file_safely(unit: SourceUnit, counts: Counter, read) -> Iterator[tuple[str, dict, bool]]:
-    """Skip the unit's file if it is empty or binary, else pass its stream to READ; a corrupt archive is a DataError."""
+def open_binary(path: str | os.PathLike):
+    """Open a file for buffered binary reading, decompressing it if its name ends in .gz, .zst or .zstd."""
+    compression = _strip_suffixes(Path(path).name)[1]
+    if compression == "zstd":
+        read_errors(path)  # a DataError when zstandard is missing
+    return _open_file(str(path), compression)
+
+
+def read_errors(path: str | os.PathLike) -> tuple[type[BaseException], ...]:
+    """The exceptions that reading PATH raises when it is missing, truncated or corrupt (compressed or not)."""
+    compression = _strip_suffixes(Path(path).name)[1]
     try:
         import zstandard
-
-        corrupt = (OSError, EOFError, zstandard.ZstdError)
     except ImportError:
-        if unit.compression == "zstd":
-            raise DataError(f"reading {unit.path} needs the zstandard package (pip install 'llmlab[data]').") from None
-        corrupt = (OSError, EOFError)
+        if compression == "zstd":
+            raise DataError(f"reading {path} needs the zstandard package (pip install 'llmlab[data]').") from None
+        return (OSError, EOFError)
+    return (OSError, EOFError, zstandard.ZstdError)
+
+
+def _read_file_safely(unit: SourceUnit, counts: Counter, read) -> Iterator[tuple[str, dict, bool]]:
+    """Skip the unit's file if it is empty or binary, else pass its stream to READ; a corrupt archive is a DataError."""
+    corrupt = read_errors(unit.path)
     try:
         with _open_file(unit.path, unit.compression) as stream:
             head = stream.read(SNIFF_BYTES)
