@@ -3,7 +3,9 @@
 A source (`SourceConfig`) is cut into units (`SourceUnit`): one per file, one per range of row groups of a big
 Parquet file, one per row range of a saved Hugging Face dataset, one per shard (`IterableDataset.num_shards`, i.e.
 per data file) of a streamed one, one for the bundled corpus. Units are listed in a deterministic order (sorted
-paths), so a pipeline can read them in parallel and resume unit by unit. Every document is `{"text": str,
+paths; hidden files and directories left out), so a pipeline can read them in parallel and resume unit by unit.
+Format "auto" goes by suffix once .gz/.zst/.zstd is stripped: .jsonl/.ndjson are JSONL, .parquet/.pq Parquet,
+anything else text; a directory written by `save_to_disk` is a Hugging Face dataset. Every document is `{"text": str,
 "meta": {...}}`; meta names the source, the path and the position (`line` 1-based as in an editor; `block`,
 `row` 0-based), and keeps a JSONL record's or a table row's other fields (a field whose name clashes with
 these is kept as NAME_field).
@@ -51,6 +53,7 @@ ROW_BATCH = 1024
 # invalid bytes decoded with "surrogateescape" become lone surrogates, which valid UTF-8 never yields
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+_HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 @dataclass(frozen=True)
@@ -544,6 +547,8 @@ def _open_hf(config: SourceConfig):
         import datasets
     except ImportError:
         raise DataError(f"reading {config.path} needs the datasets package (pip install 'llmlab[data]').") from None
+    if not os.path.exists(config.path) and not _HUB_NAME.fullmatch(config.path):
+        raise DataError(f"Hugging Face dataset {config.path} is neither an existing path nor a hub name (ORG/NAME).")
     try:
         if _is_saved_hf_dataset(Path(config.path)):
             dataset = datasets.load_from_disk(config.path)
