@@ -5,10 +5,13 @@ import torch
 
 import llmlab
 import llmlab.model.checkpoint
+import llmlab.train.distributed
 from llmlab.errors import CheckpointError
 from llmlab.model import presets
 from llmlab.model.transformer import Model
-from llmlab.train.checkpoint import STATE_FILE, checkpoint_steps, latest_checkpoint, load_checkpoint
+from llmlab.train.checkpoint import (
+    SHARDED_DIRECTORY, STATE_FILE, checkpoint_steps, latest_checkpoint, load_checkpoint, save_sharded_checkpoint,
+)  # fmt: skip
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, TrainConfig, Trainer
 from tests.train.test_loop import Windows
 
@@ -133,3 +136,50 @@ def test_a_bad_step_rolls_back_to_the_last_checkpoint_and_skips_its_batches(tmp_
     checkpoint = llmlab.load(tmp_path / CHECKPOINTS_DIRECTORY / "step-3").state_dict()
     for name, tensor in checkpoint.items():
         assert torch.equal(weights_after[name], tensor), name
+
+
+def save_sharded(trainer, directory, keep_last=0):
+    """The checkpoint a distributed run writes, here from one process (its collectives are then no-ops)."""
+    return save_sharded_checkpoint(directory, trainer.step, trainer.model, trainer.optimizer, trainer.state_dict(),
+                                   keep_last=keep_last)  # fmt: skip
+
+
+def test_a_failed_sharded_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    trainer = make_trainer(None, steps=2)
+    trainer.fit()
+    directory = tmp_path / CHECKPOINTS_DIRECTORY
+    previous = save_sharded(trainer, directory)
+    before = {str(path): path.read_bytes() for path in previous.rglob("*") if path.is_file()}
+
+    def disk_full(path, model, optimizer):
+        path.mkdir(parents=True)
+        (path / "__0_0.distcp").write_bytes(b"\0" * 100)  # part of a shard, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(llmlab.train.distributed, "save_sharded", disk_full)
+    trainer.step = 4
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_sharded(trainer, directory)
+    assert latest_checkpoint(directory) == previous
+    assert sorted(path.name for path in directory.iterdir()) == ["step-2"]  # no debris
+    assert {str(path): path.read_bytes() for path in previous.rglob("*") if path.is_file()} == before
+
+
+def test_a_sharded_checkpoint_missing_a_shard_is_refused(tmp_path):
+    trainer = make_trainer(None, steps=1)
+    trainer.fit()
+    path = save_sharded(trainer, tmp_path)
+    for shard in (path / SHARDED_DIRECTORY).glob("*.distcp"):
+        shard.unlink()
+    with pytest.raises(CheckpointError, match=SHARDED_DIRECTORY):
+        load_checkpoint(path, Model(CONFIG))
+
+
+def test_sharded_checkpoints_keep_the_newest(tmp_path):
+    trainer = make_trainer(None, steps=3)
+    for step in (1, 2, 3):
+        trainer.config = TrainConfig(**{**trainer.config.__dict__, "steps": step})
+        trainer.fit()
+        save_sharded(trainer, tmp_path, keep_last=2)
+    assert [step for step, _ in checkpoint_steps(tmp_path)] == [2, 3]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-2", "step-3"]

@@ -15,8 +15,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from llmlab.errors import CheckpointError
 from llmlab.model.checkpoint import (
@@ -88,6 +86,8 @@ def save_sharded_checkpoint(directory: str | os.PathLike, step: int, model: Mode
         directory.mkdir(parents=True, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=directory)
     staging = Path(distributed.broadcast(staging))
+    from torch.distributed.checkpoint import CheckpointException  # slow to import: only where sharded
+
     failure = None
     try:
         distributed.save_sharded(staging / SHARDED_DIRECTORY, model, optimizer)
@@ -168,12 +168,16 @@ def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: torch.opti
         differing = [name for name, value in config.to_dict().items() if model.config.to_dict().get(name) != value]
         raise CheckpointError(f"{path} holds a model of another architecture (differing in {', '.join(differing)}).")
     if (path / SHARDED_DIRECTORY).is_dir():
+        from torch.distributed.checkpoint import CheckpointException  # slow to import: only where sharded
+
         try:
             distributed.load_sharded(path / SHARDED_DIRECTORY, model, optimizer)
         except (CheckpointException, OSError, RuntimeError, KeyError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(f"{path / SHARDED_DIRECTORY} cannot be read ({reason}).") from None
     elif distributed.is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
         weights = read_safetensors(path / WEIGHTS_FILE)
         with torch.device("meta"):
             check_shapes(weights, expected_shapes(Model(model.config)), str(path / WEIGHTS_FILE))

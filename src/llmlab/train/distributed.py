@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_optimizer_state_dict,
-    set_state_dict,
-)  # fmt: skip
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from llmlab.errors import ConfigError
+
+# torch.distributed's fsdp, tensor and checkpoint packages take seconds to import: they are imported where used, so
+# that single-process training does not wait for them.
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -108,7 +105,7 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def as_full_tensor(value: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value (e.g. FSDP2's gradient norm), or the tensor itself."""
-    return value.full_tensor() if isinstance(value, DTensor) else value
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def rank_rows(batch: dict, rank: int, world_size: int) -> dict:
@@ -159,6 +156,8 @@ def parallelize(model: nn.Module, config) -> nn.Module:
     device = next(model.parameters()).device
     if config.parallel == "ddp":
         return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     from llmlab.model.transformer import Block
 
     policy = MixedPrecisionPolicy(param_dtype=config.param_dtype, reduce_dtype=config.reduce_dtype)
@@ -171,6 +170,10 @@ def parallelize(model: nn.Module, config) -> nn.Module:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether fully_shard has sharded model's parameters."""
+    if not is_distributed():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
     return isinstance(model, FSDPModule)
 
 
@@ -183,7 +186,7 @@ def gradient_sync(module: nn.Module, enabled: bool):
     elif isinstance(module, DistributedDataParallel):
         with module.no_sync():
             yield
-    elif isinstance(module, FSDPModule):
+    elif is_sharded(module):
         module.set_requires_gradient_sync(False)
         try:
             yield
@@ -193,35 +196,53 @@ def gradient_sync(module: nn.Module, enabled: bool):
         yield
 
 
+@contextlib.contextmanager
+def _quiet_without_process_group():
+    """Silence DCP's warning that it reads or writes in a single process: that is what a run without one wants."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (load|save) in a single process")
+        yield
+
+
 def save_sharded(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Write model and optimizer state (keyed by parameter name) with torch.distributed.checkpoint: each rank
     writes its own shards, rank 0 the metadata that lets any world size read them back. Collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.save(state, checkpoint_id=Path(directory), no_dist=not is_distributed())
+    with _quiet_without_process_group():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=Path(directory),
+                 no_dist=not is_distributed())
 
 
 def load_sharded(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     """Read a save_sharded checkpoint into model (and optimizer), resharded to this run's world size. Collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_state_dict
+
     if optimizer is None:
-        model_state = get_model_state_dict(model)
-        dcp.load({"model": model_state}, checkpoint_id=Path(directory), no_dist=not is_distributed())
-        set_model_state_dict(model, model_state)
-        return
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=Path(directory), no_dist=not is_distributed())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        state = {"model": get_model_state_dict(model)}
+    else:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+    with _quiet_without_process_group():
+        dcp.load(state, checkpoint_id=Path(directory), no_dist=not is_distributed())
+    set_state_dict(model, optimizer or [], model_state_dict=state["model"], optim_state_dict=state.get("optimizer", {}))
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) model state on rank 0's CPU, empty on the other ranks. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a single-process optimizer.state_dict() (keyed by parameter position) into an optimizer over model's
     parameters, sharded or not, by renaming the positions to parameter names as the optimizer's groups list them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     fqns = [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
     positions = [position for group in state["param_groups"] for position in group["params"]]
