@@ -42,6 +42,7 @@ def test_directory_of_text_files_one_document_per_file_in_sorted_path_order(tmp_
     write(root / "sub-x.txt", "after the sub directory")
     write(root / ".hidden", "left out")
     write(root / ".git" / "config", "left out")
+    (root / "broken-link").symlink_to(root / "nowhere")
     documents, counts = read_all(SourceConfig(str(root)))
     expected = ["first file", "# markdown\n\nbody", "no suffix\n", "after the sub directory", "last file"]
     assert texts(documents) == expected

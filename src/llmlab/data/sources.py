@@ -235,12 +235,12 @@ def _relative_parts(file: Path, root: Path) -> tuple[str, ...]:
 
 
 def _walk(directory: Path) -> list[Path]:
-    """Every non-hidden file below DIRECTORY."""
+    """Every non-hidden regular file below DIRECTORY (broken links, pipes and sockets left out)."""
     files = []
     for root, directories, names in os.walk(directory):
         directories[:] = [name for name in directories if not name.startswith(".")]
         files.extend(Path(root, name) for name in names if not name.startswith("."))
-    return files
+    return [file for file in files if file.is_file()]
 
 
 def _unit_id(label: str) -> str:
