@@ -85,7 +85,8 @@ def test_held_out_windows_are_the_last_of_each_source_and_never_trained_on():
 
 def test_windows_cross_document_and_shard_boundaries_of_real_shards(tmp_path):
     dtype = token_dtype(100)
-    entries = [write_shard(tmp_path, "a", [[1, 2, 3], [4]], dtype, 0), write_shard(tmp_path, "b", [[5, 6, 7]], dtype, 0)]
+    entries = [write_shard(tmp_path, "a", [[1, 2, 3], [4]], dtype, 0),
+               write_shard(tmp_path, "b", [[5, 6, 7]], dtype, 0)]
     write_index(tmp_path, entries, 100, 0)
     mixture = Mixture([MixtureSource(TokenShards(tmp_path))], seq_len=3)
     # the stream 1 2 3 0 | 4 0 || 5 6 7 0 in windows of 3: the last token is left over

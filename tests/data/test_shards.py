@@ -141,7 +141,7 @@ def test_llmlab_data_tokenize_writes_each_documents_ids_and_refuses_bad_input(tm
                  str(tmp_path / "shards"), "--shard-tokens", "8", "--no-progress"]
     assert main(arguments) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["documents"] == 3 and report["read"]["skipped"] == {"invalid_json": 1}
+    assert report["documents"] == 3 and report["counts"]["skipped_invalid_json"] == 1
     reader = TokenShards(tmp_path / "shards")
     eos = tokenizer.token_to_id(END_OF_TEXT)
     expected = [token for text in texts for token in [*tokenizer.encode(text).ids, eos]]

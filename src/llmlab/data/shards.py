@@ -121,7 +121,8 @@ class ShardWriter:
         if shard_tokens < 1:
             raise DataError(f"shard_tokens must be at least 1, not {shard_tokens}.")
         self.directory, self.vocab_size, self.eos_token_id = Path(directory), vocab_size, eos_token_id
-        self.dtype, self.shard_tokens, self.prefix, self.metadata = token_dtype(vocab_size), shard_tokens, prefix, metadata
+        self.dtype, self.shard_tokens = token_dtype(vocab_size), shard_tokens
+        self.prefix, self.metadata = prefix, metadata
         self.entries: list[dict] = []
         self.pending: list[np.ndarray] = []
         self.pending_tokens = 0

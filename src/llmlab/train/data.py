@@ -13,22 +13,11 @@ import torch
 
 from llmlab.data.mixture import Mixture, MixtureSource
 from llmlab.data.shards import TokenShards, tokenize_to_shards
-from llmlab.data.tokenizer import (DEFAULT_SPECIAL_TOKENS, END_OF_PIECE, GENERATION_MASK, MASK, SENTENCE_MASK,
-                                   SENTINEL, START_OF_PIECE, TOKENIZER_FILE, UL2_MODE_TOKENS, load_tokenizer,
-                                   train_bpe_tokenizer)
+from llmlab.data.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_bpe_tokenizer
 from llmlab.errors import ConfigError, DataError
 from llmlab.train.recipe import DataConfig, ShardSource
 
 BUNDLED = "bundled"
-SENTINELS = 100  # T5's <extra_id_0> … <extra_id_99>
-
-
-def objective_special_tokens(objective: str, sentinels: int = SENTINELS) -> tuple[str, ...]:
-    """The special tokens an objective needs besides <|endoftext|> and <pad>, by objective name."""
-    sentinel_tokens = tuple(SENTINEL.format(k) for k in range(sentinels))
-    return {"causal": (), "prefix_lm": (), "span_corruption": sentinel_tokens,
-            "ul2": (*UL2_MODE_TOKENS.values(), *sentinel_tokens), "mlm": (MASK,),
-            "glm": (MASK, SENTENCE_MASK, GENERATION_MASK, START_OF_PIECE, END_OF_PIECE)}[objective]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -12,15 +12,14 @@ import torch
 from llmlab.data.mixture import Mixture
 from llmlab.data.shards import TokenShards
 from llmlab.data.tokenizer import (DEFAULT_SPECIAL_TOKENS, END_OF_PIECE, END_OF_TEXT, GENERATION_MASK, MASK, PAD,
-                                   SENTENCE_MASK, SENTINEL, START_OF_PIECE, UL2_MODE_TOKENS)
+                                   SENTENCE_MASK, START_OF_PIECE, UL2_MODE_TOKENS, objective_special_tokens)
 from llmlab.errors import CheckpointError, ConfigError, DataError
 from llmlab.model.checkpoint import save_llmlab
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Model
 from llmlab.objectives import causal_lm
 from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
-from llmlab.train.data import (BUNDLED, SENTINELS, StepBatches, bundled_shards, held_out_batches,
-                               objective_special_tokens, open_sources, shard_tokenizer)
+from llmlab.train.data import BUNDLED, StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, METRICS_FILE, Trainer
 from llmlab.train.recipe import OBJECTIVES, Recipe
 
@@ -101,7 +100,7 @@ def build_objective(recipe: Recipe, tokenizer, config: ModelConfig):
         return found
 
     pad = config.pad_token_id if config.pad_token_id is not None else 0
-    sentinels = lambda: tuple(token_id(SENTINEL.format(k)) for k in range(SENTINELS))  # noqa: E731
+    sentinels = lambda: tuple(map(token_id, objective_special_tokens("span_corruption")))  # noqa: E731
     supplied = {
         "prefix_lm": lambda: {},
         "span_corruption": lambda: dict(eos_token_id=config.eos_token_id, sentinel_ids=sentinels(), pad_token_id=pad,
