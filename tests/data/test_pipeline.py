@@ -188,14 +188,15 @@ def test_cli_runs_a_recipe_and_refuses_another_recipe_in_the_same_output(tmp_pat
     assert "another recipe" in capsys.readouterr().err
 
 
-def _finished_units(directory: Path, suffix: str) -> int:
-    return len(list((directory / "units").rglob(f"*{suffix}"))) if (directory / "units").is_dir() else 0
+def _finished(out: Path, pattern: str) -> int:
+    return len(list(out.rglob(pattern))) if out.is_dir() else 0
 
 
-KILL_POINTS = {  # name: (workers of the killed run, workers of the re-run, when to kill the first)
-    "cleaning": (2, 1, lambda out, rng: _finished_units(out, ".clean.json") >= rng.randint(1, 3)),
-    "tokenizer trained": (1, 2, lambda out, rng: (out / "shards" / "tokenizer.json").is_file()),
-    "tokenizing": (1, 1, lambda out, rng: _finished_units(out, ".shards.json") >= rng.randint(1, 3)),
+RNG = random.Random(0)
+KILL_POINTS = {  # name: (workers of the killed run, of the re-run, files that must exist, how many, then seconds)
+    "cleaning": (2, 1, "*.clean.json", RNG.randint(1, 3), RNG.uniform(0, 0.05)),
+    "tokenizer trained": (1, 2, "tokenizer.json", 1, RNG.uniform(0, 0.05)),
+    "tokenizing": (1, 1, "*.shards.json", RNG.randint(1, 3), RNG.uniform(0, 0.02)),
 }
 
 
@@ -206,18 +207,20 @@ def test_sigkill_and_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     run_pipeline(recipe_from_dict(full_recipe(tmp_path, tmp_path / "corpus")), reference, progress=False)
     expected = output_files(reference)
-    rng = random.Random(0)
-    for name, (workers, rerun_workers, moment) in KILL_POINTS.items():
+    for name, (workers, rerun_workers, pattern, count, delay) in KILL_POINTS.items():
         out = tmp_path / name.replace(" ", "-")
         recipe = write_recipe(tmp_path / f"{out.name}.yaml", full_recipe(tmp_path, tmp_path / "corpus", workers))
         process = subprocess.Popen([sys.executable, "-m", "llmlab", "data", "run", str(recipe), "--out", str(out),
                                     "--no-progress"], start_new_session=True, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while process.poll() is None and not moment(out, rng) and time.monotonic() < deadline:
+        while process.poll() is None and _finished(out, pattern) < count and time.monotonic() < deadline:
             time.sleep(0.002)
+        time.sleep(delay)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         assert process.returncode == -signal.SIGKILL, f"the run finished before the kill point {name!r}"
         assert not (out / "report.json").exists()
+        finished = {path: path.stat().st_mtime_ns for path in (out / "units").rglob("*.json")}  # units done
         run_pipeline(load_pipeline_recipe(recipe, {"workers": rerun_workers}), out, progress=False)
         assert output_files(out) == expected, name
+        assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items()), "a finished unit was redone"

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "finishes a killed run: only the unfinished units are redone.")
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the pipeline recipe")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: the recipe's output)")
-    parser.add_argument("--workers", type=int, help="worker processes (default: the recipe's workers)")
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the recipe's workers)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_recipe)
 
