@@ -86,8 +86,9 @@ def main() -> None:
                                   progress=False)
             seconds = time.perf_counter() - started
             phases = report["seconds"]
-            print(f"| {workers} | {total / seconds:,.0f} | {seconds:.1f} | {phases['clean']:.1f} | {phases['dedup']:.1f} "
-                  f"| {phases['tokenizer']:.1f} | {phases['tokenize']:.1f} | {report['documents']} | {report['tokens']} |")
+            print(f"| {workers} | {total / seconds:,.0f} | {seconds:.1f} | {phases['clean']:.1f} "
+                  f"| {phases['dedup']:.1f} | {phases['tokenizer']:.1f} | {phases['tokenize']:.1f} "
+                  f"| {report['documents']} | {report['tokens']} |")
 
 
 if __name__ == "__main__":

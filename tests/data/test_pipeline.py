@@ -118,6 +118,50 @@ def test_counts_and_shards_match_the_plants(tmp_path):
     assert "| dedup |" in (tmp_path / "out" / "report.md").read_text()
 
 
+ENGLISH = ("The committee met on Thursday to discuss the budget for the coming year and the plans that it will have. "
+           "Members agreed that the new library should be built with money from the city and from private donors.")
+FRENCH = ("Le comité s'est réuni jeudi pour discuter du budget de l'année prochaine et des projets qu'il aura. "
+          "Les membres ont convenu que la nouvelle bibliothèque serait construite avec l'argent de la ville.")
+QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
+
+
+def test_langid_decontaminate_and_no_tokenizer(tmp_path):
+    import gzip
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = [{"text": ENGLISH}, {"text": FRENCH}, {"text": ENGLISH.replace("Thursday", "Monday") + " " + QUESTION}]
+    (corpus / "a.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "gsm8k.jsonl").write_text(json.dumps({"question": QUESTION, "answer": "72"}) + "\n")
+    recipe = recipe_from_dict({"sources": [{"path": str(corpus)}], "compression": "gzip",
+                               "stages": [{"langid": {"keep": "en"}},
+                                          {"decontaminate": {"eval": [str(tmp_path / "gsm8k.jsonl")]}}]})
+    report = run_pipeline(recipe, tmp_path / "out", progress=False)
+    stages = {stage["stage"]: stage for stage in report["stages"]}
+    assert stages["langid"]["counts"] == {"language": 1} and stages["langid"]["out"] == 2
+    assert stages["decontaminate"]["counts"] == {"clean": 1, "contaminated": 1, "contaminated_by_gsm8k": 1}
+    assert report["documents"] == 1 and report["tokens"] is None and "tokenize" not in stages
+    [cleaned] = (tmp_path / "out" / "documents").rglob("*.jsonl.gz")
+    [record] = [json.loads(line) for line in gzip.open(cleaned, "rt")]
+    assert record["text"] == ENGLISH and record["language"] == "en"
+    assert not (tmp_path / "out" / "shards").exists()
+
+
+def test_dedup_index_of_an_earlier_run_removes_what_it_saw(tmp_path):
+    planted_corpus(tmp_path / "corpus", files=2, per_file=8)
+    first = full_recipe(tmp_path, tmp_path / "corpus")
+    run_pipeline(recipe_from_dict(first), tmp_path / "first", progress=False)
+    index = str(tmp_path / "first" / "dedup" / "index")
+    second = {**first, "stages": [*first["stages"][:-1], {"dedup": {"near": True, "index": index}}],
+              "tokenizer": {"path": str(tmp_path / "first" / "shards" / "tokenizer.json")}}
+    report = run_pipeline(recipe_from_dict(second), tmp_path / "second", progress=False)
+    dedup = report["stages"][-2]
+    assert dedup["stage"] == "dedup" and dedup["in"] == 14 and dedup["out"] == 0 and report["documents"] == 0
+    assert dedup["counts"]["exact_duplicates"] == 14
+    assert (tmp_path / "second" / "shards" / "tokenizer.json").read_bytes() == \
+        (tmp_path / "first" / "shards" / "tokenizer.json").read_bytes()
+
+
 def test_bad_input_is_counted_not_fatal(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -136,7 +180,8 @@ def test_bad_input_is_counted_not_fatal(tmp_path):
     with open(corpus / "huge.txt", "wb") as stream:
         stream.write(line)
     recipe = recipe_from_dict({"sources": [{"path": str(corpus), "max_document_chars": 100_000}],
-                               "stages": ["pii", {"dedup": {"near": True}}], "tokenizer": {"train": {"vocab_size": 300}}})
+                               "stages": ["pii", {"dedup": {"near": True}}],
+                               "tokenizer": {"train": {"vocab_size": 300}}})
     report = run_pipeline(recipe, tmp_path / "out", progress=False)
     read = report["stages"][0]
     assert read["counts"] == {"skipped_binary": 1, "skipped_empty": 1, "skipped_invalid_json": 1,
@@ -196,7 +241,7 @@ RNG = random.Random(0)
 KILL_POINTS = {  # name: (workers of the killed run, of the re-run, files that must exist, how many, then seconds)
     "cleaning": (2, 1, "*.clean.json", RNG.randint(1, 3), RNG.uniform(0, 0.05)),
     "tokenizer trained": (1, 2, "tokenizer.json", 1, RNG.uniform(0, 0.05)),
-    "tokenizing": (1, 1, "*.shards.json", RNG.randint(1, 3), RNG.uniform(0, 0.02)),
+    "tokenizing": (1, 1, "*.finished.json", RNG.randint(1, 3), RNG.uniform(0, 0.02)),
 }
 
 

@@ -9,13 +9,14 @@ file exists is not redone), so a run killed at any moment and run again writes t
 2. dedup (one process): the keys in unit order against what came before (the first occurrence is kept) →
    one keep flag per document, and the updated de-duplication index;
 3. tokenizer: trained on the first de-duplicated documents in unit order (or an existing tokenizer.json);
-4. tokenize (worker pool): per unit, the kept documents → the cleaned corpus and token shards;
+4. finish (worker pool): per unit, the kept documents → the cleaned corpus and (with a tokenizer) token shards;
 5. the shard index and the report (report.json, report.md).
 
 Output layout under the recipe's output directory:
 
     recipe.json                the recipe the directory was made with (workers and output left out)
-    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy (2), .shards.json (4)
+    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy (2),
+                               .finished.json (4)
     dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora)
     documents/SOURCE/UNIT.jsonl.zst   the cleaned, de-duplicated documents
     shards/                    index.json, tokenizer.json, NAME.tokens, NAME.docs (llmlab.data.shards)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import json
 import multiprocessing
 import os
@@ -296,7 +298,9 @@ def clean_unit(job: Job) -> dict:
         documents = _counted(process(_counted(documents, counts, "in"), counts, unit.key), counts, "out")
     dedup, dedup_counts, keys = recipe.dedup, Counter(), []
     if dedup is not None:
-        documents = _collect_keys(_without_repeats(documents, dedup_counts) if dedup.repeats else documents, dedup, keys)
+        if dedup.repeats:
+            documents = _without_repeats(documents, dedup_counts)
+        documents = _collect_keys(documents, dedup, keys)
     written = write_documents(unit_file(output, unit, SUFFIXES[recipe.compression]), documents, recipe.compression)
     if dedup is not None:
         with atomic_path(unit_file(output, unit, ".keys.npy")) as staging, open(staging, "wb") as stream:
@@ -381,7 +385,8 @@ def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit], ke
 
 def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit], keeps: list) -> Path:
     """Train (or copy) the tokenizer into shards/tokenizer.json, unless a previous run already did."""
-    from llmlab.data.tokenizer import TOKENIZER_FILE, load_tokenizer, objective_special_tokens, save_tokenizer, train_tokenizer
+    from llmlab.data.tokenizer import (TOKENIZER_FILE, load_tokenizer, objective_special_tokens, save_tokenizer,
+                                       train_tokenizer)
 
     path = output / "shards" / TOKENIZER_FILE
     if path.is_file():
@@ -425,55 +430,57 @@ def eos_token_id(tokenizer) -> int:
     return eos
 
 
-def shard_name(unit: Unit, part: int) -> str:
-    """A shard's file-name stem: the unit's key with '/' as '--', and the part number."""
-    return f"{unit.key.replace('/', '--')}-{part:05d}"
+class UnitShards:
+    """A unit's token shards being written: whole documents, a new shard once one holds tokens_per_shard tokens."""
+
+    def __init__(self, output: Path, unit: Unit, tokenizer, tokens_per_shard: int | None):
+        from llmlab.data.shards import token_dtype
+
+        self.directory, self.unit, self.tokenizer, self.limit = output / "shards", unit, tokenizer, tokens_per_shard
+        self.eos, self.dtype = eos_token_id(tokenizer), token_dtype(tokenizer.get_vocab_size())
+        self.entries, self.pending, self.pending_tokens, self.tokens = [], [], 0, 0
+
+    def encode(self, documents: Iterable[dict]) -> Iterator[dict]:
+        """DOCUMENTS unchanged, their texts encoded (a batch at a time) into the shards."""
+        documents = iter(documents)
+        while batch := list(itertools.islice(documents, ENCODE_BATCH)):
+            encodings = self.tokenizer.encode_batch([document["text"] for document in batch], add_special_tokens=False)
+            for document, encoding in zip(batch, encodings):
+                self.pending.append(encoding.ids)
+                self.pending_tokens += len(encoding.ids) + 1  # and the end-of-text id
+                if self.limit is not None and self.pending_tokens >= self.limit:
+                    self._flush()
+                yield document
+
+    def _flush(self) -> None:
+        from llmlab.data.shards import write_shard
+
+        name = f"{self.unit.key.replace('/', '--')}-{len(self.entries):05d}"
+        self.entries.append(write_shard(self.directory, name, self.pending, self.dtype, self.eos))
+        self.tokens += self.pending_tokens
+        self.pending, self.pending_tokens = [], 0
+
+    def close(self) -> list[dict]:
+        """Write the last shard; return the index entries of the unit's shards."""
+        if self.pending or not self.entries:
+            self._flush()
+        return self.entries
 
 
-def tokenize_unit(job: Job) -> dict:
-    """Phase 4 for one unit: write its cleaned documents and its token shards; return their index entries."""
-    from llmlab.data.shards import token_dtype, write_shard
-
+def finish_unit(job: Job) -> dict:
+    """Phase 4 for one unit: its cleaned, de-duplicated documents and, with a tokenizer, its token shards."""
     recipe, unit, output = job.recipe, job.unit, job.output
-    keep = unit_keep(output, unit) if recipe.dedup is not None else None
-    tokenizer = _tokenizer(output / "shards" / "tokenizer.json")
-    eos, dtype = eos_token_id(tokenizer), token_dtype(tokenizer.get_vocab_size())
-    limit = recipe.shards.tokens_per_shard
-    entries, pending, pending_tokens = [], [], 0
-    totals = Counter()
-
-    def encoded(documents):
-        batch = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) == ENCODE_BATCH:
-                yield from zip(batch, tokenizer.encode_batch([d["text"] for d in batch], add_special_tokens=False))
-                batch = []
-        if batch:
-            yield from zip(batch, tokenizer.encode_batch([d["text"] for d in batch], add_special_tokens=False))
-
-    def flush():
-        nonlocal pending, pending_tokens
-        entries.append(write_shard(output / "shards", shard_name(unit, len(entries)), pending, dtype, eos))
-        pending, pending_tokens = [], 0
-
-    def cleaned():
-        nonlocal pending_tokens
-        for document, encoding in encoded(kept_documents(output, recipe, unit, keep)):
-            pending.append(encoding.ids)
-            pending_tokens += len(encoding.ids) + 1
-            totals["documents"] += 1
-            totals["tokens"] += len(encoding.ids) + 1
-            yield document
-            if limit is not None and pending_tokens >= limit:
-                flush()
-
-    document_path = output / "documents" / (unit.key + SUFFIXES[recipe.compression])
-    write_documents(document_path, cleaned(), recipe.compression)
-    if pending or not entries:
-        flush()
-    result = {"unit": unit.key, "documents": totals["documents"], "tokens": totals["tokens"], "shards": entries}
-    write_json(unit_file(output, unit, ".shards.json"), result)  # last: the unit is done
+    documents = kept_documents(output, recipe, unit, unit_keep(output, unit) if recipe.dedup is not None else None)
+    shards = None
+    if recipe.tokenizer is not None:
+        tokenizer = _tokenizer(output / "shards" / "tokenizer.json")
+        shards = UnitShards(output, unit, tokenizer, recipe.shards.tokens_per_shard)
+        documents = shards.encode(documents)
+    written = write_documents(output / "documents" / (unit.key + SUFFIXES[recipe.compression]), documents,
+                              recipe.compression)
+    entries = shards.close() if shards is not None else []
+    result = {"unit": unit.key, "documents": written, "tokens": shards.tokens if shards else 0, "shards": entries}
+    write_json(unit_file(output, unit, ".finished.json"), result)  # last: the unit is done
     return result
 
 
@@ -577,28 +584,28 @@ def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], workers
         keeps = [unit_keep(output, unit) for unit in units]
     seconds["dedup"] = time.perf_counter() - phase
 
-    tokenized = []
     if recipe.tokenizer is not None:
         phase = time.perf_counter()
         build_tokenizer(output, recipe, units, keeps)
         seconds["tokenizer"] = time.perf_counter() - phase
 
-        phase = time.perf_counter()
-        pending = [unit for unit in units if not unit_file(output, unit, ".shards.json").is_file()]
-        workers.run(tokenize_unit, [Job(recipe, output, unit) for unit in pending], "tokenize",
-                    len(units) - len(pending), len(units), progress)
-        tokenized = [read_json(unit_file(output, unit, ".shards.json")) for unit in units]
-        _write_shard_index(output, recipe, tokenized)
-        seconds["tokenize"] = time.perf_counter() - phase
+    phase = time.perf_counter()
+    pending = [unit for unit in units if not unit_file(output, unit, ".finished.json").is_file()]
+    phase_name = "tokenize" if recipe.tokenizer is not None else "write"
+    workers.run(finish_unit, [Job(recipe, output, unit) for unit in pending], phase_name, len(units) - len(pending),
+                len(units), progress)
+    finished = [read_json(unit_file(output, unit, ".finished.json")) for unit in units]
+    if recipe.tokenizer is not None:
+        _write_shard_index(output, finished)
+    seconds[phase_name] = time.perf_counter() - phase
+    return build_report(recipe, units, unit_stats, dedup_stats, finished, seconds)
 
-    return build_report(recipe, units, unit_stats, dedup_stats, tokenized, seconds)
 
-
-def _write_shard_index(output: Path, recipe: PipelineRecipe, tokenized: list[dict]) -> None:
+def _write_shard_index(output: Path, finished: list[dict]) -> None:
     """Write shards/index.json: every unit's shards in unit order."""
     from llmlab.data.shards import write_index
 
     tokenizer = _tokenizer(output / "shards" / "tokenizer.json")
-    entries = [entry for unit in tokenized for entry in unit["shards"]]
+    entries = [entry for unit in finished for entry in unit["shards"]]
     write_index(output / "shards", entries, tokenizer.get_vocab_size(), eos_token_id(tokenizer),
                 tokenizer="tokenizer.json")

@@ -169,7 +169,8 @@ def stage_name(stage: Any) -> str:
 # Hand-written rather than llmlab.train.recipe's helpers, which import torch (spawned workers would pay for it).
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """VALUE as the annotated type (nested dataclasses, tuples from lists, ints as floats) or a ConfigError."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = typing.get_args(hint) if union else (hint,)
     if value is None and type(None) in options:
         return None
     for option in options:
@@ -233,7 +234,8 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> PipelineRecipe:
     if not isinstance(data.get("sources"), list) or not data["sources"]:
         raise ConfigError(f"{where}: sources must be a non-empty list of sources.")
     recipe = from_mapping(PipelineRecipe, data, where)
-    return dataclasses.replace(recipe, stages=tuple(_stage(stage, f"{where}.stages[{i}]") for i, stage in enumerate(stages)))
+    stages = tuple(_stage(stage, f"{where}.stages[{i}]") for i, stage in enumerate(stages))
+    return dataclasses.replace(recipe, stages=stages)
 
 
 def load_pipeline_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineRecipe:

@@ -22,8 +22,8 @@ def _summed(dicts) -> dict:
 
 
 def build_report(recipe: PipelineRecipe, units: list, unit_stats: list[dict], dedup: dict | None,
-                 tokenized: list[dict], seconds: dict) -> dict:
-    """The run's report from the units' stats files, the dedup counts and the shard entries."""
+                 finished: list[dict], seconds: dict) -> dict:
+    """The run's report from the units' stats files, the dedup counts and the finished units (shard entries)."""
     from llmlab.data.pipeline import source_name
 
     read = _summed(stats["read"] for stats in unit_stats)
@@ -37,13 +37,12 @@ def build_report(recipe: PipelineRecipe, units: list, unit_stats: list[dict], de
         emptied = _summed(stats["dedup"] for stats in unit_stats)
         stages.append({"stage": "dedup", "in": stages[-1]["out"], "out": dedup["out"],
                        "counts": {**emptied, **{k: v for k, v in dedup.items() if k not in FLOW_KEYS}}})
-    documents = stages[-1]["out"]
+    documents = sum(unit["documents"] for unit in finished)
     tokens = None
-    if tokenized:
-        tokens = sum(unit["tokens"] for unit in tokenized)
-        documents = sum(unit["documents"] for unit in tokenized)
+    if recipe.tokenizer is not None:
+        tokens = sum(unit["tokens"] for unit in finished)
         stages.append({"stage": "tokenize", "in": stages[-1]["out"], "out": documents,
-                       "counts": {"tokens": tokens, "shards": sum(len(unit["shards"]) for unit in tokenized)}})
+                       "counts": {"tokens": tokens, "shards": sum(len(unit["shards"]) for unit in finished)}})
     sources = []
     for index in range(len(recipe.sources)):
         name = source_name(index, recipe)
