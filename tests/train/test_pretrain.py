@@ -12,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import llmlab
 from llmlab.cli.main import main
-from llmlab.data.shards import token_dtype, write_index, write_shard
+from llmlab.data.mixture import Mixture, MixtureSource
+from llmlab.data.shards import TokenArray, token_dtype, write_index, write_shard
 from llmlab.data.tokenizer import load_tokenizer
+from llmlab.errors import ConfigError
+from llmlab.objectives import PrefixLM
 from llmlab.train.checkpoint import latest_checkpoint
+from llmlab.train.data import StepBatches
 
 TINY = str(Path(__file__).parents[2] / "recipes" / "tiny.yaml")
 SMALL = ["data.max_chars=60000", "data.vocab_size=512", "data.seq_len=32", "data.batch_size=4", "model.d_model=64",
@@ -211,3 +216,19 @@ def test_an_objective_that_does_not_fit_the_architecture_is_refused_before_anyth
     assert pretrain(tmp_path / "run", *overrides) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_step_batches_split_one_global_batch_over_ranks_and_resume_by_step():
+    mixture = Mixture([MixtureSource(TokenArray(np.arange(4000) % 97))], seq_len=16, seed=1)
+    single = StepBatches(mixture, PrefixLM(), batch_size=8, seed=5)
+    batches = [next(single) for _ in range(4)]
+    ranks = [StepBatches(mixture, PrefixLM(), batch_size=8, seed=5, rank=r, world_size=2) for r in range(2)]
+    for rank in ranks:
+        rank.load_state_dict({"step": 3})  # a resumed run
+    halves = [next(rank) for rank in ranks]
+    for name, value in batches[3].items():  # the random prefix lengths too: drawn for the whole batch, then split
+        assert torch.equal(torch.cat([halves[0][name], halves[1][name]]), value)
+    assert single.state_dict() == {"step": 4} and ranks[0].state_dict() == {"step": 4}
+    assert not torch.equal(batches[0]["input_ids"], batches[1]["input_ids"])
+    with pytest.raises(ConfigError, match="batch_size 6"):
+        StepBatches(mixture, PrefixLM(), batch_size=6, world_size=4)

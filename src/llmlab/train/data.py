@@ -15,6 +15,7 @@ from llmlab.data.mixture import Mixture, MixtureSource
 from llmlab.data.shards import TokenShards, tokenize_to_shards
 from llmlab.data.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_bpe_tokenizer
 from llmlab.errors import ConfigError, DataError
+from llmlab.train.distributed import rank_rows
 from llmlab.train.recipe import DataConfig, ShardSource
 
 BUNDLED = "bundled"
@@ -33,10 +34,10 @@ class StepBatches:
     def __init__(self, mixture: Mixture, objective: Callable, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         if batch_size < 1 or batch_size % world_size:
-            raise ConfigError(f"data.batch_size {batch_size} must be a positive multiple of the {world_size} ranks.")
+            raise ConfigError(f"data.batch_size {batch_size} must be a positive multiple of the {world_size} "
+                              "processes.")
         self.mixture, self.objective, self.batch_size, self.seed = mixture, objective, batch_size, seed
-        per_rank = batch_size // world_size
-        self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        self.rank, self.world_size = rank, world_size
         self.step = 0
 
     def batch(self, step: int) -> dict:
@@ -44,7 +45,7 @@ class StepBatches:
         start = step * self.batch_size
         windows = torch.from_numpy(self.mixture.samples(start, start + self.batch_size))
         batch = self.objective(windows, step_generator(self.seed, step))
-        return {name: value[self.rows] for name, value in batch.items()}
+        return rank_rows(batch, self.rank, self.world_size)
 
     def __iter__(self) -> StepBatches:
         return self
@@ -63,11 +64,13 @@ class StepBatches:
         self.step = int(state["step"])
 
 
-def held_out_batches(mixture: Mixture, objective: Callable, count: int, batch_size: int, seed: int) -> list[dict]:
-    """The first count batches of a held-out mixture (the same on every call); none when it holds no window."""
+def held_out_batches(mixture: Mixture, objective: Callable, count: int, batch_size: int, seed: int, rank: int = 0,
+                     world_size: int = 1) -> list[dict]:
+    """This rank's rows of the first count batches of a held-out mixture (the same on every call); none when it
+    holds no window."""
     if len(mixture) == 0:
         return []
-    batches = StepBatches(mixture, objective, batch_size, seed)
+    batches = StepBatches(mixture, objective, batch_size, seed, rank, world_size)
     return [batches.batch(step) for step in range(count)]
 
 

@@ -13,12 +13,12 @@ from llmlab.data.mixture import Mixture
 from llmlab.data.shards import TokenShards
 from llmlab.data.tokenizer import (DEFAULT_SPECIAL_TOKENS, END_OF_PIECE, END_OF_TEXT, GENERATION_MASK, MASK, PAD,
                                    SENTENCE_MASK, START_OF_PIECE, UL2_MODE_TOKENS, objective_special_tokens)
-from llmlab.errors import CheckpointError, ConfigError, DataError
-from llmlab.model.checkpoint import save_llmlab
+from llmlab.errors import CheckpointError, ConfigError, DataError, LlmlabError
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Model
 from llmlab.objectives import causal_lm
-from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
+from llmlab.train import distributed
+from llmlab.train.checkpoint import latest_checkpoint, remove_stale_temporaries
 from llmlab.train.data import BUNDLED, StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, METRICS_FILE, Trainer
 from llmlab.train.recipe import OBJECTIVES, Recipe
@@ -150,9 +150,7 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     data = recipe.data
     check_objective_fits(recipe.objective_name, recipe.objective, recipe.model_config())  # before writing data
     if data.source == BUNDLED:
-        special_tokens = objective_special_tokens(recipe.objective_name)
-        shards = bundled_shards(run_dir / DATA_DIRECTORY, data.vocab_size, data.max_chars, special_tokens,
-                                progress=progress)
+        shards = bundled_run_data(run_dir / DATA_DIRECTORY, recipe, progress)
         sources = open_sources(dataclasses.replace(data, source=str(shards.directory)))
     else:
         sources = open_sources(data)
@@ -160,13 +158,14 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     tokenizer = shard_tokenizer(first)
     model = build_model(recipe, tokenizer, first)
     objective = build_objective(recipe, tokenizer, model.config)
+    ranks = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     mixture = Mixture(sources, data.seq_len, data.seed, data.held_out_fraction)
-    batches = StepBatches(mixture, objective, data.batch_size, data.seed)
+    batches = StepBatches(mixture, objective, data.batch_size, data.seed, **ranks)
     held_out = None
     if recipe.train.eval_every:
         held_out_mixture = Mixture(sources, data.seq_len, data.seed, data.held_out_fraction, split="held_out")
         held_out = held_out_batches(held_out_mixture, objective, recipe.train.eval_batches, data.batch_size,
-                                    data.seed) or None
+                                    data.seed, **ranks) or None
     sampler = None
     if tokenizer is not None and model.config.arch != "encoder" and model.config.position != "glm2d":
         sampler = greedy_sampler(tokenizer, recipe.train.sample_prompt, recipe.train.sample_tokens)
@@ -175,14 +174,27 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     if resume and latest is None:
         trainer.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
     if latest is not None:
-        state = load_checkpoint(latest, model)
         try:
-            trainer.load_state_dict(state)
+            trainer.resume(latest)
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             raise CheckpointError(f"{latest} does not fit the recipe's training setup ({error}).") from None
         remove_stale_temporaries(checkpoints)
         remove_stale_temporaries(run_dir, FINAL_DIRECTORY)
     with deterministic_algorithms(recipe.train.deterministic):
         trainer.fit()
-    return save_llmlab(model, run_dir / FINAL_DIRECTORY, tokenizer_file=trainer.tokenizer_file,
-                       metadata={"step": trainer.step})
+    return trainer.save_model(run_dir / FINAL_DIRECTORY)
+
+
+def bundled_run_data(directory: Path, recipe: Recipe, progress: bool) -> TokenShards:
+    """The run's bundled-corpus shards (with the objective's special tokens), built once by rank 0 and reused."""
+    failure = None
+    if distributed.is_main():
+        try:
+            bundled_shards(directory, recipe.data.vocab_size, recipe.data.max_chars,
+                           objective_special_tokens(recipe.objective_name), progress=progress)
+        except LlmlabError as error:
+            failure = error
+    failure = distributed.broadcast(failure)
+    if failure is not None:
+        raise failure
+    return TokenShards(directory)
