@@ -8,6 +8,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,9 +31,10 @@ def launched_by_torchrun() -> bool:
 
 
 def setup(backend: str | None = None) -> bool:
-    """Join the process group torchrun describes (NCCL on GPUs, else gloo); a no-op without torchrun.
+    """Join the process group torchrun describes; a no-op without torchrun. Returns whether a process group is up.
 
-    Returns whether a process group is up. Each process takes the GPU of its LOCAL_RANK.
+    By default torch creates NCCL for GPU tensors (when there are GPUs) and gloo for CPU tensors; each process takes
+    the GPU of its LOCAL_RANK.
     """
     if is_distributed():
         return True
@@ -40,7 +42,7 @@ def setup(backend: str | None = None) -> bool:
         return False
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    dist.init_process_group(backend)
     return True
 
 
@@ -156,15 +158,17 @@ def parallelize(model: nn.Module, config) -> nn.Module:
     device = next(model.parameters()).device
     if config.parallel == "ddp":
         return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from llmlab.model.transformer import Block
 
-    policy = MixedPrecisionPolicy(param_dtype=config.param_dtype, reduce_dtype=config.reduce_dtype)
+    shard = partial(fully_shard, mesh=init_device_mesh(device.type, (world_size(),)),
+                    mp_policy=MixedPrecisionPolicy(param_dtype=config.param_dtype, reduce_dtype=config.reduce_dtype))
     for module in model.modules():
         if isinstance(module, Block):
-            fully_shard(module, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+            shard(module)
+    shard(model)
     return model
 
 
