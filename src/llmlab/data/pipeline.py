@@ -45,12 +45,12 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.data.pipeline_recipe import (DecontaminateStage, DedupStage, FilterStage, LangidStage, PiiStage,
-                                         PipelineRecipe, stage_name)
+                                         PipelineRecipe)
 from llmlab.data.pipeline_report import build_report, write_report
 from llmlab.data.sources import SourceUnit, read_unit, source_units
 from llmlab.errors import ConfigError, DataError
 
-KEY_BATCH_DOCUMENTS, KEY_BATCH_CHARACTERS = 1024, 1 << 22  # as llmlab.data.dedup's batches
+KEY_BATCH_DOCUMENTS = 1024  # as llmlab.data.dedup.Deduplicator's batches (which also end at BATCH_CHARACTERS)
 ENCODE_BATCH = 256
 SUFFIXES = {"zstd": ".jsonl.zst", "gzip": ".jsonl.gz"}
 
@@ -122,30 +122,15 @@ def _compressed_writer(path: Path, compression: str):
 
 
 def write_documents(path: Path, documents: Iterable[dict], compression: str) -> int:
-    """Write documents as compressed JSONL ({"text", ...meta}) atomically; return how many."""
+    """Write documents atomically as compressed JSONL (read back by llmlab.data.jsonl); return how many."""
+    from llmlab.data.jsonl import document_to_record
+
     count = 0
     with atomic_path(path) as staging, _compressed_writer(staging, compression) as stream:
         for document in documents:
-            stream.write(json.dumps({"text": document["text"], **document.get("meta", {})}, ensure_ascii=False) + "\n")
+            stream.write(json.dumps(document_to_record(document), ensure_ascii=False) + "\n")
             count += 1
     return count
-
-
-def read_documents(path: Path) -> Iterator[dict]:
-    """The documents of a file written by write_documents."""
-    import io
-
-    with open(path, "rb") as raw:
-        if path.name.endswith(".zst"):
-            import zstandard
-
-            binary = zstandard.ZstdDecompressor().stream_reader(raw)
-        else:
-            binary = gzip.GzipFile(fileobj=raw, mode="rb")
-        with binary, io.TextIOWrapper(binary, encoding="utf-8") as text:
-            for line in text:
-                record = json.loads(line)
-                yield {"text": record.pop("text"), "meta": record}
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -190,7 +175,7 @@ def unit_file(output: Path, unit: Unit, suffix: str) -> Path:
 # ------------------------------------------------------------------------------------------------------------
 # Phase 1: the per-document stages, per unit
 
-Process = Callable[[Iterator[dict], Counter], Iterator[dict]]
+Process = Callable[[Iterator[dict], Counter, str], Iterator[dict]]  # (documents, the stage's counts, unit key)
 _PREPARED: dict[str, list[Process]] = {}  # per process: the stages of the recipe, built once
 
 
@@ -274,7 +259,7 @@ def _dedup_keys(documents: list[dict], dedup: DedupStage, minhash) -> np.ndarray
 
 def _collect_keys(documents: Iterable[dict], dedup: DedupStage, keys: list) -> Iterator[dict]:
     """DOCUMENTS unchanged; their de-duplication key rows are appended to KEYS, a bounded batch at a time."""
-    from llmlab.data.dedup import MinHash, MinHashConfig
+    from llmlab.data.dedup import BATCH_CHARACTERS, MinHash, MinHashConfig
 
     minhash = MinHash(MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)) if dedup.near else None
     batch, characters = [], 0
@@ -282,7 +267,7 @@ def _collect_keys(documents: Iterable[dict], dedup: DedupStage, keys: list) -> I
         yield document
         batch.append(document)
         characters += len(document["text"])
-        if len(batch) == KEY_BATCH_DOCUMENTS or characters >= KEY_BATCH_CHARACTERS:
+        if len(batch) == KEY_BATCH_DOCUMENTS or characters >= BATCH_CHARACTERS:
             keys.append(_dedup_keys(batch, dedup, minhash))
             batch, characters = [], 0
     keys.append(_dedup_keys(batch, dedup, minhash))
@@ -359,6 +344,8 @@ def global_dedup(output: Path, units: list[Unit], dedup: DedupStage, unit_stats:
 
 def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.ndarray | None) -> Iterator[dict]:
     """The unit's phase-1 documents that survived de-duplication (KEEP: the unit's flags, None keeps all)."""
+    from llmlab.data.jsonl import read_documents
+
     for position, document in enumerate(read_documents(unit_file(output, unit, SUFFIXES[recipe.compression]))):
         if keep is None or keep[position]:
             yield document
