@@ -32,12 +32,13 @@ CONFIG = TrainConfig(steps=4, lr=1e-2, schedule="constant", grad_accum=2, grad_c
 
 
 class UnevenLabels(Windows):
-    """Windows whose first two rows have some labels ignored, so that the two ranks hold unequal label counts."""
+    """Windows whose first two rows have some labels ignored, more in some draws than in others, so that the ranks
+    and the micro-batches of a step hold unequal label counts."""
 
     def __next__(self):
         batch = super().__next__()
         labels = batch["labels"].clone()
-        labels[0, :11] = -100
+        labels[0, : 3 + 4 * (self.drawn % 3)] = -100
         labels[1, 3:6] = -100
         return {**batch, "labels": labels}
 
