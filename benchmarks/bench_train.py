@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import gpt2_124m, llama_400m, sync  # noqa: E402
+from bench_model import gpt2_124m, llama_400m  # noqa: E402
 
 from llmlab.model.hf import family_for  # noqa: E402
 from llmlab.model.transformer import Model  # noqa: E402
@@ -42,6 +42,12 @@ H100_BF16_DENSE_TFLOPS = 989.4
 MODELS = {"gpt2": gpt2_124m, "llama": llama_400m}
 GPU_DEFAULTS = {"gpt2": (16, 1024), "llama": (8, 2048)}  # batch, seq: the issue's goals
 CPU_DEFAULTS = {"gpt2": (1, 512), "llama": (1, 512)}
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def hf_config(name: str) -> dict:
@@ -130,6 +136,11 @@ def warm_up(build, config: dict, train: TrainConfig, batch: int, seq: int, warmu
     return trainer, sampler.stop()
 
 
+def rate(tokens_per_s: float) -> str:
+    """Tokens/s to three significant figures at least (a loaded CPU manages a few tokens/s)."""
+    return f"{tokens_per_s:.0f}" if tokens_per_s >= 100 else f"{tokens_per_s:.3g}"
+
+
 def measure(name: str, train: TrainConfig, batch: int, seq: int, windows: int, window: int, warmup: int) -> dict:
     """Per implementation: params, tokens/s (median window), peak memory; timed in alternating windows."""
     config = hf_config(name)
@@ -151,7 +162,7 @@ def measure(name: str, train: TrainConfig, batch: int, seq: int, windows: int, w
                 trainers[key].train_step()
             sync(train.device)
             rates[key].append(window * train.grad_accum * batch * seq / (time.perf_counter() - started))
-            print(f"  {name} {key} window {round_ + 1}/{windows}: {rates[key][-1]:.0f} tokens/s", file=sys.stderr)
+            print(f"  {name} {key} window {round_ + 1}/{windows}: {rate(rates[key][-1])} tokens/s", file=sys.stderr)
     params = sum(p.numel() for p in trainers["llmlab"].model.parameters())
     model_config = trainers["llmlab"].model.config
     flops = training_flops_per_token(params, model_config.n_layers, model_config.d_model, seq)
@@ -205,8 +216,8 @@ def main() -> None:
         for key, row in rows.items():
             tps = row["tokens_per_s"]
             mfu = f"{row['flops_per_token'] * tps / (peak_tflops * 1e12):>6.1%}" if peak_tflops else f"{'-':>6}"
-            windows = " ".join(f"{rate:.0f}" for rate in row["windows"])
-            print(f"{name:<7} {key:<13} {row['params'] / 1e6:>7.1f}M {batch:>4}×{seq:<5} {tps:>10.0f} {mfu} "
+            windows = " ".join(rate(value) for value in row["windows"])
+            print(f"{name:<7} {key:<13} {row['params'] / 1e6:>7.1f}M {batch:>4}×{seq:<5} {rate(tps):>10} {mfu} "
                   f"{row['peak_gib']:>9.2f} {tps / base:>6.2f}  {windows}", flush=True)
         del rows
         if cuda:
