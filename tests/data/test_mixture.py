@@ -25,26 +25,36 @@ def windows_of(mixture: Mixture, count: int) -> list[int]:
     return rows[:, 0].tolist()
 
 
-def test_the_blend_follows_megatrons_rule_by_hand():
-    # weights ½ ¼ ¼; at sample i pick argmax(w·max(i, 1) − taken), ties to the first:
-    # i=0: (.5,.25,.25)→0; i=1: (-.5,.25,.25)→1; i=2: (0,-.5,.5)→2; i=3: (.5,-.25,-.25)→0; i=4: (0,0,0)→0;
-    # i=5: (-.5,.25,.25)→1; i=6: (0,-.5,.5)→2; i=7: (.5,-.25,-.25)→0
-    sources, ordinals = blend([0.5, 0.25, 0.25], 8)
-    assert sources.tolist() == [0, 1, 2, 0, 0, 1, 2, 0]
-    assert ordinals.tolist() == [0, 0, 0, 1, 2, 1, 1, 3]
+def test_the_blend_by_hand():
+    # ½ | ¼ ¼: the root sends sample j left when round((j+1)/2) > round(j/2), i.e. every other sample from the first;
+    # the right node alternates its two sources the same way
+    sources, ordinals = blend([0.5, 0.25, 0.25], np.arange(8))
+    assert sources.tolist() == [0, 1, 0, 2, 0, 1, 0, 2]
+    assert ordinals.tolist() == [0, 0, 1, 0, 2, 1, 3, 1]
+    # ¾ | ¼: round((j+1)·¾) − round(j·¾) is 1, 1, 0, 1 for j = 0..3 (round half up), then repeats
+    sources, ordinals = blend([0.75, 0.25], np.arange(8))
+    assert sources.tolist() == [0, 0, 1, 0, 0, 0, 1, 0]
+    assert ordinals.tolist() == [0, 1, 0, 2, 3, 4, 1, 5]
 
 
-@pytest.mark.parametrize("weights", [(0.7, 0.3), (0.5, 0.2, 0.3), (1, 1, 1, 5), (0.01, 0.99)])
-def test_realised_shares_match_the_weights_within_two_samples_at_every_prefix(weights):
-    # Megatron's rule compares with w·i before sample i is placed, so a source can lag by more than one sample
-    # (weights 1:1:1:5 after 5 samples: 2 taken, 3.125 due); two is the bound
+@pytest.mark.parametrize("weights", [(0.7, 0.3), (0.01, 0.99), (0.5, 0.2, 0.3), (1, 1, 1, 5), (3, 1, 4, 1, 5, 9, 2, 6)])
+def test_realised_shares_match_the_weights_within_half_a_sample_per_level_at_every_prefix(weights):
     shares = np.array(weights) / sum(weights)
-    sources, _ = blend(list(shares), 3000)
-    counts = np.zeros(len(weights))
-    for i, chosen in enumerate(sources, start=1):
-        counts[chosen] += 1
-        assert np.abs(counts - shares * i).max() < 2.0
-    assert np.abs(counts - shares * 3000).max() < 1.0
+    sources, ordinals = blend(list(shares), np.arange(5000))
+    counts = np.cumsum(np.eye(len(weights))[sources], axis=0)
+    levels = int(np.ceil(np.log2(len(weights))))  # two sources: one level, so within rounding
+    assert np.abs(counts - shares * np.arange(1, 5001)[:, None]).max() <= 0.5 * levels + 1e-9
+    for source in range(len(weights)):  # each source's samples take its ordinals 0, 1, 2, ... in order
+        assert ordinals[sources == source].tolist() == list(range(int(counts[-1, source])))
+
+
+def test_any_sample_is_found_without_the_ones_before_it():
+    weights = [0.2, 0.5, 0.3]
+    far = np.array([10**12, 10**12 + 1, 7 * 10**11 + 3])
+    sources, ordinals = blend(weights, far)
+    everything = blend(weights, np.arange(1000))
+    assert [blend(weights, np.array([i]))[0][0] for i in (5, 999)] == everything[0][[5, 999]].tolist()
+    assert (np.abs(ordinals - np.array(weights)[sources] * far) < 1.5).all()
 
 
 def test_weighted_sources_are_sampled_in_proportion():
