@@ -1,8 +1,7 @@
-"""Turning a stream of token ids into training batches."""
+"""Random windows of an in-memory token stream, for experiments and the objectives' tests (pretraining reads
+token shards through llmlab.data.mixture instead)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import torch
 
@@ -18,11 +17,3 @@ def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator:
     starts = torch.randint(0, tokens.numel() - seq_len + 1, (batch_size,), generator=generator, device=tokens.device)
     windows = torch.stack([tokens[start : start + seq_len] for start in starts.tolist()])
     return {"input_ids": windows, "labels": windows}
-
-
-def random_batches(
-    tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator | None = None
-) -> Iterator[dict]:
-    """Yield sample_batch draws forever; with a seeded generator the sequence of batches is reproducible."""
-    while True:
-        yield sample_batch(tokens, batch_size, seq_len, generator)
