@@ -28,7 +28,7 @@ TOKENS = (torch.arange(4000) * 7 + torch.arange(4000) // 13) % 128
 # grad_accum 2 of 4-row micro-batches: each of 2 ranks takes 2 rows of each; a constant schedule so that runs of
 # different lengths take the same steps; clipping at 1.0 is active (the first gradient norms are above 2)
 CONFIG = TrainConfig(steps=4, lr=1e-2, schedule="constant", grad_accum=2, grad_clip=1.0, checkpoint_every=2,
-                     keep_last=0, log_every=1, seed=3)  # fmt: skip
+                     keep_last=0, log_every=1, eval_every=2, eval_batches=2, seed=3)  # fmt: skip
 
 
 class UnevenLabels(Windows):
@@ -46,15 +46,18 @@ class UnevenLabels(Windows):
 def make_trainer(run_dir, parallel="none", steps=4) -> Trainer:
     """A fresh model and trainer, as each process of a run builds them; distributed, each rank takes its rows."""
     torch.manual_seed(0)
-    batches = UnevenLabels(TOKENS, 4, 16, seed=1)
+    batches, held_out = UnevenLabels(TOKENS, 4, 16, seed=1), UnevenLabels(TOKENS, 4, 16, seed=2)
+    held_out = [next(held_out) for _ in range(CONFIG.eval_batches)]
     if distributed.is_distributed():
         batches = distributed.RankRows(batches)
-    return Trainer(Model(MODEL), replace(CONFIG, parallel=parallel, steps=steps), batches, run_dir=run_dir,
-                   progress=False)  # fmt: skip
+        held_out = [distributed.rank_rows(batch, distributed.rank(), distributed.world_size()) for batch in held_out]
+    return Trainer(Model(MODEL), replace(CONFIG, parallel=parallel, steps=steps), batches, held_out=held_out,
+                   run_dir=run_dir, progress=False)  # fmt: skip
 
 
-def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def logged(run_dir: Path, name: str) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [record[name] for record in records if name in record]
 
 
 def worker(parallel: str, out: Path, single_checkpoint: Path) -> None:
@@ -113,8 +116,10 @@ def test_two_processes_follow_one_and_reload_at_world_size_one(parallel, single,
     results = launch(parallel, tmp_path, single_checkpoints / "step-2")
     run_dir = tmp_path / "run"
     assert "train.parallel" in results["none_error"]
-    # the losses (rank 0's metrics only, one line a step) and the final model follow the single process
-    assert losses(run_dir) == pytest.approx(single.losses, abs=1e-5)
+    # the losses (rank 0's metrics only, one line a step), held-out losses and final model follow the single process
+    assert logged(run_dir, "loss") == pytest.approx(logged(single.run_dir, "loss"), abs=1e-5)
+    assert len(logged(run_dir, "loss")) == 4
+    assert logged(run_dir, "eval_loss") == pytest.approx(logged(single.run_dir, "eval_loss"), abs=1e-5)
     final = llmlab.load(run_dir / "final").state_dict()
     for name, tensor in single.model.state_dict().items():
         torch.testing.assert_close(final[name], tensor, rtol=0, atol=1e-5, msg=name)

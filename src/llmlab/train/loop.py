@@ -382,12 +382,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the held-out batches, with dropout off."""
+        """Mean loss over the held-out batches, with dropout off; distributed, each batch's loss is the mean over all
+        ranks' labelled positions, as one process holding the whole batch computes it."""
         self.model.eval()
-        losses = [self._loss({k: v.to(self.device) for k, v in batch.items()}).item() for batch in self.held_out]
+        sums = []  # per batch: loss × labelled positions, labelled positions
+        for batch in self.held_out:
+            batch = {name: value.to(self.device) for name, value in batch.items()}
+            count = label_count(batch, self.shifts_labels)
+            sums += [self._loss(batch).item() * count if count else math.nan, count]
         self.model.train()
-        (total,) = distributed.all_reduce_sum([sum(losses) / len(losses)], self.device)
-        return total / distributed.world_size()
+        totals = distributed.all_reduce_sum(sums, self.device)
+        losses = [total / count if count else math.nan for total, count in zip(totals[::2], totals[1::2])]
+        return sum(losses) / len(losses)
 
     @torch.no_grad()
     def write_sample(self, bar: tqdm) -> None:
