@@ -5,7 +5,8 @@ The corpus: FILES JSONL files of English-like documents (stop words mixed with r
 holding an e-mail address. The recipe: all heuristic rule sets (Gopher repetition and quality, C4, FineWeb), PII,
 exact + MinHash near de-duplication, a byte-level BPE tokenizer (4096) trained on at most 20,000 documents,
 shards of 10M tokens. Each worker count runs into a fresh output directory; the time is the whole run, worker
-start-up included. The table gives documents/s read and per-phase seconds.
+start-up included. The table gives documents/s read (wall clock), the CPU seconds of the run (this process and its
+workers: on a shared machine the fairer figure) and per-phase seconds.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py --files 16 --documents 1000
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +68,12 @@ def recipe(corpus: Path, workers: int) -> dict:
             "shards": {"tokens_per_shard": 10_000_000}, "workers": workers}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the pipeline's workers)."""
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=16, help="JSONL files (units) in the corpus")
@@ -78,15 +86,16 @@ def main() -> None:
         megabytes = sum(path.stat().st_size for path in (scratch / "corpus").iterdir()) / 1e6
         print(f"corpus: {total} documents, {megabytes:.1f} MB of JSONL in {arguments.files} files; "
               f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-        print("| workers | documents/s | seconds | clean | dedup | tokenizer | tokenize | kept | tokens |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| workers | documents/s | seconds | CPU seconds | clean | dedup | tokenizer | tokenize | kept "
+              "| tokens |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for workers in arguments.workers:
-            started = time.perf_counter()
+            cpu, started = cpu_seconds(), time.perf_counter()
             report = run_pipeline(recipe_from_dict(recipe(scratch / "corpus", workers)), scratch / f"out-{workers}",
                                   progress=False)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
             phases = report["seconds"]
-            print(f"| {workers} | {total / seconds:,.0f} | {seconds:.1f} | {phases['clean']:.1f} "
+            print(f"| {workers} | {total / seconds:,.0f} | {seconds:.1f} | {cpu:.1f} | {phases['clean']:.1f} "
                   f"| {phases['dedup']:.1f} | {phases['tokenizer']:.1f} | {phases['tokenize']:.1f} "
                   f"| {report['documents']} | {report['tokens']} |")
 
