@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import llmlab
+from llmlab.cli.main import main
 from llmlab.errors import ConfigError
 from llmlab.model import presets
 from llmlab.model.transformer import Model
@@ -146,6 +147,26 @@ def test_two_processes_follow_one_and_reload_at_world_size_one(parallel, single,
     continued = make_trainer(tmp_path / "continued", steps=6)
     continued.resume(single_checkpoints / "step-4")
     assert reloaded.fit() == pytest.approx(continued.fit(), abs=1e-5)
+
+
+def test_llmlab_pretrain_under_torchrun_follows_one_process(tmp_path):
+    recipe = str(REPOSITORY / "recipes" / "tiny.yaml")
+    overrides = ["data.max_chars=20000", "data.vocab_size=300", "data.seq_len=32", "model.d_model=64",
+                 "model.n_layers=2", "model.d_ff=128", "train.steps=3", "train.log_every=1", "train.eval_every=0",
+                 "train.sample_every=3", "train.sample_tokens=4", "train.checkpoint_every=3"]  # fmt: skip
+    assert main(["pretrain", recipe, "--out", str(tmp_path / "single"), "--no-progress", *overrides]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmlab",
+               "pretrain", recipe, "--out", str(tmp_path / "fsdp"), "--no-progress", "train.parallel=fsdp", *overrides]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    finished = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert finished.stdout.count("wrote") == 1  # rank 0 only
+    assert logged(tmp_path / "fsdp", "loss") == pytest.approx(logged(tmp_path / "single", "loss"), abs=1e-5)
+    assert logged(tmp_path / "fsdp", "sample") == logged(tmp_path / "single", "sample")
+    assert (tmp_path / "fsdp" / CHECKPOINTS_DIRECTORY / "step-3" / SHARDED_DIRECTORY).is_dir()
+    single, sharded = (llmlab.load(tmp_path / run / "final").state_dict() for run in ("single", "fsdp"))
+    for name, tensor in single.items():
+        torch.testing.assert_close(sharded[name], tensor, rtol=0, atol=1e-5, msg=name)
 
 
 def test_a_batch_that_does_not_split_evenly_over_the_ranks_is_refused():
