@@ -219,6 +219,9 @@ def main() -> None:
             windows = " ".join(rate(value) for value in row["windows"])
             print(f"{name:<7} {key:<13} {row['params'] / 1e6:>7.1f}M {batch:>4}×{seq:<5} {rate(tps):>10} {mfu} "
                   f"{row['peak_gib']:>9.2f} {tps / base:>6.2f}  {windows}", flush=True)
+        paired = statistics.median(ours / theirs for ours, theirs in zip(rows["llmlab"]["windows"],
+                                                                          rows["transformers"]["windows"]))
+        print(f"{name:<7} llmlab / transformers, median of each round's adjacent windows: {paired:.2f}", flush=True)
         del rows
         if cuda:
             torch.cuda.empty_cache()
