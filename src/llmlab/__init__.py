@@ -1,10 +1,22 @@
 """llmlab: the large language models of the surveys, and their whole life cycle, in one readable codebase."""
 
-from llmlab.api import convert, load, save
 from llmlab.errors import CheckpointError, ConfigError, DataError, LlmlabError
-from llmlab.model import Model, ModelConfig, ModelOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "LlmlabError", "Model", "ModelConfig", "ModelOutput",
-           "convert", "load", "save"]
+# torch is imported on first use, so that the data commands and their worker processes start fast.
+_LAZY = {"convert": "llmlab.api", "load": "llmlab.api", "save": "llmlab.api",
+         "Model": "llmlab.model", "ModelConfig": "llmlab.model", "ModelOutput": "llmlab.model"}
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "LlmlabError", *_LAZY]
+
+
+def __getattr__(name: str):
+    """Import the public names that need torch only when they are first used."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'llmlab' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -6,7 +6,10 @@ import torch
 from llmlab.model import presets
 from llmlab.model.transformer import Model
 from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint
-from llmlab.train.data import RandomWindows
+from llmlab.data.mixture import Mixture, MixtureSource
+from llmlab.data.shards import TokenArray
+from llmlab.objectives import causal_lm
+from llmlab.train.data import StepBatches
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, TrainConfig, Trainer
 
 pytestmark = pytest.mark.gpu
@@ -17,7 +20,7 @@ def make_trainer(run_dir=None, **settings):
     torch.manual_seed(0)
     model = Model(presets.llama("tiny")).cuda()
     config = TrainConfig(**{"steps": 60, "lr": 3e-3, "warmup": 5, **settings})
-    return Trainer(model, config, RandomWindows(TOKENS, 8, 64, seed=0), run_dir=run_dir, progress=False)
+    return Trainer(model, config, StepBatches(Mixture([MixtureSource(TokenArray(TOKENS))], 64, seed=0), causal_lm, 8, seed=0), run_dir=run_dir, progress=False)
 
 
 @pytest.mark.parametrize(

@@ -621,3 +621,28 @@ def apply_filters(
             counts[dropped_by] += 1
             if keep_dropped:
                 yield {**document, "meta": {**meta, "dropped_by": dropped_by}}
+
+
+def build_filters(options) -> list:
+    """The chain of filters that options (`llmlab data filter`'s arguments or a recipe's filter stage) ask for."""
+    chain = []
+    if options.languages:
+        chain.append(LanguageFilter(parse_language_thresholds(options.languages)))
+    names = [part.strip() for part in options.rules.split(",") if part.strip() not in ("", "none")]
+    chain.extend(heuristic_filters(names))
+    chain.extend(Blocklist.from_file(path) for path in options.blocklist)
+    if options.classifier:
+        classifier = QualityClassifier.load(options.classifier)
+        chain.append(ClassifierFilter(
+            classifier, threshold=options.classifier_threshold,
+            pareto_alpha=GPT3_PARETO_ALPHA if options.pareto else None,
+            rng=np.random.default_rng(options.seed)))
+    references = [name for name in ("ngram_model", "reference_model") if getattr(options, name)]
+    if len(references) > 1 or bool(references) != (options.max_perplexity is not None):
+        raise ConfigError("max_perplexity needs exactly one of ngram_model and reference_model, and they need it.")
+    if options.ngram_model:
+        chain.append(PerplexityFilter(NGramModel.load(options.ngram_model), options.max_perplexity))
+    if options.reference_model:
+        reference = CheckpointLanguageModel.load(options.reference_model)
+        chain.append(PerplexityFilter(reference, options.max_perplexity))
+    return chain

@@ -180,8 +180,7 @@ _PREPARED: dict[str, list[Process]] = {}  # per process: the stages of the recip
 
 
 def _filter_stage(stage: FilterStage) -> Process:
-    from llmlab.cli.data.filter import build_filters
-    from llmlab.data.filters import ClassifierFilter, apply_filters
+    from llmlab.data.filters import ClassifierFilter, apply_filters, build_filters
 
     chain = build_filters(stage)
 

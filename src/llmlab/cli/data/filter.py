@@ -35,39 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_filter)
 
 
-def build_filters(arguments: argparse.Namespace) -> list:
-    """The chain of filters the arguments ask for."""
-    import numpy as np
-
-    from llmlab.data import filters
-    from llmlab.errors import ConfigError
-
-    chain = []
-    if arguments.languages:
-        chain.append(filters.LanguageFilter(filters.parse_language_thresholds(arguments.languages)))
-    names = [part.strip() for part in arguments.rules.split(",") if part.strip() not in ("", "none")]
-    chain.extend(filters.heuristic_filters(names))
-    chain.extend(filters.Blocklist.from_file(path) for path in arguments.blocklist)
-    if arguments.classifier:
-        classifier = filters.QualityClassifier.load(arguments.classifier)
-        chain.append(filters.ClassifierFilter(
-            classifier, threshold=arguments.classifier_threshold,
-            pareto_alpha=filters.GPT3_PARETO_ALPHA if arguments.pareto else None,
-            rng=np.random.default_rng(arguments.seed)))
-    references = [name for name in ("ngram_model", "reference_model") if getattr(arguments, name)]
-    if len(references) > 1 or bool(references) != (arguments.max_perplexity is not None):
-        raise ConfigError("--max-perplexity needs exactly one of --ngram-model and --reference-model, and they need it.")
-    if arguments.ngram_model:
-        chain.append(filters.PerplexityFilter(filters.NGramModel.load(arguments.ngram_model), arguments.max_perplexity))
-    if arguments.reference_model:
-        reference = filters.CheckpointLanguageModel.load(arguments.reference_model)
-        chain.append(filters.PerplexityFilter(reference, arguments.max_perplexity))
-    return chain
-
-
 def run_filter(arguments: argparse.Namespace) -> None:
     """Filter IN into OUT and print the counts of kept and dropped-by-rule documents."""
-    from llmlab.data.filters import apply_filters
+    from llmlab.data.filters import apply_filters, build_filters
     from llmlab.data.jsonl import atomic_writer, check_readable, document_to_record
 
     check_readable(arguments.source)
