@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import yaml
 
 from llmlab.data.sources import SourceConfig
 from llmlab.errors import ConfigError
+from llmlab.fields import from_mapping
 
 # FineWeb's order of the heuristic rule sets, as `llmlab data filter --rules`
 DEFAULT_RULES = "gopher-repetition,gopher-quality,c4,fineweb"
@@ -164,51 +163,6 @@ class PipelineRecipe:
 def stage_name(stage: Any) -> str:
     """The recipe name of a stage object (filter, langid, ...)."""
     return next(name for name, cls in STAGES.items() if isinstance(stage, cls))
-
-
-# Hand-written rather than llmlab.train.recipe's helpers, which import torch (spawned workers would pay for it).
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """VALUE as the annotated type (nested dataclasses, tuples from lists, ints as floats) or a ConfigError."""
-    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    options = typing.get_args(hint) if union else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        origin = typing.get_origin(option) or option
-        if dataclasses.is_dataclass(option) and isinstance(value, dict):
-            return from_mapping(option, value, where)
-        if origin is bool and isinstance(value, bool):
-            return value
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is str and isinstance(value, str):
-            return value
-        if origin is tuple and isinstance(value, (list, tuple)):
-            item = typing.get_args(option)[0]
-            return tuple(_coerce(element, item, f"{where}[{i}]") for i, element in enumerate(value))
-        if origin is tuple and isinstance(value, str):
-            return (value,)
-    expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
-    raise ConfigError(f"{where} must be {expected}, not {value!r}.")
-
-
-def from_mapping(cls: type, values: Any, where: str) -> Any:
-    """A CLS dataclass from a mapping of its fields; an unknown field is a ConfigError naming it."""
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping of fields.")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{where} has no field {unknown[0]!r} (known: {', '.join(known) or 'none'}).")
-    try:
-        return cls(**{name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()})
-    except TypeError as error:  # a required field is missing
-        raise ConfigError(f"{where} is incomplete: {error}.") from None
 
 
 def _stage(entry: Any, where: str) -> Any:

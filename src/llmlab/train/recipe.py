@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import yaml
 
 from llmlab.errors import ConfigError
+from llmlab.fields import from_mapping
 from llmlab.model import presets
 from llmlab.model.config import ModelConfig
 from llmlab.objectives import UL2, GLMBlankInfilling, MaskedLM, PrefixLM, SpanCorruption
@@ -96,52 +95,6 @@ class Recipe:
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """value as the annotated type (YAML's ints as floats, lists as tuples, '1e-3' as a float) or a ConfigError."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        origin = typing.get_origin(option) or option
-        if origin is bool and isinstance(value, bool):
-            return value
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin is float and not isinstance(value, bool):
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-        if origin is str and isinstance(value, str):
-            return value
-        if origin is tuple and isinstance(value, (list, tuple)) and typing.get_args(option)[-1:] == (Ellipsis,):
-            kind = typing.get_args(option)[0]
-            return tuple(_section(kind, item, f"{where}[{i}]") if dataclasses.is_dataclass(kind)
-                         else _coerce(item, kind, f"{where}[{i}]") for i, item in enumerate(value))
-        if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(option)):
-            return tuple(_coerce(item, kind, where) for item, kind in zip(value, typing.get_args(option)))
-    expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
-    raise ConfigError(f"{where} must be {expected}, not {value!r}.")
-
-
-def _section(cls: type, values: Any, where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping of fields.")
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ConfigError(f"{where} has no field {unknown[0]!r} (known: {', '.join(hints)}).")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise ConfigError(f"{where} needs the field {missing[0]!r}.")
-    return cls(**{name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()})
-
-
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     """`section.field=value` strings as {section: {field: value}}, each value read as YAML."""
     parsed: dict[str, dict[str, Any]] = {}
@@ -186,7 +139,7 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
     unknown = sorted(set(model) - {"preset", "size"} - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
         raise ConfigError(f"{where}: model has no field {unknown[0]!r} (a ModelConfig field, preset or size).")
-    sections = {name: _section(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
+    sections = {name: from_mapping(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
     objective = _objective(data.get("objective") or {}, f"{where}: objective")
     return Recipe(model=dict(model), objective=objective, **sections)
 
