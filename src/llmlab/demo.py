@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 
 import torch
 
 import llmlab
-from llmlab.data.corpus import bundled_documents
 from llmlab.data.mixture import Mixture
+from llmlab.data.pipeline import run_pipeline
+from llmlab.data.pipeline_recipe import recipe_from_dict
+from llmlab.data.pipeline_report import report_markdown
+from llmlab.data.shards import TokenShards
 from llmlab.data.tokenizer import END_OF_TEXT, save_tokenizer
 from llmlab.model import Model
 from llmlab.objectives import causal_lm
-from llmlab.train.data import StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer
+from llmlab.train.data import StepBatches, held_out_batches, open_sources, shard_tokenizer
 from llmlab.train.loop import TrainConfig, Trainer
 from llmlab.train.pretrain import build_model
 from llmlab.train.recipe import DataConfig, Recipe
@@ -31,6 +33,15 @@ RECIPE = Recipe(
                       grad_clip=1.0, eval_batches=8, seed=0, device="cpu"),
 )
 VOCAB_SIZE = RECIPE.data.vocab_size
+# The same pipeline as recipes/data/demo.yaml (`llmlab data run recipes/data/demo.yaml`), which a test keeps equal.
+DATA_RECIPE = recipe_from_dict({
+    "sources": [{"path": "bundled"}],
+    "stages": [{"filter": {"rules": "gopher-repetition,fineweb"}}, "pii", {"dedup": {"near": True}}],
+    "tokenizer": {"train": {"kind": "byte_bpe", "vocab_size": VOCAB_SIZE, "objective": "causal"}},
+    "shards": {"tokens_per_shard": 1_000_000},
+    "workers": 2,
+    "output": os.path.join("runs", "demo-data"),
+}, where="the demo's data recipe")
 
 
 def say(text: str) -> None:
@@ -62,23 +73,24 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     started = time.perf_counter()
     data = dataclasses.replace(RECIPE.data, seed=seed)
     recipe = dataclasses.replace(RECIPE, data=data, train=dataclasses.replace(RECIPE.train, steps=steps, seed=seed))
-    say("1. The bundled corpus: docstrings of the Python standard library")
-    documents = [document["text"] for document in bundled_documents(data.max_chars)]
-    say(f"   {len(documents)} documents, {sum(map(len, documents)) / 1e6:.1f}M characters")
+    data_dir = out_dir.rstrip(os.sep) + "-data"
+    say("1. The bundled corpus (docstrings of the Python standard library) through the data pipeline: quality rules,")
+    say(f"   PII scrubbing, exact and near-duplicate removal, a {data.vocab_size}-token byte-level BPE tokenizer, "
+        f"token shards in {data_dir}")
+    report = run_pipeline(DATA_RECIPE, data_dir)
+    say(report_markdown(report))
 
-    say(f"2. A byte-level BPE tokenizer with {data.vocab_size} tokens, trained on the corpus, and token shards")
-    with tempfile.TemporaryDirectory(prefix="llmlab-demo-") as scratch:
-        shards = bundled_shards(os.path.join(scratch, "data"), data.vocab_size, data.max_chars, texts=documents)
-        tokenizer = shard_tokenizer(shards)
-        sources = open_sources(dataclasses.replace(data, source=str(shards.directory)))
-        train_split = Mixture(sources, data.seq_len, seed, data.held_out_fraction)
-        held_out_split = Mixture(sources, data.seq_len, seed, data.held_out_fraction, split="held_out")
-        tokens = (len(train_split) * data.seq_len, len(held_out_split) * data.seq_len)
-        say(f"   {tokens[0]} training tokens, {tokens[1]} held-out tokens")
-        model = build_model(recipe, tokenizer, shards)
-        held_out = held_out_batches(held_out_split, causal_lm, recipe.train.eval_batches, data.batch_size, seed)
-        batches = StepBatches(train_split, causal_lm, data.batch_size, seed)
-        losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed)
+    say("2. The token shards, cut into windows for training and held-out evaluation")
+    shards = TokenShards(os.path.join(data_dir, "shards"))
+    tokenizer = shard_tokenizer(shards)
+    sources = open_sources(dataclasses.replace(data, source=str(shards.directory)))
+    train_split = Mixture(sources, data.seq_len, seed, data.held_out_fraction)
+    held_out_split = Mixture(sources, data.seq_len, seed, data.held_out_fraction, split="held_out")
+    say(f"   {len(train_split) * data.seq_len} training tokens, {len(held_out_split) * data.seq_len} held-out tokens")
+    model = build_model(recipe, tokenizer, shards)
+    held_out = held_out_batches(held_out_split, causal_lm, recipe.train.eval_batches, data.batch_size, seed)
+    batches = StepBatches(train_split, causal_lm, data.batch_size, seed)
+    losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed)
     save_model(model, tokenizer, out_dir)
     say(f"Done in {time.perf_counter() - started:.0f}s.")
     return losses
