@@ -18,7 +18,7 @@ demo: install
 	$(VENV)/bin/llmlab demo
 
 test: install-dev
-	$(VENV_PYTHON) -m pytest -q -n auto tests
+	$(VENV_PYTHON) -m pytest -q -n auto --dist loadgroup tests
 
 venv: $(VENV_PYTHON)
 
