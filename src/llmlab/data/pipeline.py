@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import zlib
@@ -47,6 +46,7 @@ import numpy as np
 from llmlab.data.pipeline_recipe import (DecontaminateStage, DedupStage, FilterStage, LangidStage, PiiStage,
                                          PipelineRecipe)
 from llmlab.data.pipeline_report import build_report, write_report
+from llmlab.data.shards import atomic_path
 from llmlab.data.sources import SourceUnit, read_unit, source_units
 from llmlab.errors import ConfigError, DataError
 
@@ -75,21 +75,6 @@ class Job:
 
 # ------------------------------------------------------------------------------------------------------------
 # Files: atomic writes and compressed JSONL
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """A temporary path beside PATH, renamed onto it if the block finishes (removed if it fails)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def write_json(path: Path, data) -> None:

@@ -75,7 +75,7 @@ def report_markdown(report: dict) -> str:
 
 def write_report(output: Path, report: dict) -> None:
     """Write report.json and report.md into OUTPUT atomically."""
-    from llmlab.data.pipeline import atomic_path
+    from llmlab.data.shards import atomic_path
 
     with atomic_path(output / "report.json") as staging:
         staging.write_text(json.dumps(report, indent=1) + "\n")

@@ -41,8 +41,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path):
+def atomic_path(path: Path):
     """A temporary file beside path, renamed onto it if the block finishes (removed if it fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
     try:
@@ -76,7 +77,7 @@ def write_shard(directory: str | os.PathLike, name: str, documents: Iterable[Seq
     if not 0 <= eos_token_id <= limit:
         raise DataError(f"eos_token_id {eos_token_id} does not fit the shard's {dtype.name} tokens.")
     token_path, docs_path = directory / (name + TOKENS_SUFFIX), directory / (name + DOCS_SUFFIX)
-    with _atomic_path(token_path) as token_staging, _atomic_path(docs_path) as docs_staging:
+    with atomic_path(token_path) as token_staging, atomic_path(docs_path) as docs_staging:
         tokens, starts = _HashedFile(token_staging), _HashedFile(docs_staging)
         buffer: list[np.ndarray] = []
         buffered = documents_written = 0
@@ -107,7 +108,7 @@ def write_index(directory: str | os.PathLike, entries: list[dict], vocab_size: i
     index = {"format": FORMAT, "version": VERSION, "dtype": token_dtype(vocab_size).name, "vocab_size": vocab_size,
              "eos_token_id": eos_token_id, "tokens": sum(entry["tokens"] for entry in entries),
              "documents": sum(entry["documents"] for entry in entries), "shards": list(entries), **metadata}
-    with _atomic_path(path) as staging:
+    with atomic_path(path) as staging:
         staging.write_text(json.dumps(index, indent=1) + "\n")
     return path
 
