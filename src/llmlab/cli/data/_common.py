@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 def add_jsonl_arguments(parser: argparse.ArgumentParser) -> None:
     """Add IN, OUT and --text-field to a stage's parser."""
-    parser.add_argument("source", metavar="IN", help="input JSONL file (.jsonl or .jsonl.gz), one {\"text\": ...} object per line")
+    parser.add_argument("source", metavar="IN", help="input JSONL file (.jsonl, .jsonl.gz or .jsonl.zst), one {\"text\": ...} object per line")
     parser.add_argument("destination", metavar="OUT", help="output JSONL file, written atomically")
     parser.add_argument("--text-field", default="text", help="the field holding the text (default: text)")
 
