@@ -4,8 +4,8 @@ The paper's seven denoisers (§3.1.2, "Mixture of Denoisers"), written there as 
   R: (μ=3, r=0.15) and (μ=8, r=0.15)  — T5-like span corruption;
   S: (μ=L/4, r=0.25), one span        — prefix LM whose target is the last quarter of the sequence;
   X: (μ=3, r=0.5), (μ=8, r=0.5), (μ=64, r=0.15), (μ=64, r=0.5) — extreme span corruption.
-Default mixing rates: one seventh each, i.e. the seven denoisers sampled uniformly — the paper lists the seven
-as the final objective and we found no other rates stated alongside them; pass `rates` to change them.
+Default mixing rates: one seventh each, as the paper's own preprocessor (appendix 9.2, `ul2_objective` with
+rates=None: "tasks are sampled uniformly", the prefix-LM task being one of them); pass `rates` to change them.
 The output is for an encoder-decoder (input_ids/attention_mask → encoder, labels → decoder), as UL2-20B, or with
 decoder_only=True for a (prefix) decoder: inputs then targets, the inputs attended bidirectionally.
 """
