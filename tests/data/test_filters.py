@@ -8,6 +8,8 @@ from string import ascii_lowercase
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmlab.data.filters import (
     Blocklist,
@@ -20,6 +22,7 @@ from llmlab.data.filters import (
     NGramModel,
     PerplexityFilter,
     QualityClassifier,
+    WordNgrams,
     apply_filters,
 )
 
@@ -362,3 +365,39 @@ def test_checkpoint_perplexity_matches_the_models_own_loss(tmp_path):
     assert reference.perplexity(short) == pytest.approx(expected, rel=1e-5)
     assert math.isfinite(reference.perplexity("the cat sat on the mat " * 5))  # several windows
     assert PerplexityFilter(reference, expected * 0.99)(short).dropped_by == "perplexity"
+
+
+def _top_ngram_reference(words, n):
+    """Table A1's 'fraction of characters in the top n-gram', by counting tuples (the first seen among equals)."""
+    total = sum(map(len, words))
+    if len(words) < n or total == 0:
+        return 0.0
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    ngram, count = counts.most_common(1)[0]
+    return 0.0 if count < 2 else sum(map(len, ngram)) * count / total
+
+
+def _duplicate_ngram_reference(words, n):
+    """Table A1's 'fraction of characters in duplicate n-grams', by marking the words of every repeated tuple."""
+    total = sum(map(len, words))
+    if len(words) < n or total == 0:
+        return 0.0
+    ngrams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    counts = Counter(ngrams)
+    covered = set()
+    for start, ngram in enumerate(ngrams):
+        if counts[ngram] > 1:
+            covered.update(range(start, start + n))
+    return sum(len(words[i]) for i in covered) / total
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "ccc", "the", "of", "x", "longword"]), max_size=60))
+def test_word_ngram_fractions_match_counting_tuples(words):
+    ngrams = WordNgrams(words)
+    longest = ngrams.longest_repeat()
+    for n in range(1, 12):
+        assert ngrams.top_ngram_character_fraction(n) == pytest.approx(_top_ngram_reference(words, n))
+        assert ngrams.duplicate_ngram_character_fraction(n) == pytest.approx(_duplicate_ngram_reference(words, n))
+        repeats = len(set(tuple(words[i:i + n]) for i in range(len(words) - n + 1))) < len(words) - n + 1
+        assert repeats == (n <= longest)

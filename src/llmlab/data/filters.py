@@ -118,30 +118,55 @@ def _duplicates(elements: Sequence[str]) -> tuple[int, int]:
     return count, characters
 
 
-def top_ngram_character_fraction(words: Sequence[str], n: int) -> float:
-    """Characters in the most frequent word n-gram (times its count) over all word characters."""
-    total = sum(map(len, words))
-    if len(words) < n or total == 0:
-        return 0.0
-    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    ngram, count = counts.most_common(1)[0]
-    if count < 2:
-        return 0.0
-    return sum(map(len, ngram)) * count / total
+class WordNgrams:
+    """Exact integer ids of a text's word n-grams, built one n at a time with numpy (no tuples, no hashing)."""
 
+    def __init__(self, words: Sequence[str]):
+        vocabulary: dict[str, int] = {}
+        self.word_ids = np.fromiter((vocabulary.setdefault(word, len(vocabulary)) for word in words), np.int64,
+                                    count=len(words))
+        self.lengths = np.fromiter(map(len, words), np.int64, count=len(words))
+        self.total = int(self.lengths.sum())
+        self._ids = [self.word_ids]  # _ids[n - 1]: the id of the n-gram starting at each position
+        self._vocabulary_size = max(len(vocabulary), 1)
 
-def duplicate_ngram_character_fraction(words: Sequence[str], n: int) -> float:
-    """Characters of the words covered by any n-gram that occurs more than once, over all word characters."""
-    total = sum(map(len, words))
-    if len(words) < n or total == 0:
-        return 0.0
-    ngrams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    counts = Counter(ngrams)
-    covered = np.zeros(len(words), dtype=bool)
-    for start, ngram in enumerate(ngrams):
-        if counts[ngram] > 1:
-            covered[start : start + n] = True
-    return sum(len(word) for word, hit in zip(words, covered) if hit) / total
+    def ids(self, n: int) -> np.ndarray:
+        """The id of the n-gram starting at each of the len(words) - n + 1 positions (equal n-grams, equal ids)."""
+        while len(self._ids) < n:
+            shorter = self._ids[-1]
+            pairs = shorter[:-1] * self._vocabulary_size + self.word_ids[len(self._ids):]
+            self._ids.append(np.unique(pairs, return_inverse=True)[1].reshape(-1))
+        return self._ids[n - 1]
+
+    def longest_repeat(self) -> int:
+        """The length of the longest n-gram that occurs more than once (0 when no word does)."""
+        n = 0
+        while n < len(self.word_ids) and int(self.ids(n + 1).max()) + 1 < len(self.ids(n + 1)):
+            n += 1
+        return n
+
+    def top_ngram_character_fraction(self, n: int) -> float:
+        """Characters in the most frequent n-gram (times its count; the first seen among equals) over all."""
+        if len(self.word_ids) < n or self.total == 0:
+            return 0.0
+        ids = self.ids(n)
+        counts = np.bincount(ids)[ids]
+        top = int(counts.max())
+        if top < 2:
+            return 0.0
+        start = int(np.argmax(counts == top))
+        return int(self.lengths[start : start + n].sum()) * top / self.total
+
+    def duplicate_ngram_character_fraction(self, n: int) -> float:
+        """Characters of the words covered by any n-gram that occurs more than once, over all word characters."""
+        if len(self.word_ids) < n or self.total == 0:
+            return 0.0
+        ids = self.ids(n)
+        starts = np.nonzero(np.bincount(ids)[ids] > 1)[0]
+        depth = np.bincount(starts, minlength=len(self.word_ids) + 1) - np.bincount(
+            starts + n, minlength=len(self.word_ids) + 1)
+        covered = np.cumsum(depth[:-1]) > 0
+        return int(self.lengths[covered].sum()) / self.total
 
 
 @dataclass
@@ -177,12 +202,13 @@ class GopherRepetition:
             return "gopher_duplicate_lines"
         if characters / len(text) > self.max_duplicate_line_char_fraction:
             return "gopher_duplicate_line_chars"
-        words = words_of(text.lower())
+        ngrams = WordNgrams(words_of(text.lower()))
+        longest = ngrams.longest_repeat()  # longer n-grams never repeat: their fractions are 0
         for n, threshold in self.top_ngram_thresholds:
-            if top_ngram_character_fraction(words, n) > threshold:
+            if n <= longest and ngrams.top_ngram_character_fraction(n) > threshold:
                 return f"gopher_top_{n}gram"
         for n, threshold in self.duplicate_ngram_thresholds:
-            if duplicate_ngram_character_fraction(words, n) > threshold:
+            if n <= longest and ngrams.duplicate_ngram_character_fraction(n) > threshold:
                 return f"gopher_duplicate_{n}grams"
         return None
 
