@@ -269,3 +269,26 @@ def test_sigkill_and_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path):
         run_pipeline(load_pipeline_recipe(recipe, {"workers": rerun_workers}), out, progress=False)
         assert output_files(out) == expected, name
         assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items()), "a finished unit was redone"
+
+
+def test_dedup_units_remove_lines_seen_earlier_in_the_corpus(tmp_path):
+    import gzip
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    footer = "Subscribe to our newsletter for more.\n"
+    files = {"a.jsonl": ["The river rose at dawn.\n" + footer, "Bread was baked twice.\n" + footer],
+             "b.jsonl": [footer + "The river rose at dawn.\n", "Snow fell on the hills.\nBread was baked twice.\n"]}
+    for name, texts in files.items():
+        (corpus / name).write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    recipe = recipe_from_dict({"sources": [{"path": str(corpus)}], "compression": "gzip",
+                               "stages": [{"dedup": {"units": "line"}}]})
+    report = run_pipeline(recipe, tmp_path / "out", progress=False)
+    texts = [json.loads(line)["text"] for path in sorted((tmp_path / "out" / "documents").rglob("*.jsonl.gz"))
+             for line in gzip.open(path, "rt")]
+    assert texts == ["The river rose at dawn.\n" + footer, "Bread was baked twice.\n", "Snow fell on the hills.\n"]
+    dedup = report["stages"][-1]
+    assert dedup["stage"] == "dedup" and dedup["in"] == 4 and dedup["out"] == 3
+    assert dedup["counts"]["duplicate_units"] == 4 and dedup["counts"]["emptied_by_units"] == 1
+    with pytest.raises(ConfigError, match="units"):
+        recipe_from_dict({"sources": [{"path": str(corpus)}], "stages": [{"dedup": {"units": "paragraph"}}]})

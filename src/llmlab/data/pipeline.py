@@ -15,8 +15,8 @@ file exists is not redone), so a run killed at any moment and run again writes t
 Output layout under the recipe's output directory:
 
     recipe.json                the recipe the directory was made with (workers and output left out)
-    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy (2),
-                               .finished.json (4)
+    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy and, with
+                               dedup units, .units.jsonl.zst (2), .finished.json (4)
     dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora)
     documents/SOURCE/UNIT.jsonl.zst   the cleaned, de-duplicated documents
     shards/                    index.json, tokenizer.json, NAME.tokens, NAME.docs (llmlab.data.shards)
@@ -269,9 +269,10 @@ def clean_unit(job: Job) -> dict:
     if dedup is not None:
         if dedup.repeats:
             documents = _without_repeats(documents, dedup_counts)
-        documents = _collect_keys(documents, dedup, keys)
+        if dedup.units is None:  # with units, phase 2 rewrites the texts and computes their keys itself
+            documents = _collect_keys(documents, dedup, keys)
     written = write_documents(unit_file(output, unit, SUFFIXES[recipe.compression]), documents, recipe.compression)
-    if dedup is not None:
+    if dedup is not None and dedup.units is None:
         with atomic_path(unit_file(output, unit, ".keys.npy")) as staging, open(staging, "wb") as stream:
             np.save(stream, np.concatenate(keys))
     stats = {"unit": unit.key, "documents": written, "read": dict(sorted(read_counts.items())),
@@ -297,14 +298,17 @@ def _without_repeats(documents: Iterable[dict], counts: Counter) -> Iterator[dic
 # Phase 2: de-duplication across units, in unit order
 
 
-def global_dedup(output: Path, units: list[Unit], dedup: DedupStage, unit_stats: list[dict]) -> dict:
+def global_dedup(output: Path, recipe: PipelineRecipe, units: list[Unit], unit_stats: list[dict]) -> dict:
     """Keep flags for every phase-1 document (first occurrence kept), the updated index and the counts."""
     from llmlab.data.dedup import DedupIndex, MinHashConfig, mark_duplicates, open_index
 
+    dedup = recipe.dedup
     minhash = MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)
     index = open_index(dedup.index, minhash) if dedup.index else DedupIndex(minhash)
     counts: Counter = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
-    for unit, stats in zip(units, unit_stats):
+    if dedup.units is not None:
+        counts.update(_dedup_with_units(output, recipe, units, index))
+    for unit, stats in zip(units, unit_stats if dedup.units is None else ()):
         keys = np.load(unit_file(output, unit, ".keys.npy")) if stats["documents"] else np.zeros((0, 2), np.uint64)
         keep = np.ones(len(keys), dtype=bool)
         if dedup.exact and len(keys):
@@ -326,11 +330,36 @@ def global_dedup(output: Path, units: list[Unit], dedup: DedupStage, unit_stats:
     return result
 
 
-def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.ndarray | None) -> Iterator[dict]:
-    """The unit's phase-1 documents that survived de-duplication (KEEP: the unit's flags, None keeps all)."""
+def _dedup_with_units(output: Path, recipe: PipelineRecipe, units: list[Unit], index) -> Counter:
+    """Phase 2 with units: `llmlab data dedup --units` over all units in order; each unit's survivors (their
+    repeated lines or sentences removed) are written beside its phase-1 documents, all kept."""
+    from llmlab.data.dedup import Deduplicator
+
+    dedup = recipe.dedup
+    deduplicator = Deduplicator(dedup.near, unit=dedup.units, index=index)
+    counts: Counter = Counter()
+    for unit in units:
+        phase_one = kept_documents(output, recipe, unit, None, deduplicated=False)
+        documents = _counted(deduplicator(_counted(phase_one, counts, "in")), counts, "out")
+        written = write_documents(unit_file(output, unit, ".units" + SUFFIXES[recipe.compression]), documents,
+                                  recipe.compression)
+        with atomic_path(unit_file(output, unit, ".keep.npy")) as staging, open(staging, "wb") as stream:
+            np.save(stream, np.ones(written, dtype=bool))
+    stats = deduplicator.stats
+    counts.update({key: stats[key] for key in ("exact_duplicates", "near_duplicates", "duplicate_units")})
+    counts["emptied_by_units"] = stats["emptied"]
+    return counts
+
+
+def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.ndarray | None,
+                   deduplicated: bool = True) -> Iterator[dict]:
+    """The unit's documents that survived de-duplication (KEEP: the unit's flags, None keeps all); with units, the
+    texts phase 2 rewrote (deduplicated=False: the phase-1 documents)."""
     from llmlab.data.jsonl import read_documents
 
-    for position, document in enumerate(read_documents(unit_file(output, unit, SUFFIXES[recipe.compression]))):
+    units = deduplicated and recipe.dedup is not None and recipe.dedup.units is not None
+    path = unit_file(output, unit, (".units" if units else "") + SUFFIXES[recipe.compression])
+    for position, document in enumerate(read_documents(path)):
         if keep is None or keep[position]:
             yield document
 
@@ -550,7 +579,7 @@ def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], workers
     dedup_stats, keeps = None, [None] * len(units)
     if recipe.dedup is not None:
         if not (output / "dedup" / "stats.json").is_file():
-            global_dedup(output, units, recipe.dedup, unit_stats)
+            global_dedup(output, recipe, units, unit_stats)
         dedup_stats = read_json(output / "dedup" / "stats.json")
         keeps = [unit_keep(output, unit) for unit in units]
     seconds["dedup"] = time.perf_counter() - phase

@@ -83,6 +83,13 @@ class DedupStage:
     seed: int = 0
     index: str | None = None  # also remove what this index has seen (it is read, never written)
     repeats: bool = False
+    units: str | None = None  # also remove lines or sentences seen earlier in the corpus: line | sentence
+
+    def __post_init__(self):
+        if self.units not in (None, "line", "sentence"):
+            raise ConfigError(f"the dedup stage's units must be line or sentence, not {self.units!r}.")
+        if self.units is not None and not self.exact:
+            raise ConfigError("the dedup stage's units need exact: true (they run with document de-duplication).")
 
 
 STAGES = {"filter": FilterStage, "langid": LangidStage, "pii": PiiStage, "decontaminate": DecontaminateStage,
