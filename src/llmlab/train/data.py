@@ -99,8 +99,7 @@ def _file_bytes(path: Path | None) -> bytes | None:
 
 
 def bundled_shards(directory: str | os.PathLike, vocab_size: int, max_chars: int | None,
-                   special_tokens: Iterable[str] = (), texts: list[str] | None = None,
-                   progress: bool = False) -> TokenShards:
+                   special_tokens: Iterable[str] = (), progress: bool = False) -> TokenShards:
     """The bundled corpus tokenized into directory with a byte-level BPE tokenizer trained on it (with
     special_tokens after <|endoftext|> and <pad>); an existing complete directory built alike is reused."""
     directory = Path(directory)
@@ -112,10 +111,9 @@ def bundled_shards(directory: str | os.PathLike, vocab_size: int, max_chars: int
             raise ConfigError(f"{directory} holds the bundled corpus tokenized as {shards.index.get('bundled')}, "
                               f"not as the recipe asks ({recipe}).")
         return shards
-    if texts is None:
-        from llmlab.data.corpus import bundled_documents
+    from llmlab.data.corpus import bundled_documents
 
-        texts = [document["text"] for document in bundled_documents(max_chars)]
+    texts = [document["text"] for document in bundled_documents(max_chars)]
     for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # left by a run killed while tokenizing
         shutil.rmtree(stale, ignore_errors=True)
     tokenizer = train_bpe_tokenizer(texts, vocab_size, recipe["special_tokens"])
