@@ -61,13 +61,17 @@ def expected_shapes(model: Model) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in state_for_saving(model).items()}
 
 
+def write_config_header(model: Model, directory: Path, metadata: dict) -> None:
+    """Write llmlab.json (the model's config and metadata) into directory, without the weights."""
+    header = {"format": "llmlab", "version": FORMAT_VERSION, "config": model.config.to_dict(), "metadata": metadata}
+    (directory / CONFIG_FILE).write_text(json.dumps(header, indent=2))
+
+
 def save_llmlab(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
                 metadata: dict | None = None) -> Path:
     """Write model (and tokenizer) to an llmlab checkpoint directory, atomically."""
     with atomic_directory(path) as staging:
-        header = {"format": "llmlab", "version": FORMAT_VERSION, "config": model.config.to_dict(),
-                  "metadata": metadata or {}}
-        (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2))
+        write_config_header(model, staging, metadata or {})
         save_file(state_for_saving(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)

@@ -7,7 +7,6 @@ train_state.pt then holds the rest, with one RNG state per rank."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,8 +17,8 @@ import torch
 
 from llmlab.errors import CheckpointError
 from llmlab.model.checkpoint import (
-    CONFIG_FILE, FORMAT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE, atomic_directory, expected_shapes, load_state,
-    model_from_state, read_llmlab_config, read_safetensors, save_llmlab,
+    CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, atomic_directory, expected_shapes, load_state, model_from_state,
+    read_llmlab_config, read_safetensors, save_llmlab, write_config_header,
 )  # fmt: skip
 from llmlab.model.hf.weights import check_shapes
 from llmlab.model.transformer import Model
@@ -114,12 +113,6 @@ def save_sharded_checkpoint(directory: str | os.PathLike, step: int, model: Mode
     if failures:
         raise CheckpointError(f"writing the checkpoint {path} failed ({failures[0]}); the previous ones are intact.")
     return path
-
-
-def write_config_header(model: Model, directory: Path, metadata: dict) -> None:
-    """Write llmlab.json (the model's config and metadata) as save_llmlab does, without the weights."""
-    header = {"format": "llmlab", "version": FORMAT_VERSION, "config": model.config.to_dict(), "metadata": metadata}
-    (directory / CONFIG_FILE).write_text(json.dumps(header, indent=2))
 
 
 def save_model(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
