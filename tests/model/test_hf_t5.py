@@ -106,6 +106,8 @@ def test_umt5_matches_transformers(tmp_path, untie, changes):
     model = build(transformers.UMT5ForConditionalGeneration, transformers.UMT5Config, untie=untie, **changes)
     ours = check_parity(model, tmp_path)
     assert ours.config.relative_per_layer
+    exported = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert exported["tie_word_embeddings"] is not untie and exported["scale_decoder_outputs"] is True
     # a decoder batch without a mask takes the plain causal path, where each layer's own bias must keep causality
     ids, mask = right_padded_batch(model.config.vocab_size)
     with torch.no_grad():

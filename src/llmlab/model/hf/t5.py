@@ -28,6 +28,8 @@ FEED_FORWARD_PROJ = {
     "geglu_tanh": "gated-gelu", "geglu": "gated-gelu_python", "reglu": "gated-relu", "swiglu": "gated-silu",
 }
 EMBEDDING_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+# Model types whose config stores scale_decoder_outputs (transformers ≥ 5.24 for UMT5; before, UMT5 always rescaled).
+SCALE_FIELD_TYPES = ("t5", "umt5")
 
 
 def _feed_forward(hf: dict) -> str:
@@ -46,13 +48,11 @@ def _feed_forward(hf: dict) -> str:
 
 
 def _scales_head(hf: dict) -> bool:
-    """Whether transformers 5 multiplies the decoder output by d_model**-0.5 before the head (T5 v1.0's tied head)."""
+    """Whether transformers multiplies the decoder output by d_model**-0.5 before the head (T5 v1.0's tied head)."""
     tied = hf.get("tie_word_embeddings") is not False
     if hf["model_type"] == "mt5":
         return False
-    if hf["model_type"] == "umt5":
-        return True  # UMT5Config forces tie_word_embeddings=True, and the model rescales whenever it is set
-    if hf["model_type"] == "t5":
+    if hf["model_type"] in SCALE_FIELD_TYPES:  # a stored scale_decoder_outputs wins over tie_word_embeddings
         return bool(pick(hf, "scale_decoder_outputs", default=tied))
     return tied
 
@@ -133,7 +133,7 @@ def config_to_hf(config: ModelConfig) -> dict:
         "layer_norm_epsilon": config.norm_eps, "is_encoder_decoder": True,
         "tie_word_embeddings": config.tie_embeddings, **hf_tokens(config),
     }
-    if model_type == "t5":
+    if model_type in SCALE_FIELD_TYPES:
         hf["scale_decoder_outputs"] = config.head_input_scale != 1.0
     if model_type == "switch_transformers":
         hf.update(
