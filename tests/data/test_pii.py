@@ -90,7 +90,6 @@ NATIONAL = [
     ("phone", "<PHONE>", "07700 900123"),          # UK mobile, trunk 0
     ("phone", "<PHONE>", "020 7946 0958"),         # London
     ("phone", "<PHONE>", "030/1234567"),           # Berlin
-    ("phone", "<PHONE>", "(030) 1234567"),
     ("phone", "<PHONE>", "0049 30 1234567"),       # 00 instead of +
     ("phone", "<PHONE>", "138 0013 8000"),         # Chinese mobile
     ("phone", "<PHONE>", "13800138000"),
