@@ -28,7 +28,7 @@ def _as_float(value: Any) -> float | None:
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
-    """value as the annotated type (nested dataclasses, tuples from lists, ints as floats) or a ConfigError."""
+    """value as the annotated type (nested dataclasses, tuples from lists, mappings, ints as floats) or a ConfigError."""
     union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     options = typing.get_args(hint) if union else (hint,)
     if value is None and type(None) in options:
@@ -36,6 +36,11 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     for option in options:
         origin = typing.get_origin(option) or option
         arguments = typing.get_args(option)
+        if option is Any:
+            return value
+        if origin is dict and isinstance(value, dict):
+            key_hint, value_hint = arguments or (Any, Any)
+            return {coerce(key, key_hint, where): coerce(item, value_hint, f"{where}.{key}") for key, item in value.items()}
         if dataclasses.is_dataclass(option) and isinstance(value, dict):
             return from_mapping(option, value, where)
         if origin is bool and isinstance(value, bool):

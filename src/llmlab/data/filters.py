@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from llmlab.data.languages import (CHARACTER_WORD_LANGUAGES, CLOSING_MARKS, PUNCTUATION, SENTENCE_TERMINALS,
+                                   STOP_WORDS, count_multilingual_sentences, multilingual_words, normalise_language)
 from llmlab.errors import ConfigError, DataError
+from llmlab.fields import from_mapping
 
 
 class Verdict(NamedTuple):
@@ -37,12 +39,15 @@ class Verdict(NamedTuple):
 
 Filter = Callable[[str], Verdict]
 
-PUNCTUATION = string.punctuation + "…“”‘’«»—–"
-
 
 def words_of(text: str) -> list[str]:
     """The words of a text: whitespace-separated tokens with leading/trailing punctuation removed, empty ones dropped."""
     return [word for word in (token.strip(PUNCTUATION) for token in text.split()) if word]
+
+
+def is_english(language: str | None) -> bool:
+    """Whether a rule set judges by the published (English) rules: the language is English or unknown."""
+    return normalise_language(language) in (None, "en")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +70,11 @@ class GopherQuality:
     max_ellipsis_lines_ratio: float = 0.3
     min_alpha_words_ratio: float = 0.8
     min_stop_words: int = 2
-    stop_words: Sequence[str] = GOPHER_STOP_WORDS
+    stop_words: tuple[str, ...] = GOPHER_STOP_WORDS
+    language: str | None = None  # None or "en": English words; any other: words by script (see rule_set)
+
+    def __post_init__(self) -> None:
+        self._english = is_english(self.language)
 
     def __call__(self, text: str) -> Verdict:
         """Drop the text if it breaks any Gopher quality rule."""
@@ -73,8 +82,10 @@ class GopherQuality:
 
     def rule_broken(self, text: str) -> str | None:
         """The first Gopher quality rule the text breaks, or None."""
-        tokens = [token for token in text.split() if token.strip(PUNCTUATION)]
-        words = words_of(text)
+        if self._english:
+            tokens, words = [token for token in text.split() if token.strip(PUNCTUATION)], words_of(text)
+        else:
+            tokens = words = multilingual_words(text)
         if len(words) < self.min_words:
             return "gopher_min_words"
         if len(words) > self.max_words:
@@ -177,10 +188,14 @@ class GopherRepetition:
     max_duplicate_paragraph_fraction: float = 0.30
     max_duplicate_line_char_fraction: float = 0.20
     max_duplicate_paragraph_char_fraction: float = 0.20
-    top_ngram_thresholds: Sequence[tuple[int, float]] = ((2, 0.20), (3, 0.18), (4, 0.16))
-    duplicate_ngram_thresholds: Sequence[tuple[int, float]] = (
+    top_ngram_thresholds: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
+    duplicate_ngram_thresholds: tuple[tuple[int, float], ...] = (
         (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10),
     )
+    language: str | None = None  # None or "en": English words; any other: words by script
+
+    def __post_init__(self) -> None:
+        self._words = words_of if is_english(self.language) else multilingual_words
 
     def __call__(self, text: str) -> Verdict:
         """Drop the text if it repeats itself beyond any Gopher repetition threshold."""
@@ -202,7 +217,7 @@ class GopherRepetition:
             return "gopher_duplicate_lines"
         if characters / len(text) > self.max_duplicate_line_char_fraction:
             return "gopher_duplicate_line_chars"
-        ngrams = WordNgrams(words_of(text.lower()))
+        ngrams = WordNgrams(self._words(text.lower()))
         longest = ngrams.longest_repeat()  # longer n-grams never repeat: their fractions are 0
         for n, threshold in self.top_ngram_thresholds:
             if n <= longest and ngrams.top_ngram_character_fraction(n) > threshold:
@@ -236,19 +251,26 @@ class C4Rules:
     min_sentences: int = 3
     max_word_length: int = 1000
     remove_citations: bool = True
+    end_marks: tuple[str, ...] = C4_END_MARKS
+    language: str | None = None  # None or "en": whitespace words, ASCII sentence ends; any other: by script
+
+    def __post_init__(self) -> None:
+        english = is_english(self.language)
+        self._words = str.split if english else multilingual_words
+        self._count_sentences = count_sentences if english else count_multilingual_sentences
 
     def __call__(self, text: str) -> Verdict:
         """Keep the lines that pass C4's line rules; drop the page if a page rule fails."""
         kept = []
         for line in text.splitlines():
             line = line.strip()
-            if any(len(word) > self.max_word_length for word in line.split()):
+            if any(len(word) > self.max_word_length for word in self._words(line)):
                 continue
             if self.remove_citations:
                 line = C4_CITATION.sub("", line)
-            if not line.endswith(C4_END_MARKS) or line.endswith("..."):
+            if not line.endswith(self.end_marks) or line.endswith("..."):
                 continue
-            if len(line.split()) < self.min_words_per_line:
+            if len(self._words(line)) < self.min_words_per_line:
                 continue
             lowered = line.lower()
             if "lorem ipsum" in lowered:
@@ -261,13 +283,16 @@ class C4Rules:
                 continue
             kept.append(line)
         cleaned = "\n".join(kept)
-        if count_sentences(cleaned) < self.min_sentences:
+        if self._count_sentences(cleaned) < self.min_sentences:
             return Verdict(text, "c4_min_sentences")
         return Verdict(cleaned)
 
 
 # ---------------------------------------------------------------------------------------------
 # FineWeb (Penedo et al. 2024, section 3.5; datatrove's FineWebQualityFilter)
+
+
+FINEWEB_END_MARKS = (".", "'", '"', "!", "?")
 
 
 @dataclass
@@ -280,6 +305,11 @@ class FineWebRules:
     # the paper says 0.1; datatrove's class default is 0.01
     max_duplicate_line_char_ratio: float = 0.1
     max_newline_word_ratio: float = 0.3
+    line_end_marks: tuple[str, ...] = FINEWEB_END_MARKS
+    language: str | None = None  # None or "en": English words; any other: words by script
+
+    def __post_init__(self) -> None:
+        self._words = words_of if is_english(self.language) else multilingual_words
 
     def __call__(self, text: str) -> Verdict:
         """Drop the text if it breaks a FineWeb rule."""
@@ -288,7 +318,7 @@ class FineWebRules:
     def rule_broken(self, text: str) -> str | None:
         """The first FineWeb rule the text breaks, or None."""
         lines = text.split("\n")
-        punctuated = sum(line.endswith((".", "'", '"', "!", "?")) for line in lines) / len(lines)
+        punctuated = sum(line.endswith(self.line_end_marks) for line in lines) / len(lines)
         if punctuated <= self.min_line_punctuation_ratio:
             return "fineweb_line_punctuation"
         short = sum(len(line) <= self.short_line_length for line in lines) / len(lines)
@@ -298,7 +328,7 @@ class FineWebRules:
         duplicate_characters = _duplicates([line for line in lines if line.strip()])[1]
         if characters and duplicate_characters / characters >= self.max_duplicate_line_char_ratio:
             return "fineweb_duplicate_line_chars"
-        words = words_of(text)
+        words = self._words(text)
         if text.count("\n") / max(len(words), 1) > self.max_newline_word_ratio:
             return "fineweb_list_like"
         return None
@@ -313,14 +343,101 @@ HEURISTIC_RULE_SETS = {
 }
 
 
-def heuristic_filters(names: Iterable[str] = tuple(HEURISTIC_RULE_SETS)) -> list[Filter]:
-    """The named heuristic rule sets with their published defaults, in the order given."""
-    chain = []
-    for name in names:
-        if name not in HEURISTIC_RULE_SETS:
-            raise ConfigError(f"unknown rule set {name!r}; choose from {', '.join(HEURISTIC_RULE_SETS)}.")
-        chain.append(HEURISTIC_RULE_SETS[name]())
-    return chain
+LanguageRules = dict[str, dict[str, dict]]  # {language: {rule set: {field: value}}}
+
+
+def _check_rule_set(name: str) -> type:
+    """The class of the named heuristic rule set, or a ConfigError listing the known ones."""
+    if name not in HEURISTIC_RULE_SETS:
+        raise ConfigError(f"unknown rule set {name!r}; choose from {', '.join(HEURISTIC_RULE_SETS)}.")
+    return HEURISTIC_RULE_SETS[name]
+
+
+def language_defaults(language: str) -> dict[str, dict]:
+    """Each rule set's fields for a language other than English, after FineWeb-2: sentence ends of every script,
+    the language's stop words (no stop-word rule where llmlab has no list), no short-line rule, and one-character
+    mean word lengths where a letter is a word."""
+    line_ends = tuple(SENTENCE_TERMINALS + CLOSING_MARKS)
+    gopher = {"stop_words": STOP_WORDS[language]} if language in STOP_WORDS else {"min_stop_words": 0}
+    if language in CHARACTER_WORD_LANGUAGES:
+        gopher["min_mean_word_length"] = 1  # FineWeb-2's Chinese minimum
+    return {
+        "gopher-repetition": {},
+        "gopher-quality": gopher,
+        "c4": {"end_marks": C4_END_MARKS + line_ends},
+        # FineWeb-2 turns the short-line rule off for every language
+        "fineweb": {"line_end_marks": FINEWEB_END_MARKS + line_ends, "max_short_line_ratio": math.inf},
+    }
+
+
+def rule_set(name: str, language: str | None = None, overrides: dict | None = None) -> Filter:
+    """The named heuristic rule set for a language: the published rules for English or an unknown language, else
+    that language's words, punctuation, stop words and thresholds (language_defaults); OVERRIDES on top."""
+    language = normalise_language(language)
+    fields = {} if is_english(language) else {**language_defaults(language)[name], "language": language}
+    return _check_rule_set(name)(**{**fields, **(overrides or {})})
+
+
+class LanguageAwareRules:
+    """A heuristic rule set that judges each document by the rules of its language (apply_filters passes meta["language"])."""
+
+    def __init__(self, name: str, language_rules: LanguageRules | None = None):
+        _check_rule_set(name)
+        self.name, self.language_rules = name, language_rules or {}
+        self._by_language: dict[str | None, Filter] = {}
+
+    def for_language(self, language: str | None) -> Filter:
+        """The rule set for LANGUAGE with its overrides from language_rules, built once."""
+        rules = self._by_language.get(language)
+        if rules is None:
+            key = normalise_language(language)
+            rules = rule_set(self.name, key, self.language_rules.get(key, {}).get(self.name))
+            self._by_language[language] = rules
+        return rules
+
+    def __call__(self, text: str) -> Verdict:
+        """Judge a text of unknown language by the published (English) rules."""
+        return self.for_language(None)(text)
+
+
+def heuristic_filters(names: Iterable[str] = tuple(HEURISTIC_RULE_SETS), language_rules: LanguageRules | None = None) -> list[Filter]:
+    """The named heuristic rule sets in the order given, each judging a document by its language's rules."""
+    return [LanguageAwareRules(name, language_rules) for name in names]
+
+
+def check_language_rules(language_rules, where: str = "language_rules") -> LanguageRules:
+    """Per-language overrides {language: {rule set: {field: value}}} with their values coerced, or a YAML/JSON file of
+    them; a ConfigError names an unknown rule set or field."""
+    if isinstance(language_rules, (str, os.PathLike)):
+        language_rules = _read_mapping(language_rules)
+    if not isinstance(language_rules, dict):
+        raise ConfigError(f"{where} must be a mapping {{language: {{rule set: {{field: value}}}}}}.")
+    checked: LanguageRules = {}
+    for language, rule_sets in language_rules.items():
+        if not isinstance(rule_sets, dict):
+            raise ConfigError(f"{where}.{language} must be a mapping {{rule set: {{field: value}}}}.")
+        checked[normalise_language(str(language))] = {
+            name: _checked_fields(name, fields, f"{where}.{language}.{name}") for name, fields in rule_sets.items()}
+    return checked
+
+
+def _checked_fields(name: str, fields, where: str) -> dict:
+    """A rule set's field overrides with their values coerced to the fields' types."""
+    rules = from_mapping(_check_rule_set(name), fields, where)
+    return {field: getattr(rules, field) for field in fields or {}}
+
+
+def _read_mapping(path: str | os.PathLike):
+    """The YAML (or JSON) data in a file."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
+    except OSError as error:
+        raise ConfigError(f"the language rules {path} cannot be read ({error.strerror}).") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the language rules {path} are not valid YAML ({str(error).splitlines()[0]}).") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,13 +746,16 @@ def apply_filters(
 ) -> Iterator[dict]:
     """Yield the documents that pass every filter (text cleaned by line rules); count drops per rule in COUNTS.
 
-    Filters' annotations (language, scores) go into meta. With keep_dropped, dropped documents are
+    Heuristic rule sets judge each document by the rules of meta["language"] (English when absent). Filters'
+    annotations (language, scores) go into meta. With keep_dropped, dropped documents are
     yielded too, with meta["dropped_by"] naming the rule.
     """
     counts = counts if counts is not None else Counter()
     for document in documents:
         text, dropped_by, meta = document["text"], None, dict(document.get("meta", {}))
         for rule in filters:
+            if isinstance(rule, LanguageAwareRules):  # the language from the input or an earlier LanguageFilter
+                rule = rule.for_language(meta.get("language"))
             text, dropped_by, annotations = rule(text)
             meta.update(annotations or {})
             if dropped_by is not None:
@@ -655,7 +775,8 @@ def build_filters(options) -> list:
     if options.languages:
         chain.append(LanguageFilter(parse_language_thresholds(options.languages)))
     names = [part.strip() for part in options.rules.split(",") if part.strip() not in ("", "none")]
-    chain.extend(heuristic_filters(names))
+    language_rules = getattr(options, "language_rules", None)
+    chain.extend(heuristic_filters(names, check_language_rules(language_rules) if language_rules else None))
     chain.extend(Blocklist.from_file(path) for path in options.blocklist)
     if options.classifier:
         classifier = QualityClassifier.load(options.classifier)

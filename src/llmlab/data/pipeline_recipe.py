@@ -43,6 +43,14 @@ class FilterStage:
     ngram_model: str | None = None
     reference_model: str | None = None
     max_perplexity: float | None = None
+    # per-language overrides of the rule sets' fields, {language: {rule set: {field: value}}}, or a YAML file of them
+    language_rules: dict[str, dict[str, dict[str, Any]]] | str | None = None
+
+    def __post_init__(self):
+        if self.language_rules is not None:
+            from llmlab.data.filters import check_language_rules
+
+            check_language_rules(self.language_rules, "the filter stage's language_rules")
 
 
 @dataclass(frozen=True)

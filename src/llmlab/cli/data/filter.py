@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
                         help="drop documents with any word or phrase of FILE (one per line); repeatable")
     parser.add_argument("--languages", metavar="SPEC", help="keep only these languages, e.g. en or en:0.8,fr (py3langid)")
+    parser.add_argument("--language-rules", metavar="FILE",
+                        help="YAML of per-language rule overrides, {language: {rule set: {field: value}}}")
     parser.add_argument("--classifier", metavar="FILE", help="a quality classifier from `llmlab data train-classifier`")
     parser.add_argument("--classifier-threshold", type=float, default=0.5, help="minimum quality score (default: 0.5)")
     parser.add_argument("--pareto", action="store_true",
