@@ -25,12 +25,11 @@ from llmlab.train.recipe import DataConfig, Recipe
 PROMPTS = ("Return the", "This module provides", "Raises ValueError if", "The default")
 # The same run as recipes/demo.yaml (`llmlab pretrain recipes/demo.yaml --out DIR`), which a test keeps equal.
 RECIPE = Recipe(
-    model=dict(arch="decoder", d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
-               norm="rmsnorm", position="rope", mlp="swiglu", qkv_bias=False, out_bias=False, mlp_bias=False,
-               tie_embeddings=True),
+    model=dict(preset="llama", size="tiny", d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688,
+               max_seq_len=256, tie_embeddings=True),
     data=DataConfig(source="bundled", vocab_size=4096, seq_len=128, batch_size=8, held_out_fraction=0.05, seed=0),
     train=TrainConfig(steps=250, lr=1.5e-3, schedule="cosine", warmup=20, min_lr_ratio=0.1, weight_decay=0.1,
-                      grad_clip=1.0, eval_batches=8, seed=0, device="cpu"),
+                      grad_clip=1.0, eval_every=50, eval_batches=8, seed=0, device="cpu"),
 )
 VOCAB_SIZE = RECIPE.data.vocab_size
 # The same pipeline as recipes/data/demo.yaml (`llmlab data run recipes/data/demo.yaml`), which a test keeps equal.
