@@ -24,6 +24,9 @@ def test_demo_trains_samples_and_saves_a_loadable_checkpoint(tmp_path, capsys):
     report = json.loads((tmp_path / "demo-data" / "report.json").read_text())
     assert "# Data pipeline report" in output and report["tokens"] > 0
     assert report["stages"][-1]["out"] == report["documents"] < report["stages"][0]["out"]
+    curves = tmp_path / "demo-run" / "curves.png"
+    assert f"training curves to {curves}" in output and curves.stat().st_size > 0
+    assert [json.loads(line)["step"] for line in (tmp_path / "demo-run" / "metrics.jsonl").open()] == [3]
 
 
 def test_the_demo_runs_the_data_recipe_in_recipes():

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from llmlab.train.loop import METRICS_FILE, TrainConfig, Trainer
+from llmlab.train.loop import METRICS_FILE, TENSORBOARD_DIRECTORY, TrainConfig, Trainer
 from tests.train.test_loop import BigramModel, Windows
 
 VOCAB = 11
@@ -25,7 +25,7 @@ def test_tensorboard_event_file_holds_the_metrics(tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     tiny_trainer(tmp_path).fit()
     records = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
-    board = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    board = event_accumulator.EventAccumulator(str(tmp_path / TENSORBOARD_DIRECTORY))
     board.Reload()
     for name in ("loss", "lr", "tokens_per_s", "eval_loss"):
         logged = [record for record in records if name in record]

@@ -31,6 +31,7 @@ from llmlab.train.stability import SpikeGuard
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SPIKE_ACTIONS = ("skip", "rollback")
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIRECTORY = "tensorboard"
 CHECKPOINTS_DIRECTORY = "checkpoints"
 
 
@@ -153,7 +154,7 @@ class MetricsLog:
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.board = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.board = SummaryWriter(str(self.run_dir / TENSORBOARD_DIRECTORY))
 
     def truncate_after(self, step: int) -> None:
         """Drop the records of steps after step (those a killed run logged past its last checkpoint)."""
