@@ -81,3 +81,11 @@ def test_convert_to_hf_and_back_keeps_the_tokenizer(checkpoint, tmp_path):
         check_auto_tokenizer(tmp_path / directory, original.tokenizer, original.config)
     back = llmlab.load(tmp_path / "back")
     assert back.tokenizer.encode(TEXT).ids == llmlab.load(tmp_path / "hf").tokenizer.encode(TEXT).ids
+
+
+def test_saving_a_loaded_model_keeps_its_tokenizer(checkpoint, tmp_path):
+    model = llmlab.load(checkpoint)
+    llmlab.save(model, tmp_path / "again")
+    llmlab.save(model, tmp_path / "hf", format="hf")
+    assert llmlab.load(tmp_path / "again").tokenizer.encode(TEXT).ids == model.tokenizer.encode(TEXT).ids
+    check_auto_tokenizer(tmp_path / "hf", model.tokenizer, model.config)

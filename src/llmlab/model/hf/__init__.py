@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -121,10 +120,10 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
 
 
 def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None) -> Path:
-    """Write a model (and tokenizer.json) as a directory for transformers' from_pretrained and AutoTokenizer."""
+    """Write a model and its tokenizer as a directory that transformers' from_pretrained and AutoTokenizer load."""
     from safetensors.torch import save_file
 
-    from llmlab.model.checkpoint import TOKENIZER_FILE, atomic_directory, state_for_saving
+    from llmlab.model.checkpoint import TOKENIZER_FILE, atomic_directory, state_for_saving, write_tokenizer
     from llmlab.model.hf.tokenizer import generation_config, tokenizer_files
 
     config = model.config
@@ -133,12 +132,10 @@ def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | 
     files = {"config.json": family.config_to_hf(config)}
     if config.has_decoder:
         files["generation_config.json"] = generation_config(config)
-    if tokenizer_file is not None:
-        files.update(tokenizer_files(config, tokenizer_file))
     with atomic_directory(path) as staging:
+        if write_tokenizer(model, tokenizer_file, staging):
+            files.update(tokenizer_files(config, staging / TOKENIZER_FILE))
         for name, content in files.items():
             (staging / name).write_text(json.dumps(content, indent=2))
         save_file(hf_state, staging / "model.safetensors", metadata={"format": "pt"})
-        if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
     return Path(path)
