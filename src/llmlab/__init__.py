@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 # torch is imported on first use, so that the data commands and their worker processes start fast.
 _LAZY = {"convert": "llmlab.api", "load": "llmlab.api", "save": "llmlab.api",
+         "load_tokenizer": "llmlab.data.tokenizer",
          "Model": "llmlab.model", "ModelConfig": "llmlab.model", "ModelOutput": "llmlab.model"}
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "LlmlabError", *_LAZY]

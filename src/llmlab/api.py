@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from llmlab.data.tokenizer import load_tokenizer
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_llmlab, save_llmlab
 from llmlab.model.hf import load_hf, save_hf
@@ -16,7 +17,7 @@ FORMATS = ("llmlab", "hf")
 
 
 def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
-    """Load an llmlab checkpoint directory or a Hugging Face model directory."""
+    """Load an llmlab or Hugging Face model directory, with its tokenizer.json (if any) as model.tokenizer."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory.")
@@ -26,6 +27,8 @@ def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None)
         model = load_hf(path, dtype=dtype, device=device)
     else:
         raise CheckpointError(f"{path} has neither {CONFIG_FILE} (llmlab) nor config.json (Hugging Face).")
+    if (path / TOKENIZER_FILE).exists():
+        model.tokenizer = load_tokenizer(path)
     return model.eval()
 
 
@@ -35,11 +38,7 @@ def save(model: Model, path: str | os.PathLike, format: str = "llmlab",
     if format == "llmlab":
         return save_llmlab(model, path, tokenizer_file=tokenizer_file)
     if format == "hf":
-        saved = save_hf(model, path)
-        if tokenizer_file is not None:
-            import shutil
-            shutil.copyfile(tokenizer_file, saved / TOKENIZER_FILE)
-        return saved
+        return save_hf(model, path, tokenizer_file=tokenizer_file)
     raise ConfigError(f"Unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}.")
 
 

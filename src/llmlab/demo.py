@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,19 +21,19 @@ from llmlab.data.tokenizer import END_OF_TEXT, save_tokenizer
 from llmlab.model import Model
 from llmlab.objectives import causal_lm
 from llmlab.train.data import StepBatches, held_out_batches, open_sources, shard_tokenizer
-from llmlab.train.loop import TrainConfig, Trainer
+from llmlab.train.loop import METRICS_FILE, TENSORBOARD_DIRECTORY, TrainConfig, Trainer
 from llmlab.train.pretrain import build_model
 from llmlab.train.recipe import DataConfig, Recipe
 
+CURVES_FILE = "curves.png"
 PROMPTS = ("Return the", "This module provides", "Raises ValueError if", "The default")
 # The same run as recipes/demo.yaml (`llmlab pretrain recipes/demo.yaml --out DIR`), which a test keeps equal.
 RECIPE = Recipe(
-    model=dict(arch="decoder", d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688, max_seq_len=256,
-               norm="rmsnorm", position="rope", mlp="swiglu", qkv_bias=False, out_bias=False, mlp_bias=False,
-               tie_embeddings=True),
+    model=dict(preset="llama", size="tiny", d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=688,
+               max_seq_len=256, tie_embeddings=True),
     data=DataConfig(source="bundled", vocab_size=4096, seq_len=128, batch_size=8, held_out_fraction=0.05, seed=0),
     train=TrainConfig(steps=250, lr=1.5e-3, schedule="cosine", warmup=20, min_lr_ratio=0.1, weight_decay=0.1,
-                      grad_clip=1.0, eval_batches=8, seed=0, device="cpu"),
+                      grad_clip=1.0, eval_every=50, eval_batches=8, seed=0, device="cpu"),
 )
 VOCAB_SIZE = RECIPE.data.vocab_size
 # The same pipeline as recipes/data/demo.yaml (`llmlab data run recipes/data/demo.yaml`), which a test keeps equal.
@@ -73,7 +76,7 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     started = time.perf_counter()
     data = dataclasses.replace(RECIPE.data, seed=seed)
     recipe = dataclasses.replace(RECIPE, data=data, train=dataclasses.replace(RECIPE.train, steps=steps, seed=seed))
-    data_dir = out_dir.rstrip(os.sep) + "-data"
+    data_dir, run_dir = out_dir.rstrip(os.sep) + "-data", Path(out_dir.rstrip(os.sep) + "-run")
     say("1. The bundled corpus (docstrings of the Python standard library) through the data pipeline: quality rules,")
     say(f"   PII scrubbing, exact and near-duplicate removal, a {data.vocab_size}-token byte-level BPE tokenizer, "
         f"token shards in {data_dir}")
@@ -90,17 +93,19 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     model = build_model(recipe, tokenizer, shards)
     held_out = held_out_batches(held_out_split, causal_lm, recipe.train.eval_batches, data.batch_size, seed)
     batches = StepBatches(train_split, causal_lm, data.batch_size, seed)
-    losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed)
+    losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed, run_dir)
     save_model(model, tokenizer, out_dir)
+    plot_curves(run_dir)
     say(f"Done in {time.perf_counter() - started:.0f}s.")
     return losses
 
 
 def train_and_show(model: Model, tokenizer, recipe: Recipe, batches: StepBatches, held_out: list[dict],
-                   seed: int) -> list[float]:
-    """Print samples and the held-out loss, train, and print them again; return the losses."""
+                   seed: int, run_dir: Path) -> list[float]:
+    """Print samples and the held-out loss, train (logging to run_dir), and print them again; return the losses."""
     data, steps = recipe.data, recipe.train.steps
-    trainer = Trainer(model, recipe.train, batches, held_out=held_out, description="demo")
+    clear_logs(run_dir)
+    trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, description="demo")
     say(f"3. A LLaMA-style model with {model.num_parameters() / 1e6:.1f}M parameters; samples before training:")
     sampling_generator = torch.Generator().manual_seed(seed)
     print_samples(model, tokenizer, sampling_generator)
@@ -121,3 +126,21 @@ def save_model(model: Model, tokenizer, out_dir: str) -> None:
     llmlab.save(model, out_dir)
     save_tokenizer(tokenizer, out_dir)
     say(f"Saved the model and tokenizer to {out_dir}; load it with llmlab.load({out_dir!r})")
+
+
+def clear_logs(run_dir: Path) -> None:
+    """Remove the metrics, TensorBoard events and curves an earlier demo left in run_dir, so that runs do not mix."""
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    (run_dir / CURVES_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIRECTORY, ignore_errors=True)
+
+
+def plot_curves(run_dir: Path) -> None:
+    """Draw the run's training curves into run_dir when matplotlib is installed, and say where they went."""
+    if importlib.util.find_spec("matplotlib") is None:
+        say(f"Training metrics are in {run_dir / METRICS_FILE}; pip install 'llmlab[plot]' to draw them too.")
+        return
+    from llmlab.train.plot import plot_runs
+
+    plot_runs([run_dir], run_dir / CURVES_FILE, overwrite=True)
+    say(f"Saved the training curves to {run_dir / CURVES_FILE} (llmlab plot {run_dir} OTHER_RUN... to compare)")

@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 import sys
 
+import llmlab
 import llmlab.cli
 from llmlab.errors import LlmlabError
 
@@ -22,6 +23,7 @@ def subcommand_modules() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="llmlab", description="Build, train, convert and run large language models.")
+    parser.add_argument("--version", action="version", version=f"llmlab {llmlab.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in subcommand_modules():
         importlib.import_module(f"llmlab.cli.{name}").register(subparsers)

@@ -69,13 +69,21 @@ def write_config_header(model: Model, directory: Path, metadata: dict) -> None:
 
 def save_llmlab(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
                 metadata: dict | None = None) -> Path:
-    """Write model (and tokenizer) to an llmlab checkpoint directory, atomically."""
+    """Write model (and tokenizer_file, else model.tokenizer) to an llmlab checkpoint directory, atomically."""
     with atomic_directory(path) as staging:
         write_config_header(model, staging, metadata or {})
         save_file(state_for_saving(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
-        if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
+        write_tokenizer(model, tokenizer_file, staging)
     return Path(path)
+
+
+def write_tokenizer(model: Model, tokenizer_file: str | os.PathLike | None, directory: Path) -> bool:
+    """Copy tokenizer_file (else write model.tokenizer) into directory as tokenizer.json; whether there was one."""
+    if tokenizer_file is not None:
+        shutil.copyfile(tokenizer_file, directory / TOKENIZER_FILE)
+    elif model.tokenizer is not None:
+        (directory / TOKENIZER_FILE).write_text(model.tokenizer.to_str(pretty=True))
+    return (directory / TOKENIZER_FILE).exists()
 
 
 def read_llmlab_config(path: Path) -> tuple[ModelConfig, dict]:

@@ -235,6 +235,8 @@ def _positions_from_mask(attention_mask: torch.Tensor | None, batch: int, past: 
 class Model(nn.Module):
     """One transformer language model built from a ModelConfig: families differ by config, not by code."""
 
+    tokenizer = None  # the tokenizers.Tokenizer that llmlab.load found beside the weights; no part of the state
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -31,6 +31,7 @@ from llmlab.train.stability import SpikeGuard
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SPIKE_ACTIONS = ("skip", "rollback")
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIRECTORY = "tensorboard"
 CHECKPOINTS_DIRECTORY = "checkpoints"
 
 
@@ -153,7 +154,7 @@ class MetricsLog:
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.board = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.board = SummaryWriter(str(self.run_dir / TENSORBOARD_DIRECTORY))
 
     def truncate_after(self, step: int) -> None:
         """Drop the records of steps after step (those a killed run logged past its last checkpoint)."""
@@ -408,8 +409,12 @@ class Trainer:
             self.model.reshard()
         self.model.train()
         self.metrics.write({"step": self.step, "sample": text})
+        self.show(bar, f"step {self.step}: {text!r}")
+
+    def show(self, bar: tqdm, line: str) -> None:
+        """Print a line above the progress bar (rank 0, with progress on)."""
         if self.progress and self.is_main:
-            bar.write(f"step {self.step}: {text!r}")
+            bar.write(line)
 
     def save_checkpoint(self) -> Path:
         """Write run_dir/checkpoints/step-N with the model, tokenizer and training state (sharded when distributed)."""
@@ -431,17 +436,22 @@ class Trainer:
         cuda_devices = [self.device] if self.device.type == "cuda" else []
         bar = tqdm(total=config.steps, initial=self.step, desc=self.description,
                    disable=not (self.progress and self.is_main))
+        shown = {}  # the progress bar's postfix: the step's loss and lr, the latest eval loss
         with torch.random.fork_rng(devices=cuda_devices), bar:
             self._restore_rng()
             while self.step < config.steps:
                 record = self.train_step()
                 self.losses.append(record["loss"])
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
-                bar.update()
+                shown.update(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     self.metrics.write(record)
                 if self.held_out and config.eval_every and self.step % config.eval_every == 0:
-                    self.metrics.write({"step": self.step, "eval_loss": self.evaluate()})
+                    eval_loss = self.evaluate()
+                    self.metrics.write({"step": self.step, "eval_loss": eval_loss})
+                    self.show(bar, f"step {self.step}: eval loss {eval_loss:.3f}")
+                    shown["eval_loss"] = f"{eval_loss:.3f}"
+                bar.set_postfix(shown, refresh=False)
+                bar.update()
                 if self.sampler is not None and config.sample_every and self.step % config.sample_every == 0:
                     self.write_sample(bar)
                 if self.run_dir is not None and config.checkpoint_every and self.step % config.checkpoint_every == 0:

@@ -119,16 +119,23 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
     return model_from_state(config, state, str(path), dtype, device)
 
 
-def save_hf(model, path: str | os.PathLike) -> Path:
-    """Write a model as a Hugging Face directory that transformers' from_pretrained loads."""
+def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None) -> Path:
+    """Write a model and its tokenizer as a directory that transformers' from_pretrained and AutoTokenizer load."""
     from safetensors.torch import save_file
 
-    from llmlab.model.checkpoint import atomic_directory, state_for_saving
+    from llmlab.model.checkpoint import TOKENIZER_FILE, atomic_directory, state_for_saving, write_tokenizer
+    from llmlab.model.hf.tokenizer import generation_config, tokenizer_files
 
     config = model.config
     family = family_for(config)
     hf_state = to_hf(family.weight_rules(config), state_for_saving(model), config)
+    files = {"config.json": family.config_to_hf(config)}
+    if config.has_decoder:
+        files["generation_config.json"] = generation_config(config)
     with atomic_directory(path) as staging:
-        (staging / "config.json").write_text(json.dumps(family.config_to_hf(config), indent=2))
+        if write_tokenizer(model, tokenizer_file, staging):
+            files.update(tokenizer_files(config, staging / TOKENIZER_FILE))
+        for name, content in files.items():
+            (staging / name).write_text(json.dumps(content, indent=2))
         save_file(hf_state, staging / "model.safetensors", metadata={"format": "pt"})
     return Path(path)
