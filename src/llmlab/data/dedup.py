@@ -157,8 +157,8 @@ class MinHashConfig:
         return 1.0 - (1.0 - similarity**self.rows) ** self.bands
 
 
-# Hand-written: datasketch hashes shingle by shingle in Python and datatrove tokenises with spaCy (about 270
-# documents/s per core); this batch-vectorised version is over 10x faster at the same recall (benchmarks/bench_dedup.py).
+# Hand-written: datasketch hashes shingle by shingle in Python, and datatrove's MinHash is 8-9x slower end to end
+# even with whitespace words instead of spaCy (56-59x with spaCy; benchmarks/bench_dedup.py, docs/benchmarks.md).
 class MinHash:
     """Vectorised MinHash signatures and LSH band keys for batches of texts."""
 
