@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llmlab.data.sources import open_binary, read_errors
 from llmlab.errors import DataError
+from llmlab.files import follow_umask
 
 Document = dict
 
@@ -99,6 +100,7 @@ def atomic_writer(path: str | os.PathLike):
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as stream:
             yield stream
+        follow_umask(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

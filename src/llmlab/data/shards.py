@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from llmlab.data.tokenizer import END_OF_TEXT, TOKENIZER_FILE
 from llmlab.errors import DataError
+from llmlab.files import follow_umask
 
 INDEX_FILE = "index.json"
 FORMAT = "llmlab-token-shards"
@@ -48,6 +49,7 @@ def atomic_path(path: Path):
     os.close(descriptor)
     try:
         yield Path(temporary)
+        follow_umask(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -172,6 +174,7 @@ def tokenize_to_shards(texts: Iterable[str], tokenizer, directory: str | os.Path
         writer.close()
         if directory.exists():
             directory.rmdir()
+        follow_umask(staging)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
