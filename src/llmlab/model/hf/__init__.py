@@ -119,16 +119,21 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
     return model_from_state(config, state, str(path), dtype, device)
 
 
-def save_hf(model, path: str | os.PathLike) -> Path:
-    """Write a model as a Hugging Face directory that transformers' from_pretrained loads."""
+def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
+            overwrite: bool = False) -> Path:
+    """Write a model (and tokenizer) as a Hugging Face directory that transformers' from_pretrained loads."""
+    import shutil
+
     from safetensors.torch import save_file
 
-    from llmlab.model.checkpoint import atomic_directory, state_for_saving
+    from llmlab.model.checkpoint import TOKENIZER_FILE, atomic_directory, state_for_saving
 
     config = model.config
     family = family_for(config)
     hf_state = to_hf(family.weight_rules(config), state_for_saving(model), config)
-    with atomic_directory(path) as staging:
+    with atomic_directory(path, overwrite) as staging:
         (staging / "config.json").write_text(json.dumps(family.config_to_hf(config), indent=2))
         save_file(hf_state, staging / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
     return Path(path)
