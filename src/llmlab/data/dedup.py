@@ -439,6 +439,8 @@ class Deduplicator:
 
 def open_index(directory: str | os.PathLike | None, minhash: MinHashConfig = MinHashConfig()) -> DedupIndex:
     """The index saved in DIRECTORY, or a new empty one if DIRECTORY is None, absent or empty."""
+    if directory is not None and Path(directory).exists() and not Path(directory).is_dir():
+        raise DataError(f"{directory} is a file, not a de-duplication index directory.")
     if directory is not None and (Path(directory) / "index.json").exists():
         return DedupIndex.load(directory, minhash)
     if directory is not None and Path(directory).is_dir() and any(Path(directory).iterdir()):

@@ -96,6 +96,8 @@ def atomic_writer(path: str | os.PathLike):
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise DataError(f"output directory {directory} does not exist.")
+    if path.is_dir():
+        raise DataError(f"output {path} is a directory; give a file name for the output.")
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as stream:

@@ -193,6 +193,9 @@ class TokenShards:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         index_path = self.directory / INDEX_FILE
+        if self.directory.is_file():
+            raise DataError(f"{self.directory} is a file, not a shard directory; make one from it with "
+                            f"`llmlab data tokenize {self.directory} --tokenizer T --out DIR`.")
         if not self.directory.is_dir():
             raise DataError(f"the shard directory {self.directory} does not exist.")
         if not index_path.is_file():
