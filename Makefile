@@ -20,8 +20,9 @@ install_torch_without_gpu = \
 
 .PHONY: demo test test-latest lock venv install install-dev clean
 
+# The demo's output (runs/demo) is its own: a second `make demo` replaces the checkpoint there.
 demo: install
-	$(VENV)/bin/llmlab demo
+	$(VENV)/bin/llmlab demo --overwrite
 
 test: install-dev
 	$(VENV_PYTHON) $(TEST_COMMAND)

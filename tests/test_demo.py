@@ -27,6 +27,12 @@ def test_demo_trains_samples_and_saves_a_loadable_checkpoint(tmp_path, capsys):
     curves = tmp_path / "demo-run" / "curves.png"
     assert f"training curves to {curves}" in output and curves.stat().st_size > 0
     assert [json.loads(line)["step"] for line in (tmp_path / "demo-run" / "metrics.jsonl").open()] == [3]
+    notes = tmp_path / "demo" / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(llmlab.CheckpointError, match="not empty"):  # refused before the pipeline runs again
+        demo.run(steps=1, out_dir=str(tmp_path / "demo"))
+    demo.run(steps=1, out_dir=str(tmp_path / "demo"), overwrite=True)
+    assert notes.read_text() == "mine" and llmlab.load(tmp_path / "demo").tokenizer is not None
 
 
 def test_the_demo_runs_the_data_recipe_in_recipes():

@@ -9,7 +9,8 @@ import torch
 
 from llmlab.data.tokenizer import load_tokenizer
 from llmlab.errors import CheckpointError, ConfigError
-from llmlab.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_llmlab, save_llmlab
+from llmlab.model.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, check_output_directory, load_llmlab,
+                                    save_llmlab)
 from llmlab.model.hf import load_hf, save_hf
 from llmlab.model.transformer import Model
 
@@ -33,19 +34,22 @@ def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None)
 
 
 def save(model: Model, path: str | os.PathLike, format: str = "llmlab",
-         tokenizer_file: str | os.PathLike | None = None) -> Path:
-    """Save a model as an llmlab checkpoint (default) or as a Hugging Face directory (format="hf")."""
+         tokenizer_file: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Save a model as an llmlab checkpoint (default) or as a Hugging Face directory (format="hf"); an existing
+    non-empty path needs overwrite=True, which replaces only the checkpoint's files in it."""
     if format == "llmlab":
-        return save_llmlab(model, path, tokenizer_file=tokenizer_file)
+        return save_llmlab(model, path, tokenizer_file=tokenizer_file, overwrite=overwrite)
     if format == "hf":
-        return save_hf(model, path, tokenizer_file=tokenizer_file)
+        return save_hf(model, path, tokenizer_file=tokenizer_file, overwrite=overwrite)
     raise ConfigError(f"Unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}.")
 
 
-def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "hf") -> Path:
+def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "hf", overwrite: bool = False) -> Path:
     """Convert a checkpoint directory to the other format (tokenizer.json travels along)."""
     if Path(target).resolve() == Path(source).resolve():
         raise ConfigError(f"convert would overwrite its input {source}; choose another output directory.")
+    check_output_directory(target, overwrite)  # before the slow load
     model = load(source)
     tokenizer = Path(source) / TOKENIZER_FILE
-    return save(model, target, format=to, tokenizer_file=tokenizer if tokenizer.exists() else None)
+    return save(model, target, format=to, tokenizer_file=tokenizer if tokenizer.exists() else None,
+                overwrite=overwrite)

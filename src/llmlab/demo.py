@@ -17,8 +17,9 @@ from llmlab.data.pipeline import run_pipeline
 from llmlab.data.pipeline_recipe import recipe_from_dict
 from llmlab.data.pipeline_report import report_markdown
 from llmlab.data.shards import TokenShards
-from llmlab.data.tokenizer import END_OF_TEXT, save_tokenizer
+from llmlab.data.tokenizer import END_OF_TEXT
 from llmlab.model import Model
+from llmlab.model.checkpoint import check_output_directory
 from llmlab.objectives import causal_lm
 from llmlab.train.data import StepBatches, held_out_batches, open_sources, shard_tokenizer
 from llmlab.train.loop import METRICS_FILE, TENSORBOARD_DIRECTORY, TrainConfig, Trainer
@@ -71,8 +72,12 @@ def print_samples(model, tokenizer, generator: torch.Generator, max_new_tokens: 
     model.train(was_training)
 
 
-def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "demo"), seed: int = 0) -> list[float]:
-    """Train the demo model on the bundled corpus, print samples before and after, save it; return the losses."""
+def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "demo"), seed: int = 0,
+        overwrite: bool = False) -> list[float]:
+    """Train the demo model on the bundled corpus, print samples before and after, save it; return the losses.
+
+    An existing non-empty out_dir is refused before any work unless overwrite, which replaces only its checkpoint."""
+    check_output_directory(out_dir, overwrite)
     started = time.perf_counter()
     data = dataclasses.replace(RECIPE.data, seed=seed)
     recipe = dataclasses.replace(RECIPE, data=data, train=dataclasses.replace(RECIPE.train, steps=steps, seed=seed))
@@ -94,7 +99,7 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     held_out = held_out_batches(held_out_split, causal_lm, recipe.train.eval_batches, data.batch_size, seed)
     batches = StepBatches(train_split, causal_lm, data.batch_size, seed)
     losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed, run_dir)
-    save_model(model, tokenizer, out_dir)
+    save_model(model, tokenizer, out_dir, overwrite)
     plot_curves(run_dir)
     say(f"Done in {time.perf_counter() - started:.0f}s.")
     return losses
@@ -121,10 +126,10 @@ def train_and_show(model: Model, tokenizer, recipe: Recipe, batches: StepBatches
     return losses
 
 
-def save_model(model: Model, tokenizer, out_dir: str) -> None:
+def save_model(model: Model, tokenizer, out_dir: str, overwrite: bool) -> None:
     """Save the model as an llmlab checkpoint with its tokenizer.json in out_dir."""
-    llmlab.save(model, out_dir)
-    save_tokenizer(tokenizer, out_dir)
+    model.tokenizer = tokenizer
+    llmlab.save(model, out_dir, overwrite=overwrite)
     say(f"Saved the model and tokenizer to {out_dir}; load it with llmlab.load({out_dir!r})")
 
 

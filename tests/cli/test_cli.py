@@ -32,7 +32,7 @@ def test_demo_options_reach_the_demo(monkeypatch):
     received = {}
     monkeypatch.setattr(llmlab.demo, "run", lambda **options: received.update(options))
     assert main(["demo", "--steps", "3", "--out", "somewhere", "--seed", "7"]) == 0
-    assert received == {"steps": 3, "out_dir": "somewhere", "seed": 7}
+    assert received == {"steps": 3, "out_dir": "somewhere", "seed": 7, "overwrite": False}
 
 
 def test_convert_of_a_missing_directory_exits_2_without_traceback(tmp_path):

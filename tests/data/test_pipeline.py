@@ -173,21 +173,21 @@ def test_bad_input_is_counted_not_fatal(tmp_path):
         b"this is not json",
         json.dumps({"body": "no text field"}).encode(),
     ]) + b"\n")
-    # a 100 MB single line: longer than any JSONL line worth parsing, so skipped; as a text file, truncated
+    # a 100 MB single line: longer than any JSONL line worth parsing, so skipped; a 1 MB text file is read in full,
+    # as 11 parts of at most 100k characters (10 of them the same); a 100 MB one is read in test_sources
     line = b"word " * (20 * 1024 * 1024)
     with open(corpus / "huge.jsonl", "wb") as stream:
         stream.write(b'{"text": "' + line + b'"}\n')
     with open(corpus / "huge.txt", "wb") as stream:
-        stream.write(line)
+        stream.write(line[: 1 << 20])
     recipe = recipe_from_dict({"sources": [{"path": str(corpus), "max_document_chars": 100_000}],
                                "stages": ["pii", {"dedup": {"near": True}}],
                                "tokenizer": {"train": {"vocab_size": 300}}})
     report = run_pipeline(recipe, tmp_path / "out", progress=False)
     read = report["stages"][0]
     assert read["counts"] == {"skipped_binary": 1, "skipped_empty": 1, "skipped_invalid_json": 1,
-                              "skipped_missing_text": 1, "replaced_invalid_utf8": 1, "skipped_long_line": 1,
-                              "truncated": 1}
-    assert read["out"] == 3 and report["documents"] == 3
+                              "skipped_missing_text": 1, "replaced_invalid_utf8": 1, "skipped_long_line": 1}
+    assert read["out"] == 13 and report["documents"] == 4  # the good line, café, a full part, the shorter last
     assert report["stages"][-1]["counts"]["tokens"] > 0
 
 

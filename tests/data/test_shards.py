@@ -153,3 +153,26 @@ def test_llmlab_data_tokenize_writes_each_documents_ids_and_refuses_bad_input(tm
     errors = capsys.readouterr().err
     assert "shards already exists" in errors and "missing.jsonl" in errors
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_tokenize_reads_a_text_file_over_a_million_characters_in_full_and_warns_of_truncation(tmp_path, capsys):
+    from llmlab.cli.main import main
+    from llmlab.data.tokenizer import END_OF_TEXT, train_tokenizer
+
+    play = "".join(f"LINE {i}:\nWherefore art thou, number {i}?\n\n" for i in range(30_000))
+    assert len(play) > 1_100_000
+    (tmp_path / "play.txt").write_text(play)
+    tokenizer = train_tokenizer([play[:20_000]], 300)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    arguments = ["data", "tokenize", "--tokenizer", str(tmp_path / "tokenizer.json"), "--no-progress", "--out"]
+    assert main([*arguments, str(tmp_path / "shards"), str(tmp_path / "play.txt")]) == 0
+    output = capsys.readouterr()
+    assert json.loads(output.out)["documents"] == 2 and output.err == ""
+    ids = TokenShards(tmp_path / "shards").read(0, TokenShards(tmp_path / "shards").tokens).tolist()
+    eos = tokenizer.token_to_id(END_OF_TEXT)
+    assert ids.count(eos) == 2 and tokenizer.decode([i for i in ids if i != eos]) == play
+    (tmp_path / "long.jsonl").write_text(json.dumps({"text": play}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    assert main([*arguments, str(tmp_path / "records"), str(tmp_path / "long.jsonl")]) == 0
+    output = capsys.readouterr()
+    assert json.loads(output.out)["counts"]["truncated"] == 1
+    assert output.err.startswith("warning: 1 documents") and "truncated" in output.err and output.err.count("\n") == 1

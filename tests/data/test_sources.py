@@ -248,11 +248,21 @@ def test_invalid_utf8_inside_a_jsonl_string_is_replaced_and_counted(tmp_path):
     assert counts == Counter(documents=3, replaced_invalid_utf8=2)
 
 
-def test_long_documents_are_truncated_and_a_split_character_at_the_cut_is_not_a_replacement(tmp_path):
-    path = write(tmp_path / "long.txt", "a" * 15 + "é" * 20)  # the read limit (4 x 3 + 4 bytes) cuts the first é
+def test_a_long_text_file_is_read_in_full_as_parts_ending_at_line_ends(tmp_path):
+    path = write(tmp_path / "long.txt", "a" * 15 + "é" * 20)  # the 16-byte reads split é's two bytes
     documents, counts = read_all(SourceConfig(str(path), max_document_chars=3))
-    assert texts(documents) == ["aaa"]
-    assert counts == Counter(documents=1, truncated=1)
+    assert texts(documents) == ["aaa"] * 5 + ["ééé"] * 6 + ["éé"]
+    assert [document["meta"]["part"] for document in documents] == list(range(12))
+    assert counts == Counter(documents=12)
+    path = write(tmp_path / "play.txt", b"\xef\xbb\xbfROMEO:\nO, she doth\n\nteach the torches\xff\nto burn bright!\n")
+    documents, counts = read_all(SourceConfig(str(path), max_document_chars=20))
+    assert texts(documents) == ["ROMEO:\nO, she doth\n\n", "teach the torches\ufffd\n", "to burn bright!\n"]
+    assert counts == Counter(documents=3, replaced_invalid_utf8=1)
+    documents, counts = read_all(SourceConfig(str(path)))
+    assert "part" not in documents[0]["meta"] and counts == Counter(documents=1, replaced_invalid_utf8=1)
+
+
+def test_long_records_are_truncated(tmp_path):
     path = write(tmp_path / "long.jsonl", json.dumps({"text": "b" * 50}) + "\n")
     documents, counts = read_all(SourceConfig(str(path), max_document_chars=10))
     assert texts(documents) == ["b" * 10]
@@ -261,7 +271,7 @@ def test_long_documents_are_truncated_and_a_split_character_at_the_cut_is_not_a_
     assert counts == Counter(skipped_long_line=1)
 
 
-def test_a_100_mb_line_is_truncated_without_reading_it_into_memory(tmp_path):
+def test_a_100_mb_line_is_read_or_truncated_without_reading_it_into_memory(tmp_path):
     big = 100_000_000
     with open(tmp_path / "big.txt", "wb") as file:
         file.write(b"first\n\n")
@@ -271,13 +281,16 @@ def test_a_100_mb_line_is_truncated_without_reading_it_into_memory(tmp_path):
     start = time.perf_counter()
     tracemalloc.start()
     try:
-        whole = read_all(SourceConfig(str(tmp_path / "big.txt"), max_document_chars=1000))
+        whole = Counter()
+        for document in read_source(SourceConfig(str(tmp_path / "big.txt"), max_document_chars=1000), whole):
+            whole["characters"] += len(document["text"])
+            whole["longest"] = max(whole["longest"], len(document["text"]))
         blocks = read_all(SourceConfig(str(tmp_path / "big.txt"), max_document_chars=1000, split_by="blank_line"))
         records = read_all(SourceConfig(str(tmp_path / "big.jsonl"), max_document_chars=1000))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert texts(whole[0]) == ["first\n\n" + "a" * 993] and whole[1] == Counter(documents=1, truncated=1)
+    assert whole == Counter(documents=100_002, characters=big + 14, longest=1000)
     assert texts(blocks[0]) == ["first", "a" * 1000, "last"] and blocks[1] == Counter(documents=3, truncated=1)
     assert texts(records[0]) == ["after"] and records[1] == Counter(documents=1, skipped_long_line=1)
     assert peak < 8_000_000, f"reading allocated {peak} bytes at its peak"

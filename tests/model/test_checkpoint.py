@@ -140,7 +140,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(saved, monkeypatch):
 
     monkeypatch.setattr("llmlab.model.checkpoint.save_file", disk_full)
     with pytest.raises(OSError):
-        llmlab.save(model, path)
+        llmlab.save(model, path, overwrite=True)
     assert (path / "model.safetensors").read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
     llmlab.load(path)
@@ -176,3 +176,65 @@ def test_load_in_bfloat16_keeps_positions_exact(tmp_path):
     assert half.decoder.alibi_slopes.dtype == torch.float32
     ids = torch.randint(0, 61, (1, 9))
     assert (half(ids).logits.float() - model(ids).logits).abs().max() < 0.1
+
+
+def test_save_refuses_a_file_and_a_non_empty_directory(saved, tmp_path):
+    model, _ = saved
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text('{"text": "mine"}\n')
+    for overwrite in (False, True):
+        with pytest.raises(CheckpointError, match="is a file"):
+            llmlab.save(model, jsonl, overwrite=overwrite)
+    assert jsonl.read_text() == '{"text": "mine"}\n'
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    llama = llmlab.load(_llama_hf_dir(tmp_path))
+    for format, saving in (("llmlab", model), ("hf", llama)):
+        with pytest.raises(CheckpointError, match="not empty"):
+            llmlab.save(saving, notes, format=format)
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    llmlab.save(model, empty)
+    assert sorted(p.name for p in empty.iterdir()) == ["llmlab.json", "model.safetensors"]
+
+
+def test_overwrite_replaces_only_checkpoint_files(saved, tmp_path):
+    model, _ = saved
+    mixed = tmp_path / "mixed"
+    (mixed / "runs").mkdir(parents=True)
+    (mixed / "todo.txt").write_text("mine")
+    (mixed / "runs" / "log.txt").write_text("mine too")
+    for stale in ("config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json"):
+        (mixed / stale).write_text("an old Hugging Face export")
+    llmlab.save(model, mixed, overwrite=True)
+    assert sorted(p.name for p in mixed.iterdir()) == ["llmlab.json", "model.safetensors", "runs", "todo.txt"]
+    assert (mixed / "todo.txt").read_text() == "mine" and (mixed / "runs" / "log.txt").read_text() == "mine too"
+    assert torch.equal(llmlab.load(mixed).head.weight, model.head.weight)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    ours = tmp_path / "ours"  # only checkpoint files: replaced as a whole
+    llmlab.save(llmlab.load(_llama_hf_dir(tmp_path)), ours, format="hf")
+    llmlab.save(model, ours, overwrite=True)
+    assert sorted(p.name for p in ours.iterdir()) == ["llmlab.json", "model.safetensors"]
+
+
+def test_cli_convert_refuses_an_existing_output_unless_overwrite(tmp_path):
+    path = _llama_hf_dir(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    command = [sys.executable, "-m", "llmlab", "convert", str(path), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and str(out) in result.stderr and "--overwrite" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    result = subprocess.run([*command, "--overwrite"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "keep.txt",
+                                                     "model.safetensors"]
+    assert load_file(out / "model.safetensors").keys() == load_file(path / "model.safetensors").keys()
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("{}\n")
+    result = subprocess.run([*command[:-1], str(jsonl), "--overwrite"], capture_output=True, text=True)
+    assert result.returncode == 2 and "is a file" in result.stderr and jsonl.read_text() == "{}\n"

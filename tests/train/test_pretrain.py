@@ -134,6 +134,36 @@ def test_an_existing_run_is_not_overwritten_without_resume(finished_run, capsys)
     assert snapshot(finished_run) == before
 
 
+def test_a_resume_past_the_requested_steps_is_refused_and_replacing_final_is_said(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    assert pretrain(run, "--resume", "train.steps=20") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "step-40" in error and "train.steps=20" in error and error.count("\n") == 1
+    assert snapshot(run) == before
+    (run / "final" / "notes.txt").write_text("mine")
+    assert pretrain(run, "--resume", "train.steps=42") == 0
+    assert f"replacing {run / 'final'} with the model at step 42" in capsys.readouterr().err
+    assert json.loads((run / "final" / "llmlab.json").read_text())["metadata"]["step"] == 42
+    assert (run / "final" / "notes.txt").read_text() == "mine"
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "run").write_text("mine")
+    assert pretrain(tmp_path / "run") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --out") and "is a file" in error and (tmp_path / "run").read_text() == "mine"
+
+
+def test_a_jsonl_file_as_data_source_is_not_a_shard_directory(tmp_path, capsys):
+    (tmp_path / "one.jsonl").write_text('{"text": "hello"}\n')
+    assert pretrain(tmp_path / "run", f"data.source={tmp_path / 'one.jsonl'}") == 2
+    error = capsys.readouterr().err
+    assert "one.jsonl is a file, not a shard directory" in error and "llmlab data tokenize" in error
+    assert not (tmp_path / "run").exists()
+
+
 def corrupt(run: Path, file: str, how: str) -> None:
     path = latest_checkpoint(run / "checkpoints") / file
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if how == "truncate" else b"garbage" * 10)

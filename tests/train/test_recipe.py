@@ -90,3 +90,18 @@ def test_data_sources_read_as_shard_sources_with_weights_or_epochs(tmp_path):
         (tmp_path / "r.yaml").write_text(f"data: {text}\n")
         with pytest.raises(ConfigError, match=named):
             load_recipe(tmp_path / "r.yaml")
+
+
+def test_a_text_field_override_takes_the_text_as_it_is():
+    overrides = ["train.sample_prompt=ROMEO:", "train.device=cpu", "data.source=null"]
+    recipe = load_recipe(RECIPES / "tiny.yaml", [*overrides, "data.sources=[{path: a}]"])
+    assert recipe.train.sample_prompt == "ROMEO:" and recipe.train.device == "cpu" and recipe.data.source is None
+    for prompt in ("[1, 2", "yes", "3", "null", "a: b: c", "  spaced "):
+        assert load_recipe(RECIPES / "tiny.yaml", [f"train.sample_prompt={prompt}"]).train.sample_prompt == prompt
+    assert load_recipe(RECIPES / "tiny.yaml", ["data.source=shards: v2"]).data.source == "shards: v2"
+
+
+def test_an_empty_recipe_is_refused(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# to be written\n")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        load_recipe(tmp_path / "empty.yaml")

@@ -11,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the demo's own)")
     parser.add_argument("--out", default=None, help="directory to save the model and tokenizer (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoint already in --out (other files there stay)")
     parser.set_defaults(handler=run_demo)
 
 
@@ -18,7 +20,7 @@ def run_demo(arguments: argparse.Namespace) -> None:
     """Run llmlab.demo with the parsed options."""
     from llmlab import demo
 
-    options = {"seed": arguments.seed}
+    options = {"seed": arguments.seed, "overwrite": arguments.overwrite}
     if arguments.steps is not None:
         options["steps"] = arguments.steps
     if arguments.out is not None:

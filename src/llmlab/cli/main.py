@@ -27,12 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in subcommand_modules():
         importlib.import_module(f"llmlab.cli.{name}").register(subparsers)
+    for command_parser in _command_parsers(parser):
+        command_parser.set_defaults(command_parser=command_parser)  # the innermost one's default wins
     return parser
+
+
+def _command_parsers(parser: argparse.ArgumentParser):
+    """Every subcommand's parser below parser, nested ones (llmlab data filter) too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command_parser in action.choices.values():
+                yield command_parser
+                yield from _command_parsers(command_parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; a user error prints `error: <message>` to stderr and returns exit code 2."""
-    arguments = build_parser().parse_args(argv)
+    arguments, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the subcommand's parser, with its usage
+        arguments.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return arguments.handler(arguments) or 0
     except LlmlabError as error:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import ConfigError, DataError
+from llmlab.files import follow_umask
 
 WORD_RE = re.compile(r"\w+")
 # Bytes that are word characters in ASCII text (what WORD_RE matches there) and every non-ASCII byte of UTF-8.
@@ -329,6 +330,7 @@ class DedupIndex:
                 np.save(temporary / f"{name}.npy", getattr(self, name).to_array())
             meta = {"format": INDEX_FORMAT, "hash": HASH_SCHEME, "minhash": asdict(self.minhash)}
             (temporary / "index.json").write_text(json.dumps(meta, indent=1) + "\n")
+            follow_umask(temporary)
             old = None
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
@@ -437,6 +439,8 @@ class Deduplicator:
 
 def open_index(directory: str | os.PathLike | None, minhash: MinHashConfig = MinHashConfig()) -> DedupIndex:
     """The index saved in DIRECTORY, or a new empty one if DIRECTORY is None, absent or empty."""
+    if directory is not None and Path(directory).exists() and not Path(directory).is_dir():
+        raise DataError(f"{directory} is a file, not a de-duplication index directory.")
     if directory is not None and (Path(directory) / "index.json").exists():
         return DedupIndex.load(directory, minhash)
     if directory is not None and Path(directory).is_dir() and any(Path(directory).iterdir()):

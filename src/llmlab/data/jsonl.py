@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llmlab.data.sources import open_binary, read_errors
 from llmlab.errors import DataError
+from llmlab.files import follow_umask
 
 Document = dict
 
@@ -95,10 +96,13 @@ def atomic_writer(path: str | os.PathLike):
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise DataError(f"output directory {directory} does not exist.")
+    if path.is_dir():
+        raise DataError(f"output {path} is a directory; give a file name for the output.")
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as stream:
             yield stream
+        follow_umask(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -546,6 +546,8 @@ def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None
     if output is None and recipe.output is None:
         raise ConfigError("the recipe names no output directory; give output: in the recipe or --out.")
     output = Path(output if output is not None else recipe.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"the pipeline's output {output} is a file, not a directory; choose another output.")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     remove_stale_temporaries(output)

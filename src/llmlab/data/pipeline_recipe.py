@@ -216,6 +216,8 @@ def load_pipeline_recipe(path: str | os.PathLike, overrides: dict[str, Any] | No
         raise ConfigError(f"the recipe {path} cannot be read ({error.strerror}).") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"the recipe {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    if data is None or data == {}:
+        raise ConfigError(f"the recipe {path} is empty; give it sources and stages.")
     if isinstance(data, dict):
         data = {**data, **{key: value for key, value in (overrides or {}).items() if value is not None}}
     return recipe_from_dict(data, where=str(path))

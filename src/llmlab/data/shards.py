@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from llmlab.data.tokenizer import END_OF_TEXT, TOKENIZER_FILE
 from llmlab.errors import DataError
+from llmlab.files import follow_umask
 
 INDEX_FILE = "index.json"
 FORMAT = "llmlab-token-shards"
@@ -48,6 +49,7 @@ def atomic_path(path: Path):
     os.close(descriptor)
     try:
         yield Path(temporary)
+        follow_umask(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -172,6 +174,7 @@ def tokenize_to_shards(texts: Iterable[str], tokenizer, directory: str | os.Path
         writer.close()
         if directory.exists():
             directory.rmdir()
+        follow_umask(staging)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -190,6 +193,9 @@ class TokenShards:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         index_path = self.directory / INDEX_FILE
+        if self.directory.is_file():
+            raise DataError(f"{self.directory} is a file, not a shard directory; make one from it with "
+                            f"`llmlab data tokenize {self.directory} --tokenizer T --out DIR`.")
         if not self.directory.is_dir():
             raise DataError(f"the shard directory {self.directory} does not exist.")
         if not index_path.is_file():

@@ -18,7 +18,9 @@ bytes, never a whole line or file at once. Bad input never stops a run; it is sk
 - skipped_invalid_json: a JSONL line that is not a JSON object;
 - skipped_missing_text: a record or row whose text field is absent or not a string;
 - skipped_long_line: a JSONL line longer than max_line_bytes (a JSON object cannot be parsed from a prefix);
-- truncated: a document longer than max_document_chars, cut to that length.
+- truncated: a document longer than max_document_chars, cut to that length (a JSONL record, a row, a blank-line
+  block); a text file read whole (split_by "file") is never cut: a longer one becomes consecutive parts instead, each
+  ending at a line end where it can, with meta `part` (0-based).
 A path that matches nothing, an unknown format or text column, or a corrupt compressed or Parquet file is a
 DataError naming it.
 """
@@ -68,7 +70,7 @@ class SourceConfig:
     hf_split: str = "train"
     hf_config: str | None = None
     streaming: bool = True  # hf hub names and data-file dirs: stream instead of downloading and converting
-    max_document_chars: int = 1_000_000  # longer documents are truncated (counted)
+    max_document_chars: int = 1_000_000  # longer documents are truncated (counted); longer text files split in parts
     max_line_bytes: int | None = None  # jsonl: longer lines are skipped (counted); None: 8 x max_document_chars + 1 MiB
     rows_per_unit: int = 100_000  # parquet: row groups are grouped into units of about this many rows; saved hf: rows
     bundled_max_chars: int | None = 4_000_000  # bundled: total characters of the demo corpus
@@ -356,13 +358,22 @@ def _read_text(unit: SourceUnit, counts: Counter) -> Iterator[tuple[str, dict, b
 
 
 def _read_whole_file(unit: SourceUnit, stream, counts: Counter) -> Iterator[tuple[str, dict, bool]]:
-    """The file as one document, reading no more than its first max_document_chars characters can take."""
+    """The whole file as one document, or, when longer than max_document_chars characters, as consecutive parts of at
+    most that many (each ending after its last newline, if it has one), read a bounded chunk at a time."""
     limit = unit.source.max_document_chars
-    data = stream.read(4 * limit + 4)  # a character is at most 4 UTF-8 bytes
-    more = bool(stream.read(1))
-    decoder = _Utf8Decoder()
-    text = decoder.decode(data, final=not more)  # when more follows, text is over limit characters: truncated
-    yield _strip_bom(text), _meta(unit), decoder.invalid_bytes > 0
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")  # escaped bytes are replaced part by part
+    pending, part, more = _strip_bom(decoder.decode(stream.read(SNIFF_BYTES))), 0, True
+    while more:
+        data = stream.read(min(LINE_CHUNK_BYTES, 4 * limit + 4))
+        more = bool(data)
+        pending += decoder.decode(data, final=not more)
+        while len(pending) > limit or (not more and pending):
+            cut = len(pending) if len(pending) <= limit else (pending.rfind("\n", 0, limit) + 1 or limit)
+            text, replaced = _replace_escaped_bytes(pending[:cut])
+            pending = pending[cut:]
+            whole = part == 0 and not more and not pending
+            yield text, _meta(unit) if whole else _meta(unit, part=part), replaced > 0
+            part += 1
 
 
 def _strip_bom(text: str) -> str:

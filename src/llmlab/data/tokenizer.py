@@ -300,6 +300,8 @@ _BYTE_OF_PIECE = {piece: byte for byte, piece in enumerate(BYTE_PIECES)}
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> str:
     """Write tokenizer.json into directory (created if missing) atomically and return its path."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise DataError(f"{directory} is a file, not a directory to write tokenizer.json into.")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, TOKENIZER_FILE)
     with atomic_writer(path) as stream:

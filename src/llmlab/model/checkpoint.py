@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmlab.errors import CheckpointError
+from llmlab.files import follow_umask
 from llmlab.model.config import ModelConfig
 from llmlab.model.hf.weights import check_shapes
 from llmlab.model.transformer import Model
@@ -25,27 +27,68 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces path only once everything in it is written."""
+# what a checkpoint directory of either format holds: overwriting replaces these and leaves the user's other files
+CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "config.json", "tokenizer_config.json",
+                              "special_tokens_map.json", "generation_config.json", "model.safetensors.index.json"})
+WEIGHT_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """Whether a file of this name belongs to a checkpoint (llmlab or Hugging Face, sharded weights too)."""
+    return name in CHECKPOINT_FILES or WEIGHT_SHARD.fullmatch(name) is not None
+
+
+def check_output_directory(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise CheckpointError when path is a file, or a non-empty directory that overwrite does not allow replacing."""
     target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target} is a file, not a checkpoint directory; choose another output directory.")
+    if not overwrite and target.is_dir() and any(target.iterdir()):
+        raise CheckpointError(f"{target} already exists and is not empty; choose another output directory or "
+                              f"replace the checkpoint in it (--overwrite, overwrite=True).")
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces path only once everything in it is written.
+
+    An existing non-empty path needs overwrite; even then only its checkpoint files are replaced, others stay.
+    """
+    target = Path(path)
+    check_output_directory(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
         for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        follow_umask(staging)
+        move_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def move_into_place(staging: Path, target: Path) -> None:
+    """Rename staging onto target; when target also holds files of the user's, replace only the checkpoint's."""
+    existing = list(target.iterdir()) if target.is_dir() else []
+    if not existing:
+        os.replace(staging, target)  # onto an empty directory too
+        return
+    staged = {entry.name for entry in staging.iterdir()}
+    ours = [entry for entry in existing if entry.name in staged or is_checkpoint_file(entry.name)]
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    if len(ours) == len(existing):
+        os.replace(target, old / target.name)
+        os.replace(staging, target)
+    else:
+        for entry in ours:
+            os.replace(entry, old / entry.name)
+        for name in staged:
+            os.replace(staging / name, target / name)
+    shutil.rmtree(old)
 
 
 def state_for_saving(model: Model) -> dict[str, torch.Tensor]:
@@ -68,9 +111,10 @@ def write_config_header(model: Model, directory: Path, metadata: dict) -> None:
 
 
 def save_llmlab(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-                metadata: dict | None = None) -> Path:
-    """Write model (and tokenizer_file, else model.tokenizer) to an llmlab checkpoint directory, atomically."""
-    with atomic_directory(path) as staging:
+                metadata: dict | None = None, overwrite: bool = False) -> Path:
+    """Write model (and tokenizer_file, else model.tokenizer) to an llmlab checkpoint directory, atomically (see
+    atomic_directory)."""
+    with atomic_directory(path, overwrite) as staging:
         write_config_header(model, staging, metadata or {})
         save_file(state_for_saving(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
         write_tokenizer(model, tokenizer_file, staging)

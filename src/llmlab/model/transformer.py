@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.errors import ConfigError
 from llmlab.model.attention import Attention, KVCache
 from llmlab.model.config import ModelConfig
 from llmlab.model.mlp import ACTIVATIONS, MLP
@@ -226,6 +227,33 @@ class Stack(nn.Module):
         return x, aux_total
 
 
+FIXED_CONTEXT_POSITIONS = ("learned", "sinusoidal", "glm2d")  # tables of max_seq_len rows
+
+
+def check_model_inputs(config: ModelConfig, ids, mask=None, past: int = 0, check_ids: bool = True,
+                       names: tuple[str, str] = ("input_ids", "attention_mask")) -> None:
+    """Raise ConfigError for inputs the model cannot take: ids not [batch, length] integers, a mask not one entry per
+    position (cached ones too), more positions than a fixed context holds, or (check_ids) ids outside the vocabulary."""
+    name, mask_name = names
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
+        found = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        hint = f" (one sequence is {name}[None])" if isinstance(ids, torch.Tensor) and ids.dim() == 1 else ""
+        raise ConfigError(f"{name} must be a 2-D [batch, length] tensor of integer token ids, not {found}{hint}.")
+    expected = (ids.shape[0], past + ids.shape[1])
+    if mask is not None and tuple(mask.shape) != expected:
+        cached = f" and {past} cached positions" if past else ""
+        raise ConfigError(f"{mask_name} has shape {tuple(mask.shape)}, but {name} of shape {tuple(ids.shape)}{cached} "
+                          f"needs {expected}.")
+    if config.position in FIXED_CONTEXT_POSITIONS and past + ids.shape[1] > config.max_seq_len:
+        raise ConfigError(f"{past + ids.shape[1]} positions exceed the model's max_seq_len {config.max_seq_len} "
+                          f"({config.position} positions end there).")
+    if check_ids and ids.numel():
+        low, high = ids.aminmax()  # one reduction
+        if bool((low < 0) | (high >= config.vocab_size)):
+            bad = int(low) if int(low) < 0 else int(high)
+            raise ConfigError(f"{name} holds the token id {bad}, outside the vocabulary 0..{config.vocab_size - 1}.")
+
+
 def _positions_from_mask(attention_mask: torch.Tensor | None, batch: int, past: int, length: int, device):
     if attention_mask is None:
         return torch.arange(past, past + length, device=device).expand(batch, -1)
@@ -345,6 +373,9 @@ class Model(nn.Module):
         config = self.config
         aux_total = None
         memory = encoder_hidden_states
+        check_ids = not self.training and not torch.compiler.is_compiling()  # a host sync: not in every training step
+        if config.arch == "encoder" or (config.arch == "encoder_decoder" and memory is None):
+            check_model_inputs(config, input_ids, attention_mask, check_ids=check_ids)
         if config.arch == "encoder_decoder" and memory is None:
             memory, aux_total = self.encode(input_ids, attention_mask, token_type_ids=token_type_ids)
         if config.arch == "encoder":
@@ -361,6 +392,8 @@ class Model(nn.Module):
             if use_cache and past_key_values is None:
                 past_key_values = KVCache(len(self.decoder.blocks))
             past = past_key_values.length if past_key_values is not None else 0
+            names = ("decoder_input_ids", "decoder_attention_mask") if config.arch == "encoder_decoder" else None
+            check_model_inputs(config, ids, padding, past, check_ids, names or ("input_ids", "attention_mask"))
             if position_ids is None and config.position in ("learned", "sinusoidal", "rope"):
                 position_ids = _positions_from_mask(padding, ids.shape[0], past, ids.shape[1], ids.device)
             x = self.embed_drop(self.embed(ids, position_ids, None))
@@ -409,8 +442,15 @@ class Model(nn.Module):
         use_cache: bool = True,
     ) -> torch.Tensor:
         """Greedy or sampled continuation; returns prompt + new tokens (decoder ids for encoder-decoders)."""
-        from llmlab.infer.sampling import next_token
+        from llmlab.infer.sampling import check_sampling, next_token
 
+        check_model_inputs(self.config, input_ids, attention_mask)
+        if do_sample:
+            check_sampling(temperature, top_k, top_p)
+        length = 1 if self.config.arch == "encoder_decoder" else input_ids.shape[1]
+        if self.config.position in FIXED_CONTEXT_POSITIONS and length + max_new_tokens > self.config.max_seq_len:
+            raise ConfigError(f"{length} prompt tokens plus max_new_tokens={max_new_tokens} exceed the model's "
+                              f"max_seq_len {self.config.max_seq_len}.")
         if self.config.arch == "encoder":
             raise ValueError("An encoder-only model cannot generate text.")
         if self.config.position == "glm2d":

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from llmlab.errors import CheckpointError
+from llmlab.files import follow_umask
 from llmlab.model.checkpoint import (
     CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, atomic_directory, expected_shapes, load_state, model_from_state,
     read_llmlab_config, read_safetensors, save_llmlab, write_config_header,
@@ -55,7 +56,7 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model: Model, state
     """Write DIR/step-N atomically, then delete all but the keep_last newest checkpoints."""
     path = Path(directory) / f"step-{step}"
     try:
-        with atomic_directory(path) as staging:
+        with atomic_directory(path, overwrite=True) as staging:  # step-N is the run's own
             save_llmlab(model, staging, tokenizer_file=tokenizer_file, metadata={"step": step})
             torch.save(state, staging / STATE_FILE)
     except OSError as error:
@@ -107,6 +108,7 @@ def save_sharded_checkpoint(directory: str | os.PathLike, step: int, model: Mode
         else:
             if path.exists():
                 remove_directory(path)
+            follow_umask(staging)
             os.replace(staging, path)
             remove_old_checkpoints(directory, keep_last)
     distributed.barrier()
@@ -116,19 +118,19 @@ def save_sharded_checkpoint(directory: str | os.PathLike, step: int, model: Mode
 
 
 def save_model(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-               metadata: dict | None = None) -> Path:
-    """Write model as an llmlab checkpoint directory for llmlab.load; in a distributed run rank 0 writes it, a
-    sharded model first gathered whole onto rank 0's CPU (collective)."""
+               metadata: dict | None = None, overwrite: bool = False) -> Path:
+    """Write model as an llmlab checkpoint directory for llmlab.load (see save_llmlab for overwrite); in a
+    distributed run rank 0 writes it, a sharded model first gathered whole onto rank 0's CPU (collective)."""
     if not distributed.is_distributed():
-        return save_llmlab(model, path, tokenizer_file=tokenizer_file, metadata=metadata)
+        return save_llmlab(model, path, tokenizer_file, metadata, overwrite)
     if distributed.is_sharded(model):
         state = distributed.full_model_state(model)
         if distributed.is_main():
             if model.config.lm_head and model.config.tie_embeddings:
                 state.pop("head.weight", None)
-            save_llmlab(model_from_state(model.config, state, str(path)), path, tokenizer_file, metadata)
+            save_llmlab(model_from_state(model.config, state, str(path)), path, tokenizer_file, metadata, overwrite)
     elif distributed.is_main():
-        save_llmlab(model, path, tokenizer_file=tokenizer_file, metadata=metadata)
+        save_llmlab(model, path, tokenizer_file, metadata, overwrite)
     distributed.barrier()
     return Path(path)
 

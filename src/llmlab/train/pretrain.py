@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Model
 from llmlab.objectives import causal_lm
 from llmlab.train import distributed
-from llmlab.train.checkpoint import latest_checkpoint, remove_stale_temporaries
+from llmlab.train.checkpoint import checkpoint_steps, remove_stale_temporaries, save_model
 from llmlab.train.data import BUNDLED, StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, METRICS_FILE, Trainer
 from llmlab.train.recipe import OBJECTIVES, Recipe
@@ -143,10 +144,16 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     without, out_dir must not already hold a run.
     """
     run_dir = Path(out_dir)
-    checkpoints = run_dir / CHECKPOINTS_DIRECTORY
-    latest = latest_checkpoint(checkpoints) if resume else None
-    if not resume and any(path.exists() for path in (checkpoints, run_dir / FINAL_DIRECTORY, run_dir / METRICS_FILE)):
+    checkpoints, final = run_dir / CHECKPOINTS_DIRECTORY, run_dir / FINAL_DIRECTORY
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a run directory; choose another --out.")
+    if not resume and any(path.exists() for path in (checkpoints, final, run_dir / METRICS_FILE)):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+    steps = checkpoint_steps(checkpoints) if resume else []
+    latest = steps[-1][1] if steps else None
+    if steps and steps[-1][0] > recipe.train.steps:
+        raise ConfigError(f"the newest checkpoint {latest} is past the requested train.steps={recipe.train.steps}; "
+                          f"ask for at least {steps[-1][0]} steps or choose another --out.")
     data = recipe.data
     check_objective_fits(recipe.objective_name, recipe.objective, recipe.model_config())  # before writing data
     if data.source == BUNDLED:
@@ -182,7 +189,9 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
         remove_stale_temporaries(run_dir, FINAL_DIRECTORY)
     with deterministic_algorithms(recipe.train.deterministic):
         trainer.fit()
-    return trainer.save_model(run_dir / FINAL_DIRECTORY)
+    if final.exists() and distributed.is_main():  # final/ is the run's own, but replacing it is said
+        print(f"replacing {final} with the model at step {trainer.step}", file=sys.stderr)
+    return save_model(trainer.model, final, first.tokenizer_file, {"step": trainer.step}, overwrite=True)
 
 
 def bundled_run_data(directory: Path, recipe: Recipe, progress: bool) -> TokenShards:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import yaml
 
 from llmlab.errors import ConfigError
-from llmlab.fields import from_mapping
+from llmlab.fields import coerce, from_mapping
 from llmlab.model import presets
 from llmlab.model.config import ModelConfig
 from llmlab.objectives import UL2, GLMBlankInfilling, MaskedLM, PrefixLM, SpanCorruption
@@ -95,18 +97,53 @@ class Recipe:
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """`section.field=value` strings as {section: {field: value}}, each value read as YAML."""
+def _override_fields(section: str, objective: str) -> dict[str, Any] | None:
+    """The fields an override may set in a section, with their types (None: an unknown objective, named later)."""
+    if section in SECTIONS:
+        hints = typing.get_type_hints(SECTIONS[section])
+        return {f.name: hints[f.name] for f in dataclasses.fields(SECTIONS[section]) if f.init}
+    if section == "model":
+        hints = typing.get_type_hints(ModelConfig)
+        return {"preset": str, "size": str, **{f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}}
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        return None
+    hints = typing.get_type_hints(OBJECTIVES[objective]) if OBJECTIVES[objective] else {}
+    return {"name": str, **{name: hints[name] for name in objective_parameters(objective)}}
+
+
+def _is_text(hint: Any) -> bool:
+    """Whether a field's type is str, or str or None."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return hint is str or (union and set(typing.get_args(hint)) == {str, type(None)})
+
+
+def parse_overrides(overrides: list[str], objective: str = "causal") -> dict[str, dict[str, Any]]:
+    """`section.field=value` strings as {section: {field: value}}: a text field takes the text as it is (null: None
+    where allowed), any other field reads it as YAML; an unknown field or a bad value is an error naming the override.
+    objective: the recipe's objective name, unless an override gives objective.name."""
     parsed: dict[str, dict[str, Any]] = {}
+    for override in overrides:
+        if override.startswith("objective.name="):
+            objective = override.partition("=")[2]
     for override in overrides:
         key, separator, text = override.partition("=")
         section, dot, name = key.partition(".")
         if not separator or not dot or section not in ("model", "objective", *SECTIONS) or not name:
             raise ConfigError(f"the override {override!r} is not of the form model|data|objective|train.FIELD=VALUE.")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+        fields = _override_fields(section, objective)
+        if fields is not None and name not in fields:
+            known = "a ModelConfig field, preset or size" if section == "model" else ", ".join(fields)
+            raise ConfigError(f"the override {override!r} names no field of {section} (known: {known}).")
+        hint = fields[name] if fields is not None else None
+        if _is_text(hint):
+            value = None if text in ("null", "~") and hint is not str else text
+        else:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text
+        if section in SECTIONS:
+            coerce(value, hint, f"{key} in the override {override!r}")  # checked here to name the override
         parsed.setdefault(section, {})[name] = value
     return parsed
 
@@ -148,14 +185,18 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe and apply `section.field=value` overrides."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except OSError as error:
         raise ConfigError(f"the recipe {path} cannot be read ({error.strerror}).") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"the recipe {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    if data is None or data == {}:
+        raise ConfigError(f"the recipe {path} is empty; give it model, data, objective and train sections.")
     if not isinstance(data, dict):
         raise ConfigError(f"the recipe {path} must be a mapping with model, data, objective and train sections.")
-    for section, values in parse_overrides(list(overrides)).items():
+    objective = data.get("objective")
+    objective = objective.get("name", "causal") if isinstance(objective, dict) else "causal"
+    for section, values in parse_overrides(list(overrides), objective).items():
         if not isinstance(data.get(section) or {}, dict):
             raise ConfigError(f"the recipe {path}: {section} must be a mapping of fields.")
         data[section] = {**(data.get(section) or {}), **values}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 
 def add_jsonl_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,3 +28,10 @@ def run_jsonl_stage(
     report = {"stage": stage, **report, "counts": dict(sorted(counts.items())),
               "seconds": round(time.perf_counter() - started, 3)}
     print(json.dumps(report))
+
+
+def warn_truncated(counts: Mapping) -> None:
+    """Say on stderr how many documents were cut to max_document_chars, if any (the report only counts them)."""
+    if counts.get("truncated"):
+        print(f"warning: {counts['truncated']} documents were longer than max_document_chars and were truncated "
+              f"to it.", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llmlab.cli.data._common import warn_truncated
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the run command."""
@@ -27,4 +29,5 @@ def run_recipe(arguments: argparse.Namespace) -> None:
     recipe = load_pipeline_recipe(arguments.recipe, {"workers": arguments.workers, "output": arguments.out})
     report = run_pipeline(recipe, progress=not arguments.no_progress)
     print(report_markdown(report))
+    warn_truncated(report["stages"][0]["counts"])
     print(f"wrote {recipe.output}")

@@ -8,6 +8,8 @@ import json
 import time
 from collections import Counter
 
+from llmlab.cli.data._common import warn_truncated
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the tokenize stage."""
@@ -47,3 +49,4 @@ def run_tokenize(arguments: argparse.Namespace) -> None:
               "shards": len(shards.index["shards"]), "dtype": shards.dtype.name, "counts": dict(sorted(counts.items())),
               "seconds": round(time.perf_counter() - started, 3)}
     print(json.dumps(report))
+    warn_truncated(counts)

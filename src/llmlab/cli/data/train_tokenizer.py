@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+from llmlab.cli.data._common import warn_truncated
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the train-tokenizer stage."""
@@ -75,3 +77,4 @@ def run_train_tokenizer(arguments: argparse.Namespace) -> None:
               "documents": counts["training_documents"], "read": dict(sorted(counts.items())),
               "seconds": round(time.perf_counter() - started, 3)}
     print(json.dumps(report))
+    warn_truncated(counts)

@@ -119,7 +119,8 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
     return model_from_state(config, state, str(path), dtype, device)
 
 
-def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None) -> Path:
+def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
+            overwrite: bool = False) -> Path:
     """Write a model and its tokenizer as a directory that transformers' from_pretrained and AutoTokenizer load."""
     from safetensors.torch import save_file
 
@@ -132,7 +133,7 @@ def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | 
     files = {"config.json": family.config_to_hf(config)}
     if config.has_decoder:
         files["generation_config.json"] = generation_config(config)
-    with atomic_directory(path) as staging:
+    with atomic_directory(path, overwrite) as staging:
         if write_tokenizer(model, tokenizer_file, staging):
             files.update(tokenizer_files(config, staging / TOKENIZER_FILE))
         for name, content in files.items():
