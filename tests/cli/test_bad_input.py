@@ -86,3 +86,16 @@ def test_without_a_traceback_in_a_real_process(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "afile" in result.stderr
+
+
+def test_train_tokenizer_keeps_an_existing_tokenizer_unless_overwrite(tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"line {i} of text"}) + "\n" for i in range(30)))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("mine")
+    command = ["data", "train-tokenizer", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "tok"),
+               "--vocab-size", "300", "--no-progress"]
+    code, error = run(command, capsys)
+    one_error(code, error, "tokenizer.json", "--overwrite")
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() == "mine"
+    assert run([*command, "--overwrite"], capsys)[0] == 0
+    assert json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["type"] == "BPE"

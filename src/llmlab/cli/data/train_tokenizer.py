@@ -9,6 +9,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from llmlab.cli.data._common import warn_truncated
 
@@ -38,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="bpe, unigram: let digits merge (default: one digit per token)")
     parser.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text (default: text)")
     parser.add_argument("--max-documents", type=int, metavar="N", help="train on the first N documents only")
+    parser.add_argument("--overwrite", action="store_true", help="replace a tokenizer.json already in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_train_tokenizer)
 
@@ -47,11 +49,14 @@ def run_train_tokenizer(arguments: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from llmlab.data.sources import SourceConfig, read_source
-    from llmlab.data.tokenizer import objective_special_tokens, save_tokenizer, train_tokenizer
+    from llmlab.data.tokenizer import TOKENIZER_FILE, objective_special_tokens, save_tokenizer, train_tokenizer
     from llmlab.errors import ConfigError
 
     if arguments.max_documents is not None and arguments.max_documents < 1:
         raise ConfigError(f"--max-documents {arguments.max_documents} must be at least 1.")
+    existing = Path(arguments.out) / TOKENIZER_FILE
+    if existing.exists() and not arguments.overwrite:
+        raise ConfigError(f"{existing} already exists; choose another --out or replace it with --overwrite.")
     started = time.perf_counter()
     configs = [SourceConfig(path=source, text_field=arguments.text_field) for source in arguments.sources]
     special_tokens = [token for objective in arguments.objective
