@@ -7,6 +7,7 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.model import Model, ModelConfig
+from llmlab.model.attention import BACKENDS
 from llmlab.model.positions import alibi_slopes, relative_bucket, sinusoidal_table
 
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
@@ -83,10 +84,11 @@ def test_attention_layer_equals_naive_softmax(kind):
         allowed = allowed & ((i - j) < 3)
     if kind == "prefix":
         allowed = allowed | (j[None, None] < prefix[:, None, None, None])
-    from llmlab.model.transformer import _additive, _allowed
-    mask = _additive(_allowed(7, 7, 0, True, None, prefix if kind == "prefix" else None,
-                              3 if kind == "window" else None), None, torch.float32)
-    got = block.attn(x, mask, mask is None)
+    from llmlab.model.attention import AttentionSpec
+    spec = AttentionSpec(query_index=torch.arange(7)[None], key_count=7, causal=True,
+                         prefix_lengths=prefix if kind == "prefix" else None)
+    backend = BACKENDS["sdpa"]
+    got = block.attn(x, backend.lower(spec, 3 if kind == "window" else None, (), torch.float32), backend)
     attn = block.attn
     q, k, v = attn.project(x)
     k = k.repeat_interleave(4 // attn.n_kv_heads, dim=1)
@@ -144,9 +146,11 @@ def test_post_ln_and_deepnorm_follow_the_formula():
     model = tiny(norm_placement="post", residual_scale=2.0, position="none", n_layers=1, final_norm=False)
     block = model.decoder.blocks[0]
     x = torch.randn(1, 5, 32)
-    h = block.attn_norm(2.0 * x + block.attn(x, None, True))
+    causal = (None, True)  # the dense backend's lowering of plain causal attention
+    backend = BACKENDS["sdpa"]
+    h = block.attn_norm(2.0 * x + block.attn(x, causal, backend))
     expected = block.mlp_norm(2.0 * h + block.mlp(h))
-    got, _ = block(x, None, True, None, None, 0)
+    got, _ = block(x, causal, backend)
     assert torch.allclose(got, expected, atol=1e-6)
 
 

@@ -49,10 +49,8 @@ class BigramModel(nn.Module):
         self.hidden = nn.Linear(16, 16)
         self.head = nn.Linear(16, vocab_size)
 
-    def forward(self, input_ids, labels):
-        logits = self.head(self.hidden(self.dropout(self.embedding(input_ids))))
-        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
-        return SimpleNamespace(logits=logits, loss=loss)
+    def forward(self, input_ids):
+        return SimpleNamespace(logits=self.head(self.hidden(self.dropout(self.embedding(input_ids)))))
 
 
 class LinearLoss(nn.Module):
@@ -64,6 +62,11 @@ class LinearLoss(nn.Module):
 
     def forward(self, input_ids, scale):
         return SimpleNamespace(loss=(10 + self.weight.sum()) * scale, logits=None)
+
+
+def linear_loss(model, batch):
+    """LinearLoss's loss as a Trainer loss function: (summed loss, one token, no metrics)."""
+    return model(**batch).loss, torch.tensor(1), {}
 
 
 def constant_batches(scales=()):
@@ -102,7 +105,7 @@ def test_each_step_uses_the_scheduled_learning_rate():
     model = LinearLoss()
     weights = []
     config = TrainConfig(steps=12, lr=0.01, warmup=4, min_lr_ratio=0.1, weight_decay=0.0)
-    train(model, constant_batches(), config, progress=False,
+    train(model, constant_batches(), config, progress=False, loss_fn=linear_loss,
           on_step=lambda step, loss: weights.append(model.weight[0].item()))
     moves = [-(after - before) for before, after in zip([0.0, *weights], weights)]
     expected = [0.01 * warmup_cosine(step, warmup=4, total=12, min_ratio=0.1) for step in range(12)]
@@ -156,7 +159,8 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_grad_norm_is_recorded_before_clipping():
-    trainer = Trainer(LinearLoss(), TrainConfig(steps=1, lr=0.01, grad_clip=0.5), constant_batches(), progress=False)
+    trainer = Trainer(LinearLoss(), TrainConfig(steps=1, lr=0.01, grad_clip=0.5), constant_batches(), progress=False,
+                      loss_fn=linear_loss)
     assert trainer.train_step()["grad_norm"] == pytest.approx(math.sqrt(3))  # gradient (1, 1, 1)
 
 
@@ -175,7 +179,7 @@ def test_bad_steps_are_skipped_and_counted():
     model = LinearLoss()
     weights = []
     config = TrainConfig(steps=16, lr=0.01, schedule="constant", weight_decay=0.0, spike_factor=5.0, log_every=1)
-    trainer = Trainer(model, config, constant_batches({12: float("nan"), 14: 100.0}), progress=False,
+    trainer = Trainer(model, config, constant_batches({12: float("nan"), 14: 100.0}), progress=False, loss_fn=linear_loss,
                       on_step=lambda step, loss: weights.append(model.weight[0].item()))  # fmt: skip
     trainer.fit()
     moves = [round(before - after, 6) for before, after in zip([0.0, *weights], weights)]
@@ -209,7 +213,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.manual_seed(0)
         model = Model(config)
         trainer = Trainer(model, TrainConfig(steps=1, activation_checkpointing=checkpointing), iter([batch]))
-        trainer._loss(batch).backward()
+        trainer._loss(batch)[0].backward()
         gradients.append({name: parameter.grad.clone() for name, parameter in model.named_parameters()})
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient)

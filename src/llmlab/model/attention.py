@@ -1,10 +1,16 @@
-"""Attention (survey §4.2.2): multi-head, grouped-query and multi-query; self and cross; one KV cache.
+"""Attention (survey §4.2.2): multi-head, grouped-query and multi-query; self and cross; the attention description
+that one preparation step builds per batch, the backends that lower it, and the cache protocol.
 
-Every variant goes through torch.nn.functional.scaled_dot_product_attention, so flash and memory-efficient
-kernels run on a GPU whenever the mask allows.
+A batch's masking is described once (`AttentionSpec`: causal, prefix lengths, window, document ids, key padding)
+rather than materialised; each backend lowers the description its own way, once per layer kind. The dense backend
+goes through torch.nn.functional.scaled_dot_product_attention, so flash and memory-efficient kernels run on a GPU
+whenever the mask allows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -13,35 +19,119 @@ from torch import nn
 from llmlab.model.config import ModelConfig
 
 
-class KVCache:
-    """Keys and values of past tokens per layer, plus encoder-decoder cross keys/values computed once."""
+class Cache(Protocol):
+    """Keys and values of past tokens per layer; the implementations (dynamic, static, paged) live in llmlab.infer."""
 
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+    def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """The key slot [batch | 1, new_tokens] each new token is written to, and how many keys attention then sees."""
+
+    def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write keys/values [batch, kv_heads, new, head_dim] at slots positions; return all keys/values to attend to."""
+
+    def advance(self, new_tokens: int) -> None:
+        """Mark the new tokens written in every layer (after the last layer's update)."""
+
+    def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An encoder-decoder's cross-attention keys/values of a layer, once computed."""
+
+    def set_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep a layer's cross-attention keys/values for the following steps."""
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Which keys each query of a batch may see: described once by the model's preparation step, lowered by a backend.
+
+    Keys are the slots 0..key_count-1 (past tokens in a cache, then this step's); query_index is each query's slot.
+    """
+
+    query_index: torch.Tensor  # [batch | 1, queries]
+    key_count: int
+    causal: bool = False
+    key_padding: torch.Tensor | None = None  # [batch, key_count] bool: True where the key is a real token
+    prefix_lengths: torch.Tensor | None = None  # [batch]: a causal query sees every key before it (prefix LM)
+    document_ids: torch.Tensor | None = None  # [batch, key_count]: a query sees its own document's keys only
+    plain_causal: bool = False  # exactly the lower triangle over key_count queries: SDPA's is_causal fast path
 
     @property
-    def length(self) -> int:
-        """How many tokens are cached."""
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+    def queries(self) -> int:
+        """How many queries the batch has per row."""
+        return self.query_index.shape[-1]
 
-    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add this step's keys/values [batch, kv_heads, new, head_dim] and return all of them."""
-        if self.keys[layer] is not None:
-            keys = torch.cat([self.keys[layer], keys], dim=2)
-            values = torch.cat([self.values[layer], values], dim=2)
-        self.keys[layer], self.values[layer] = keys, values
-        return keys, values
+    def allowed(self, window: int | None = None) -> torch.Tensor | None:
+        """Boolean [batch | 1, 1, queries, keys] of the visible keys, or None when every key is visible."""
+        keys = torch.arange(self.key_count, device=self.query_index.device)
+        query = self.query_index[..., None]
+        allowed = None
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep only the batch rows in index (e.g. for beam search)."""
-        for store in (self.keys, self.values):
-            for layer, tensor in enumerate(store):
-                if tensor is not None:
-                    store[layer] = tensor.index_select(0, index)
-        self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
-                      for kv in self.cross]
+        def both(mask: torch.Tensor) -> torch.Tensor:
+            return mask if allowed is None else allowed & mask
+
+        if self.causal:
+            allowed = keys <= query
+            if self.prefix_lengths is not None:
+                allowed = allowed | (keys < self.prefix_lengths[:, None, None])
+        if window is not None:
+            allowed = both((query - keys) < window)
+        if self.key_padding is not None:
+            allowed = both(self.key_padding.bool()[:, None, :])
+        if self.document_ids is not None:
+            query_documents = self.document_ids.gather(1, self.query_index.expand(self.document_ids.shape[0], -1))
+            allowed = both(query_documents[..., None] == self.document_ids[:, None, :])
+        return None if allowed is None else allowed[:, None]
+
+    def windowed(self, window: int | None) -> "AttentionSpec":
+        """This description for a layer with a sliding window (plain causality no longer covers it)."""
+        return self if window is None else replace(self, plain_causal=False)
+
+
+def cross_attention_spec(memory_padding: torch.Tensor | None, queries: int, keys: int,
+                         device: torch.device) -> AttentionSpec:
+    """Decoder queries over every encoder position that is not padding."""
+    index = torch.zeros(1, queries, dtype=torch.long, device=device)
+    return AttentionSpec(query_index=index, key_count=keys, key_padding=memory_padding)
+
+
+class PositionBias(Protocol):
+    """An additive per-head score bias from query and key slots (ALiBi, T5's relative buckets)."""
+
+    def __call__(self, query_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
+        """Bias [batch | 1, heads, queries, keys] for query slots [batch | 1, queries] and key slots [keys]."""
+
+
+class DenseAttention:
+    """The reference backend: one additive mask per layer kind, through scaled_dot_product_attention."""
+
+    name = "sdpa"
+
+    def lower(self, spec: AttentionSpec, window: int | None, biases: tuple, dtype: torch.dtype):
+        """(additive mask [batch | 1, heads | 1, queries, keys] or None, whether SDPA's is_causal applies)."""
+        spec = spec.windowed(window)
+        if spec.plain_causal and not biases:
+            return None, True
+        allowed = spec.allowed(window)
+        keys = torch.arange(spec.key_count, device=spec.query_index.device)
+        mask = None
+        for bias in biases:
+            term = bias(spec.query_index, keys)
+            mask = term if mask is None else mask + term
+        if allowed is not None:
+            blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            blocked = blocked.masked_fill(~allowed, torch.finfo(dtype).min)
+            mask = blocked if mask is None else blocked + mask
+        return (None if mask is None else mask.to(dtype)), False
+
+    def attend(self, q, k, v, lowered, scale: float | None, dropout: float) -> torch.Tensor:
+        """Attention output [batch, heads, queries, head_dim] for q and (grouped) k, v."""
+        mask, is_causal = lowered
+        if mask is not None:
+            mask = mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
+                                              scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+BACKENDS = {DenseAttention.name: DenseAttention()}
 
 
 class Attention(nn.Module):
@@ -75,20 +165,13 @@ class Attention(nn.Module):
             q, k, v = self.q(x), self.k(source), self.v(source)
         return self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        rope=None,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        memory: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Attend from x [batch, seq, d_model] to itself, or to memory for cross-attention."""
-        if self.cross and cache is not None and cache.cross[layer] is not None:
+    def forward(self, x: torch.Tensor, lowered, backend, rope=None, cache: Cache | None = None, layer: int = 0,
+                slots: torch.Tensor | None = None, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend from x [batch, seq, d_model] to itself (writing to cache at slots), or to memory for cross-attention."""
+        cached = cache.cross(layer) if self.cross and cache is not None else None
+        if cached is not None:
             q = self._heads(self.q(x), self.n_heads)
-            k, v = cache.cross[layer]
+            k, v = cached
         else:
             q, k, v = self.project(x, memory)
             if rope is not None:
@@ -96,17 +179,8 @@ class Attention(nn.Module):
                 q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
             if cache is not None:
                 if self.cross:
-                    cache.cross[layer] = (k, v)
+                    cache.set_cross(layer, k, v)
                 else:
-                    k, v = cache.append(layer, k, v)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k = k[:, :, None].expand(-1, -1, repeat, -1, -1).flatten(1, 2)
-            v = v[:, :, None].expand(-1, -1, repeat, -1, -1).flatten(1, 2)
-        if mask is not None:
-            mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
-        )
+                    k, v = cache.update(layer, slots, k, v)
+        out = backend.attend(q, k, v, lowered, self.scale, self.dropout if self.training else 0.0)
         return self.o(out.transpose(1, 2).flatten(2))

@@ -66,9 +66,20 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 
 def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """Additive bias −slope·|i−j| of shape [1, heads, q, k]."""
-    distance = (q_pos[:, None] - k_pos[None, :]).abs().float()
-    return -(slopes[:, None, None] * distance)[None]
+    """Additive bias −slope·|i−j| of shape [batch | 1, heads, q, k] for query slots [batch | 1, q], key slots [k]."""
+    distance = (q_pos[:, None, :, None] - k_pos).abs().float()
+    return -(slopes[:, None, None] * distance)
+
+
+class AlibiBias:
+    """ALiBi's bias for the position-bias protocol of the attention backends."""
+
+    def __init__(self, slopes: torch.Tensor):
+        self.slopes = slopes
+
+    def __call__(self, query_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
+        """Bias [batch | 1, heads, queries, keys]."""
+        return alibi_bias(self.slopes, query_index, key_index)
 
 
 def relative_bucket(relative: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
@@ -99,7 +110,7 @@ class RelativeBias(nn.Module):
         self.embedding = nn.Embedding(config.relative_buckets, config.n_heads)
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """Bias of shape [1, heads, q, k]."""
-        relative = k_pos[None, :] - q_pos[:, None]
+        """Bias [batch | 1, heads, q, k] for query slots [batch | 1, q] and key slots [k]."""
+        relative = k_pos - q_pos[..., None]
         buckets = relative_bucket(relative, self.bidirectional, self.n_buckets, self.max_distance)
-        return self.embedding(buckets).permute(2, 0, 1)[None]
+        return self.embedding(buckets).permute(0, 3, 1, 2)

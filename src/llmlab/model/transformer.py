@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.errors import ConfigError
-from llmlab.model.attention import Attention, KVCache
+from llmlab.model.attention import BACKENDS, Attention, AttentionSpec, Cache, cross_attention_spec
 from llmlab.model.config import ModelConfig
 from llmlab.model.mlp import ACTIVATIONS, MLP
 from llmlab.model.moe import MoE
 from llmlab.model.norms import make_norm
-from llmlab.model.positions import RelativeBias, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
+from llmlab.model.positions import AlibiBias, RelativeBias, Rotary, alibi_slopes, sinusoidal_table
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ModelOutput:
     logits: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
-    past_key_values: KVCache | None = None
+    past_key_values: Cache | None = None
     hidden_states: torch.Tensor | None = None
     encoder_hidden_states: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
@@ -114,10 +114,11 @@ class Block(nn.Module):
             y = out_norm(y)
         return x * alpha + self.drop(y), aux
 
-    def forward(self, x, mask, is_causal, rope, cache, layer, memory=None, memory_mask=None):
+    def forward(self, x, lowered, backend, rope=None, cache=None, layer=0, slots=None, memory=None,
+                memory_lowered=None):
         """Apply the layer; returns the new hidden states and the MoE auxiliary loss (or None)."""
         def self_attention(h):
-            return self.attn(h, mask, is_causal, rope, cache, layer), None
+            return self.attn(h, lowered, backend, rope, cache, layer, slots), None
 
         if self.config.parallel_residual:
             h = self.attn_norm(x)
@@ -126,34 +127,9 @@ class Block(nn.Module):
         x, _ = self._residual(x, self_attention, self.attn_norm, getattr(self, "attn_out_norm", None))
         if hasattr(self, "cross_attn"):
             def cross_attention(h):
-                return self.cross_attn(h, memory_mask, False, None, cache, layer, memory), None
+                return self.cross_attn(h, memory_lowered, backend, None, cache, layer, None, memory), None
             x, _ = self._residual(x, cross_attention, self.cross_norm, getattr(self, "cross_out_norm", None))
         return self._residual(x, self._feed_forward, self.mlp_norm, getattr(self, "mlp_out_norm", None))
-
-
-def _allowed(q_len, k_len, past, causal, key_padding=None, prefix_lengths=None, window=None, device=None):
-    """Boolean [batch|1, 1, q, k] of which keys each query may see, or None when every key is visible."""
-    q_pos = torch.arange(past, past + q_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    allowed = None
-    if causal:
-        allowed = (k_pos <= q_pos)[None, None]
-        if prefix_lengths is not None:
-            allowed = allowed | (k_pos[None, None] < prefix_lengths.to(device)[:, None, None, None])
-    if window is not None:
-        in_window = ((q_pos - k_pos) < window)[None, None]
-        allowed = in_window if allowed is None else allowed & in_window
-    if key_padding is not None:
-        visible = key_padding.bool()[:, None, None, :]
-        allowed = visible if allowed is None else allowed & visible
-    return allowed
-
-
-def _additive(allowed: torch.Tensor | None, bias: torch.Tensor | None, dtype) -> torch.Tensor | None:
-    if allowed is None:
-        return bias
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    return mask if bias is None else mask + bias
 
 
 class Stack(nn.Module):
@@ -177,51 +153,39 @@ class Stack(nn.Module):
         if hasattr(self, "alibi_slopes"):
             self.alibi_slopes.copy_(alibi_slopes(self.config.n_heads))
 
-    def _position_bias(self, q_len, k_len, past, device):
-        q_pos = torch.arange(past, past + q_len, device=device)
-        k_pos = torch.arange(k_len, device=device)
-        if self.config.position == "alibi":
-            return alibi_bias(self.alibi_slopes, q_pos, k_pos)
-        if hasattr(self, "relative_bias"):
-            return self.relative_bias(q_pos, k_pos)
-        return None
+    def position_biases(self) -> tuple:
+        """The additive score biases every layer of the stack shares (ALiBi or T5's shared buckets)."""
+        if hasattr(self, "alibi_slopes"):
+            return (AlibiBias(self.alibi_slopes),)
+        return (self.relative_bias,) if hasattr(self, "relative_bias") else ()
 
-    def forward(self, x, position_ids=None, key_padding=None, prefix_lengths=None, cache=None,
-                memory=None, memory_padding=None):
+    def forward(self, x, attention: AttentionSpec, positions=None, backend=None, cache=None, memory=None,
+                memory_attention: AttentionSpec | None = None):
         """Run every block; returns (hidden states after the final norm, summed MoE auxiliary loss or None)."""
-        batch, q_len, _ = x.shape
-        past = cache.length if cache is not None else 0
-        k_len = past + q_len
-        device, dtype = x.device, x.dtype
-        bias = self._position_bias(q_len, k_len, past, device)
-        plain_causal = self.causal and past == 0 and key_padding is None and prefix_lengths is None
-        if self.config.position == "relative" and self.config.relative_per_layer:
-            plain_causal = False  # each block adds its own bias, so the causal mask must be explicit
-        masks = {}
-        for kind in {self.config.layer_kind(i) for i in range(len(self.blocks))}:
-            window = self.config.attn_window if kind == "local" else None
-            if plain_causal and window is None and bias is None:
-                masks[kind] = (None, True)
-                continue
-            allowed = _allowed(q_len, k_len, past, self.causal and (q_len > 1 or window is not None),
-                               key_padding, prefix_lengths, window, device)
-            masks[kind] = (_additive(allowed, bias, dtype), False)
-        memory_mask = None
-        if memory_padding is not None:
-            memory_mask = _additive(memory_padding.bool()[:, None, None, :], None, dtype)
+        backend = backend or BACKENDS["sdpa"]
+        shared = self.position_biases()
+        windows = {kind: self.config.attn_window if kind == "local" else None
+                   for kind in {self.config.layer_kind(i) for i in range(len(self.blocks))}}
+        lowered = {kind: backend.lower(attention, window, shared, x.dtype) for kind, window in windows.items()}
+        memory_lowered = None
+        if memory_attention is not None:
+            memory_lowered = backend.lower(memory_attention, None, (), x.dtype)
         rope = None
         if self.rotary is not None:
-            cos, sin = self.rotary.cos_sin(position_ids)
+            cos, sin = self.rotary.cos_sin(positions)
             rope = (self.rotary, cos, sin)
         aux_total = None
         for index, block in enumerate(self.blocks):
-            mask, is_causal = masks[self.config.layer_kind(index)]
+            kind = self.config.layer_kind(index)
+            layer_lowered = lowered[kind]
             if hasattr(block, "relative_bias"):
-                own = block.relative_bias(torch.arange(past, k_len, device=device), torch.arange(k_len, device=device))
-                mask = own if mask is None else mask + own
-            x, aux = block(x, mask, is_causal, rope, cache, index, memory, memory_mask)
+                layer_lowered = backend.lower(attention, windows[kind], (*shared, block.relative_bias), x.dtype)
+            x, aux = block(x, layer_lowered, backend, rope, cache, index, attention.query_index, memory,
+                           memory_lowered)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
+        if cache is not None:
+            cache.advance(x.shape[1])
         if self.norm is not None:
             x = self.norm(x)
         return x, aux_total
@@ -254,16 +218,37 @@ def check_model_inputs(config: ModelConfig, ids, mask=None, past: int = 0, check
             raise ConfigError(f"{name} holds the token id {bad}, outside the vocabulary 0..{config.vocab_size - 1}.")
 
 
-def _positions_from_mask(attention_mask: torch.Tensor | None, batch: int, past: int, length: int, device):
-    if attention_mask is None:
-        return torch.arange(past, past + length, device=device).expand(batch, -1)
+@dataclass
+class StackInput:
+    """What one stack needs for a batch, prepared once outside the blocks: token ids, positions per row, the
+    attention description and the cache it writes to."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor | None  # [batch, seq] (GLM: [batch, 2, seq]) for learned, sinusoidal or rotary positions
+    attention: AttentionSpec
+    cache: Cache | None = None
+    token_types: torch.Tensor | None = None
+    encoder: bool = False
+
+
+def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids [batch, length] of the last length entries of a (left-)padded mask: real tokens count from 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids [batch, seq] that restart at 0 where each packed document of a row begins."""
+    index = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    return index - torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
 
 
 class Model(nn.Module):
     """One transformer language model built from a ModelConfig: families differ by config, not by code."""
 
     tokenizer = None  # the tokenizers.Tokenizer that llmlab.load found beside the weights; no part of the state
+    attention_backend = "sdpa"  # a key of llmlab.model.attention.BACKENDS
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -338,8 +323,15 @@ class Model(nn.Module):
             total -= self.embed.tokens.weight.numel()
         return total
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The language-model head: final hidden states → vocabulary logits."""
+    def logits(self, hidden: torch.Tensor, index: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The language-model head on the final hidden states [batch, seq, d_model]: every position (index None,
+        [batch, seq, vocab]), one position for all rows (an int, [batch, vocab]), one per row (a [batch] tensor,
+        [batch, vocab]) or chosen ones (a [batch, k] tensor, [batch, k, vocab])."""
+        if isinstance(index, int):
+            hidden = hidden[:, index]
+        elif index is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            hidden = hidden[rows, index] if index.dim() == 1 else hidden[rows[:, None], index]
         if hasattr(self, "proj_out"):
             hidden = self.proj_out(hidden)
         if self.config.head_transform:
@@ -348,12 +340,72 @@ class Model(nn.Module):
             hidden = hidden * self.config.head_input_scale
         return self.head(hidden)
 
+    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, prefix_lengths: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                cache: Cache | None = None, encoder: bool = False, check_ids: bool = True) -> StackInput:
+        """Turn a batch into what one stack needs: positions per row, the attention description and the cache view.
+
+        attention_mask covers the cached positions too ([batch, cached + seq], 1 = token); document_ids [batch, seq]
+        keeps packed documents apart; encoder picks an encoder-decoder's encoder stack (an encoder's is the only one).
+        """
+        config = self.config
+        encoder = encoder or config.arch == "encoder"
+        if encoder and cache is not None:
+            raise ConfigError("An encoder stack keeps no cache; pass cache only for the decoder.")
+        batch, length = input_ids.shape[0], input_ids.shape[-1]
+        device = input_ids.device
+        if cache is None:
+            slots, key_count = torch.arange(length, device=device)[None], length
+        else:
+            slots, key_count = cache.slots(length, device)
+        past = key_count - length if cache is None or getattr(cache, "contiguous", False) else None
+        names = ("input_ids", "attention_mask")
+        if config.arch == "encoder_decoder" and not encoder:
+            names = ("decoder_input_ids", "decoder_attention_mask")
+        if past is not None or attention_mask is None:
+            check_model_inputs(config, input_ids, attention_mask, past or 0, check_ids, names)
+        if position_ids is None and config.position in ("learned", "sinusoidal", "rope"):
+            if document_ids is not None:
+                position_ids = positions_from_documents(document_ids)
+            elif attention_mask is not None and not encoder:
+                position_ids = positions_from_mask(attention_mask, length)
+            else:
+                position_ids = slots.expand(batch, -1)
+        key_padding = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            key_padding = attention_mask.bool()
+            if key_padding.shape[1] < key_count:  # a preallocated cache's slots past the mask are not written yet
+                key_padding = F.pad(key_padding, (0, key_count - key_padding.shape[1]), value=False)
+        causal = not encoder and config.arch != "encoder"
+        single_last_query = length == 1 and past is not None
+        attention = AttentionSpec(
+            query_index=slots, key_count=key_count, causal=causal and not single_last_query,
+            key_padding=key_padding, prefix_lengths=prefix_lengths if causal else None, document_ids=document_ids,
+            plain_causal=causal and past == 0 and key_padding is None and prefix_lengths is None
+            and document_ids is None,
+        )
+        return StackInput(input_ids, position_ids, attention, cache, token_type_ids, encoder)
+
+    def hidden(self, inputs: StackInput, memory: torch.Tensor | None = None,
+               memory_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run one prepared stack; returns (final hidden states [batch, seq, d_model], MoE auxiliary loss or None).
+        An encoder-decoder's decoder attends to memory, the encoder's output, where memory_padding is 1."""
+        stack = self.encoder if inputs.encoder else self.decoder
+        x = self.embed_drop(self.embed(inputs.ids, inputs.positions, inputs.token_types))
+        memory_attention = None
+        if memory is not None:
+            padding = None if memory_padding is None or bool(memory_padding.all()) else memory_padding.bool()
+            memory_attention = cross_attention_spec(padding, x.shape[1], memory.shape[1], x.device)
+        return stack(x, inputs.attention, inputs.positions, BACKENDS[self.attention_backend], inputs.cache, memory,
+                     memory_attention)
+
     def encode(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None):
         """Run the encoder stack; returns (hidden states, auxiliary loss or None)."""
-        if position_ids is None and self.config.position in ("learned", "sinusoidal"):
-            position_ids = _positions_from_mask(None, input_ids.shape[0], 0, input_ids.shape[1], input_ids.device)
-        x = self.embed_drop(self.embed(input_ids, position_ids, token_type_ids))
-        return self.encoder(x, position_ids, attention_mask)
+        check_ids = not self.training and not torch.compiler.is_compiling()
+        inputs = self.prepare(input_ids, attention_mask, position_ids, token_type_ids=token_type_ids, encoder=True,
+                              check_ids=check_ids)
+        return self.hidden(inputs)
 
     def forward(
         self,
@@ -365,54 +417,40 @@ class Model(nn.Module):
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         prefix_lengths: torch.Tensor | None = None,
-        past_key_values: KVCache | None = None,
-        use_cache: bool = False,
+        past_key_values: Cache | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
-        """Logits [batch, seq, vocab] (and loss when labels are given; labels are shifted inside for decoders)."""
+        """The Hugging Face-style call: logits [batch, seq, vocab] through prepare → stack → head, and with labels the
+        mean loss of llmlab.objectives.losses (the Trainer's loss functions; decoders shift labels there)."""
         config = self.config
-        aux_total = None
-        memory = encoder_hidden_states
         check_ids = not self.training and not torch.compiler.is_compiling()  # a host sync: not in every training step
-        if config.arch == "encoder" or (config.arch == "encoder_decoder" and memory is None):
-            check_model_inputs(config, input_ids, attention_mask, check_ids=check_ids)
+        aux_total, memory = None, encoder_hidden_states
         if config.arch == "encoder_decoder" and memory is None:
             memory, aux_total = self.encode(input_ids, attention_mask, token_type_ids=token_type_ids)
         if config.arch == "encoder":
             hidden, aux_total = self.encode(input_ids, attention_mask, position_ids, token_type_ids)
         else:
+            memory_padding = None
             if config.arch == "encoder_decoder":
                 if decoder_input_ids is None:
                     if labels is None:
-                        raise ValueError("An encoder-decoder needs decoder_input_ids or labels.")
+                        raise ConfigError("An encoder-decoder needs decoder_input_ids or labels.")
                     decoder_input_ids = self.shift_right(labels)
                 ids, padding, memory_padding = decoder_input_ids, decoder_attention_mask, attention_mask
             else:
-                ids, padding, memory_padding = input_ids, attention_mask, None
-            if use_cache and past_key_values is None:
-                past_key_values = KVCache(len(self.decoder.blocks))
-            past = past_key_values.length if past_key_values is not None else 0
-            names = ("decoder_input_ids", "decoder_attention_mask") if config.arch == "encoder_decoder" else None
-            check_model_inputs(config, ids, padding, past, check_ids, names or ("input_ids", "attention_mask"))
-            if position_ids is None and config.position in ("learned", "sinusoidal", "rope"):
-                position_ids = _positions_from_mask(padding, ids.shape[0], past, ids.shape[1], ids.device)
-            x = self.embed_drop(self.embed(ids, position_ids, None))
-            if padding is not None and past == 0 and bool(padding.all()):
-                padding = None
-            hidden, aux = self.decoder(x, position_ids, padding, prefix_lengths, past_key_values, memory,
-                                       memory_padding)
+                ids, padding = input_ids, attention_mask
+            inputs = self.prepare(ids, padding, position_ids, prefix_lengths, document_ids, cache=past_key_values,
+                                  check_ids=check_ids)
+            hidden, aux = self.hidden(inputs, memory, memory_padding)
             aux_total = aux if aux_total is None else aux_total + (aux if aux is not None else 0)
         logits = self.logits(hidden) if config.lm_head else None
         pooled = torch.tanh(self.pooler(hidden[:, 0])) if config.pooler else None
         loss = None
         if labels is not None and logits is not None:
-            if config.arch in ("decoder", "prefix_decoder"):
-                logits_for_loss, targets = logits[:, :-1], labels[:, 1:]
-            else:
-                logits_for_loss, targets = logits, labels
-            loss = F.cross_entropy(logits_for_loss.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-            if aux_total is not None:
-                loss = loss + aux_total
+            from llmlab.objectives.losses import mean_language_model_loss  # the loss functions the Trainer uses
+
+            loss = mean_language_model_loss(config.arch, logits, labels, aux_total)
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux_total, past_key_values=past_key_values,
                            hidden_states=hidden, encoder_hidden_states=memory, pooled=pooled)
 
@@ -421,76 +459,17 @@ class Model(nn.Module):
         start = self.config.decoder_start_token_id
         start = self.config.pad_token_id if start is None else start
         if start is None:
-            raise ValueError("ModelConfig.decoder_start_token_id (or pad_token_id) is needed to shift labels.")
+            raise ConfigError("ModelConfig.decoder_start_token_id (or pad_token_id) is needed to shift labels.")
         shifted = labels.new_full(labels.shape, start)
         shifted[:, 1:] = labels[:, :-1]
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         return shifted.masked_fill(shifted == -100, pad)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int = 20,
-        attention_mask: torch.Tensor | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> torch.Tensor:
-        """Greedy or sampled continuation; returns prompt + new tokens (decoder ids for encoder-decoders)."""
-        from llmlab.infer.sampling import check_sampling, next_token
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, attention_mask: torch.Tensor | None = None,
+                 **options) -> torch.Tensor:
+        """The Hugging Face-style call of llmlab.infer.generate: prompt + new tokens [batch, prompt + new] (the decoder
+        ids, from the start token, for encoder-decoders); options are GenerationConfig fields, generator and
+        use_cache."""
+        from llmlab.infer.generate import generate_ids  # the one implementation of generation
 
-        check_model_inputs(self.config, input_ids, attention_mask)
-        if do_sample:
-            check_sampling(temperature, top_k, top_p)
-        length = 1 if self.config.arch == "encoder_decoder" else input_ids.shape[1]
-        if self.config.position in FIXED_CONTEXT_POSITIONS and length + max_new_tokens > self.config.max_seq_len:
-            raise ConfigError(f"{length} prompt tokens plus max_new_tokens={max_new_tokens} exceed the model's "
-                              f"max_seq_len {self.config.max_seq_len}.")
-        if self.config.arch == "encoder":
-            raise ValueError("An encoder-only model cannot generate text.")
-        if self.config.position == "glm2d":
-            raise ValueError("GLM generation needs 2-D blank-infilling positions; call forward with position_ids.")
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        pad = self.config.pad_token_id if self.config.pad_token_id is not None else (eos if eos is not None else 0)
-        batch = input_ids.shape[0]
-        encoder_kwargs = {}
-        if self.config.arch == "encoder_decoder":
-            memory, _ = self.encode(input_ids, attention_mask)
-            encoder_kwargs = {"encoder_hidden_states": memory, "attention_mask": attention_mask}
-            start = self.config.decoder_start_token_id
-            start = pad if start is None else start
-            sequence = input_ids.new_full((batch, 1), start)
-            mask = None
-        else:
-            sequence = input_ids
-            mask = attention_mask
-        prefix = None
-        if self.config.arch == "prefix_decoder":
-            prefix = torch.full((batch,), input_ids.shape[1], dtype=torch.long, device=input_ids.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        cache = None
-        for _ in range(max_new_tokens):
-            step_ids = sequence if cache is None else sequence[:, -1:]
-            if self.config.arch == "encoder_decoder":
-                out = self(input_ids, decoder_input_ids=step_ids, past_key_values=cache, use_cache=use_cache,
-                           **encoder_kwargs)
-            else:
-                out = self(step_ids, attention_mask=mask, past_key_values=cache, use_cache=use_cache,
-                           prefix_lengths=prefix if cache is None else None)
-            if use_cache:
-                cache = out.past_key_values
-            token = next_token(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)
-            token = torch.where(finished, torch.full_like(token, pad), token)
-            sequence = torch.cat([sequence, token[:, None]], dim=1)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            if eos is not None:
-                finished |= token == eos
-                if bool(finished.all()):
-                    break
-        return sequence
+        return generate_ids(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, **options)

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from llmlab.errors import ConfigError
+from llmlab.objectives.losses import LossFunction, language_model_loss, z_loss  # noqa: F401 (z_loss: public here)
 from llmlab.train import distributed
 from llmlab.train.checkpoint import (
     latest_checkpoint, load_checkpoint, save_checkpoint, save_model, save_sharded_checkpoint,
@@ -115,19 +116,6 @@ def training_flops_per_token(n_parameters: int, n_layers: int, d_model: int, seq
     return 6 * n_parameters + 12 * n_layers * d_model * seq_len
 
 
-def z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """PaLM's auxiliary loss: the mean over positions of log(Z)², Z the softmax normaliser."""
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
-
-
-def label_count(batch: dict, shifted: bool) -> int:
-    """How many positions of a batch carry a label (not -100), without the first when the model shifts labels; the
-    number of input positions for batches without labels."""
-    if "labels" not in batch:
-        return batch["input_ids"].numel()
-    labels = batch["labels"][:, 1:] if shifted else batch["labels"]
-    return int((labels != -100).sum())
-
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each transformer block's activations in the backward pass instead of storing them."""
@@ -195,7 +183,12 @@ class MetricsLog:
 
 
 class Trainer:
-    """Trains model on batches (an iterator of dicts of model keyword arguments) as config says.
+    """Trains model on batches (an iterator of dicts of tensors) as config says, minimising loss_fn.
+
+    loss_fn(model, batch) returns (summed loss, token count, metrics) (llmlab.objectives.losses; by default the
+    language-model loss of every pretraining objective, with config.z_loss). Each step's gradient is that of the summed
+    loss over the whole global batch divided by its token count, so every token weighs the same however the batch
+    falls into micro-batches and ranks.
 
     With a run_dir, metrics go to run_dir/metrics.jsonl and checkpoints to run_dir/checkpoints/step-N; for
     checkpoints the batches must have state_dict/load_state_dict (their position is saved with the rest).
@@ -212,8 +205,9 @@ class Trainer:
                  held_out: list[dict] | None = None, run_dir: str | Path | None = None,
                  tokenizer_file: str | Path | None = None, progress: bool = True, description: str = "train",
                  on_step: Callable[[int, float], None] | None = None,
-                 sampler: Callable[[nn.Module], str] | None = None):
+                 sampler: Callable[[nn.Module], str] | None = None, loss_fn: LossFunction | None = None):
         self.model, self.config, self.batches, self.held_out = model, config, batches, held_out
+        self.loss_fn = loss_fn or partial(language_model_loss, z_loss_weight=config.z_loss)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tokenizer_file, self.progress, self.description = tokenizer_file, progress, description
         self.on_step, self.sampler = on_step, sampler
@@ -232,7 +226,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.guard = SpikeGuard(config.spike_factor, config.spike_window)
         self.forward = torch.compile(self.parallel_model) if config.compile else self.parallel_model
-        self.shifts_labels = getattr(getattr(model, "config", None), "arch", None) in ("decoder", "prefix_decoder")
         self.metrics = MetricsLog(self.run_dir if self.is_main else None)
         self.step = 0
         self.skipped = {"non-finite": 0, "spike": 0}
@@ -309,13 +302,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _loss(self, batch: dict) -> torch.Tensor:
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         with self._autocast():
-            output = self.forward(**batch)
-            loss = output.loss
-            if self.config.z_loss:
-                loss = loss + self.config.z_loss * z_loss(output.logits)
-        return loss
+            return self.loss_fn(self.forward, batch)
 
     def _next_batch(self) -> dict:
         return {name: value.to(self.device) for name, value in next(self.batches).items()}
@@ -333,20 +322,23 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         micro_batches = [self._next_batch() for _ in range(config.grad_accum)]
-        counts = [label_count(batch, self.shifts_labels) for batch in micro_batches]
         world = distributed.world_size()
-        (total_count,) = distributed.all_reduce_sum([sum(counts)], self.device)
-        loss_sum, tokens = 0.0, sum(batch["input_ids"].numel() for batch in micro_batches)
-        for index, (batch, count) in enumerate(zip(micro_batches, counts)):
-            weight = count * world / total_count if total_count else 1 / config.grad_accum
+        summed_losses, counts = [], []
+        for index, batch in enumerate(micro_batches):
             with distributed.gradient_sync(self.parallel_model, enabled=index == len(micro_batches) - 1):
-                loss = self._loss(batch) * weight
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            loss_sum += loss.item()
-        loss_sum, tokens = distributed.all_reduce_sum([loss_sum, tokens], self.device)
-        loss_sum /= world
+                summed, count, _ = self._loss(batch)
+                (self.scaler.scale(summed) if self.scaler is not None else summed).backward()
+            summed_losses.append(summed.detach())
+            counts.append(count)
+        tokens = sum(batch["input_ids"].numel() for batch in micro_batches)
+        loss_sum, total_count, tokens = distributed.all_reduce_sum(
+            [float(sum(summed_losses)), float(sum(counts)), tokens], self.device)
+        loss_sum = loss_sum / total_count if total_count else math.nan
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if gradients and total_count:  # data-parallel wrappers average over ranks: back to the global mean
+            torch._foreach_mul_(gradients, world / total_count)
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
         grad_norm = float(distributed.as_full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                                                     max_norm)))
@@ -386,11 +378,10 @@ class Trainer:
         """Mean loss over the held-out batches, with dropout off; distributed, each batch's loss is the mean over all
         ranks' labelled positions, as one process holding the whole batch computes it."""
         self.model.eval()
-        sums = []  # per batch: loss × labelled positions, labelled positions
+        sums = []  # per batch: summed loss, labelled positions
         for batch in self.held_out:
-            batch = {name: value.to(self.device) for name, value in batch.items()}
-            count = label_count(batch, self.shifts_labels)
-            sums += [self._loss(batch).item() * count if count else math.nan, count]
+            summed, count, _ = self._loss({name: value.to(self.device) for name, value in batch.items()})
+            sums += [float(summed), float(count)]
         self.model.train()
         totals = distributed.all_reduce_sum(sums, self.device)
         losses = [total / count if count else math.nan for total, count in zip(totals[::2], totals[1::2])]

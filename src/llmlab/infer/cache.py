@@ -1,0 +1,113 @@
+"""Key/value caches behind the model's Cache protocol (llmlab.model.attention): dynamic and static."""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab.errors import ConfigError
+
+
+class _CrossAttentionStore:
+    """An encoder-decoder's cross-attention keys/values per layer, computed once from the encoder output."""
+
+    def __init__(self, n_layers: int):
+        self._cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+
+    def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The layer's cross-attention keys/values, once computed."""
+        return self._cross[layer]
+
+    def set_cross(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep the layer's cross-attention keys/values."""
+        self._cross[layer] = (keys, values)
+
+    def _reorder_cross(self, index: torch.Tensor) -> None:
+        self._cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                       for kv in self._cross]
+
+
+class DynamicCache(_CrossAttentionStore):
+    """Keys and values that grow by concatenation, one length for the whole batch (the simplest cache)."""
+
+    contiguous = True  # attention sees exactly the written keys, the newest last
+
+    def __init__(self, n_layers: int):
+        super().__init__(n_layers)
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0
+
+    def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Slots length..length+new_tokens-1 for every row; attention then sees length + new_tokens keys."""
+        return torch.arange(self.length, self.length + new_tokens, device=device)[None], self.length + new_tokens
+
+    def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys/values [batch, kv_heads, new, head_dim] and return all of the layer's."""
+        if self.keys[layer] is not None:
+            keys = torch.cat([self.keys[layer], keys], dim=2)
+            values = torch.cat([self.values[layer], values], dim=2)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
+
+    def advance(self, new_tokens: int) -> None:
+        """Count the tokens every layer has appended."""
+        self.length += new_tokens
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows in index, in that order (beam search, finished rows)."""
+        for store in (self.keys, self.values):
+            for layer, tensor in enumerate(store):
+                if tensor is not None:
+                    store[layer] = tensor.index_select(0, index)
+        self._reorder_cross(index)
+
+
+class StaticCache(_CrossAttentionStore):
+    """Preallocated keys and values [batch, kv_heads, capacity, head_dim] per layer, written by slot: fixed shapes
+    for torch.compile and CUDA graphs, and a length of its own per row."""
+
+    contiguous = False
+
+    def __init__(self, n_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__(n_layers)
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.capacity = capacity
+
+    @classmethod
+    def for_model(cls, model, batch: int, capacity: int, dtype: torch.dtype | None = None) -> "StaticCache":
+        """A cache sized for model's decoder layers and attention heads."""
+        config = model.config
+        layers = config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers
+        if capacity > config.max_seq_len and config.position in ("learned", "sinusoidal", "glm2d"):
+            raise ConfigError(f"A cache of {capacity} positions exceeds the model's max_seq_len {config.max_seq_len}.")
+        dtype = dtype or next(model.parameters()).dtype
+        return cls(layers, batch, config.kv_heads, config.dim_head, capacity, dtype, model.device)
+
+    def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Each row's next new_tokens slots (its own length on); attention sees all capacity slots, masked causally."""
+        return self.lengths[:, None] + torch.arange(new_tokens, device=device), self.capacity
+
+    def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write keys/values [batch, kv_heads, new, head_dim] at slots positions [batch, new]; return the buffers."""
+        index = positions[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])
+        self.keys[layer].scatter_(2, index, keys.to(self.keys[layer].dtype))
+        self.values[layer].scatter_(2, index, values.to(self.values[layer].dtype))
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, new_tokens: int) -> None:
+        """Every row has written new_tokens more slots."""
+        self.lengths += new_tokens
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows in index, in that order (the batch size stays: index has one entry a row)."""
+        for store in (self.keys, self.values):
+            for layer, tensor in enumerate(store):
+                store[layer] = tensor.index_select(0, index)
+        self.lengths = self.lengths.index_select(0, index)
+        self._reorder_cross(index)
