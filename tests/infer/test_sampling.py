@@ -73,13 +73,18 @@ def test_no_repeat_ngram_matches_transformers(logits, history, size):
     assert_equal_scores(process_logits(logits, config, counts_after(config, history), history), expected)
 
 
-@pytest.mark.parametrize("size", [2, 3])
-def test_no_repeat_ngram_ignores_padding_anywhere(logits, history, size):
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_no_repeat_ngram_ignores_left_and_right_padding(logits, history, size):
     config = GenerationConfig(no_repeat_ngram_size=size)
-    padded = history.clone()
-    padded = torch.cat([torch.full((BATCH, 2), PAD), padded[:, :4], torch.full((BATCH, 3), PAD), padded[:, 4:]], 1)
-    expected = NoRepeatNGramLogitsProcessor(size)(history, logits.clone())
-    assert_equal_scores(process_logits(logits, config, counts_after(config, history), padded), expected)
+    ragged = [history[row, :PROMPT + row % 3] for row in range(BATCH)]  # rows of different lengths
+    expected = torch.cat([NoRepeatNGramLogitsProcessor(size)(row[None], logits[i:i + 1].clone())
+                          for i, row in enumerate(ragged)])
+    width = PROMPT + 4
+    left = torch.stack([torch.cat([torch.full((width - len(row),), PAD), row]) for row in ragged])
+    both = torch.stack([torch.cat([torch.full((1 + i % 2,), PAD), row, torch.full((width + 1 - i % 2 - len(row),), PAD)
+                                   ]) for i, row in enumerate(ragged)])
+    for padded in (left, both):
+        assert_equal_scores(process_logits(logits, config, counts_after(config, history), padded), expected)
 
 
 def test_no_repeat_ngram_with_a_history_shorter_than_the_ngram(logits):
@@ -227,3 +232,22 @@ def test_filter_logits_keeps_its_contract():
     assert filter_logits(logits, top_k=2).isinf().tolist() == [[False, False, True, True]]
     assert filter_logits(logits, top_p=0.5).isinf().tolist() == [[False, True, True, True]]
     assert filter_logits(logits).tolist() == logits.tolist()
+
+
+@pytest.mark.gpu
+def test_a_decode_step_on_the_gpu_never_waits_for_the_host_and_matches_the_cpu(logits, history):
+    config = GenerationConfig(do_sample=True, repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2,
+                              no_repeat_ngram_size=2, min_new_tokens=8, eos_token_id=4, temperature=0.8, top_k=20,
+                              top_p=0.95, min_p=0.02, logprobs=3)
+    on_gpu, gpu_logits = history.cuda(), logits.cuda()
+    counts = counts_after(config, on_gpu)
+    rows = generators(range(BATCH), "cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        scores = process_logits(gpu_logits, config, counts, on_gpu)
+        choice = choose_tokens(scores, config, rows, gpu_logits)
+        counts.update(choice.tokens)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_equal_scores(scores.cpu(), process_logits(logits, config, counts_after(config, history), history))
+    assert choice.tokens.shape == (BATCH,) and choice.top_tokens.shape == (BATCH, 3)

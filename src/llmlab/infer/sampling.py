@@ -25,7 +25,7 @@ class TokenCounts:
     num_generated: torch.Tensor  # [batch] int64
     eos: torch.Tensor  # [vocab] bool: the ids min_new_tokens holds back
     in_prompt: torch.Tensor | None = None  # [batch, vocab] bool, kept for the repetition penalty
-    generated: torch.Tensor | None = None  # [batch, vocab] int32, kept for the repetition, presence and frequency penalties
+    generated: torch.Tensor | None = None  # [batch, vocab] int32, kept for all three penalties
 
     @classmethod
     def start(cls, config: GenerationConfig, prompt_ids: torch.Tensor, vocab_size: int) -> TokenCounts:
@@ -35,7 +35,7 @@ class TokenCounts:
         if outside:
             raise ConfigError(f"GenerationConfig.eos_token_id {outside[0]} is outside the vocabulary of {vocab_size}.")
         eos = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        eos[list(config.eos_token_ids)] = True
+        eos[list(config.eos_token_ids)] = True  # a host-to-device copy, once per generation rather than per step
         counts = cls(num_generated=torch.zeros(batch, dtype=torch.long, device=device), eos=eos)
         if config.repetition_penalty != 1.0:
             counts.in_prompt = _token_mask(prompt_ids, vocab_size)
@@ -51,7 +51,8 @@ class TokenCounts:
 
     def select(self, rows: torch.Tensor) -> TokenCounts:
         """The counts of the given rows, in that order (beam search reordering, n samples per prompt)."""
-        pick = lambda tensor: None if tensor is None else tensor.index_select(0, rows)  # noqa: E731
+        def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.index_select(0, rows)
         return TokenCounts(pick(self.num_generated), self.eos, pick(self.in_prompt), pick(self.generated))
 
 
@@ -63,7 +64,7 @@ def _token_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty (Keskar et al., 2019) on the seen [batch, vocab] tokens: positive scores / penalty, negative * penalty."""
+    """CTRL's penalty (Keskar et al., 2019) on seen [batch, vocab] tokens: positive scores / penalty, negative ones * it."""
     penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
     return torch.where(seen, penalised, scores)
 
@@ -75,22 +76,22 @@ def presence_frequency_penalty(scores: torch.Tensor, generated: torch.Tensor, pr
     return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
 
 
-def left_align(history: torch.Tensor) -> torch.Tensor:
-    """history [batch, T] with its PAD entries moved to the front of each row, the tokens keeping their order."""
-    order = (history >= 0).to(torch.int8).argsort(dim=1, stable=True)
-    return history.gather(1, order)
-
-
 def banned_ngram_tokens(history: torch.Tensor, size: int, vocab_size: int) -> torch.Tensor:
-    """[batch, vocab] bool: the tokens that would repeat an n-gram of `size` already in history [batch, T]."""
-    history = left_align(history)
-    length = history.shape[1]
-    banned = torch.zeros(history.shape[0], vocab_size + 1, dtype=torch.bool, device=history.device)
-    if length >= size:
-        windows = history.unfold(1, size, 1)  # [batch, length - size + 1, size]: every n-gram so far
-        context = history[:, length - size + 1:]
-        repeats = (windows[..., :-1] == context[:, None]).all(-1) & (windows >= 0).all(-1)
-        banned.scatter_(1, torch.where(repeats, windows[..., -1], vocab_size), True)
+    """[batch, vocab] bool: the tokens that would repeat an n-gram of `size` already in history [batch, T].
+
+    Each row's tokens must be contiguous: PAD before them (left padding), after them (right padding) or both.
+    """
+    batch, length = history.shape
+    banned = torch.zeros(batch, vocab_size + 1, dtype=torch.bool, device=history.device)
+    if length < size:
+        return banned[:, :vocab_size]
+    last = length - 1 - (history >= 0).flip(1).to(torch.int8).argmax(dim=1)  # each row's last token
+    offsets = torch.arange(2 - size, 1, device=history.device)
+    context = history.gather(1, (last[:, None] + offsets).clamp(min=0))  # its last size - 1 tokens
+    windows = history.unfold(1, size, 1)  # [batch, length - size + 1, size]: every n-gram so far
+    whole = (windows[..., 0] >= 0) & (windows[..., -1] >= 0)
+    repeats = (windows[..., :-1] == context[:, None]).all(-1) & whole
+    banned.scatter_(1, torch.where(repeats, windows[..., -1], vocab_size), True)
     return banned[:, :vocab_size]
 
 
@@ -126,7 +127,8 @@ def process_logits(logits: torch.Tensor, config: GenerationConfig, counts: Token
                    history: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 scores [batch, vocab] from next-token logits after every option of config, in transformers' order.
 
-    history [batch, T] (prompt and generated tokens, PAD-padded anywhere) is needed only for no_repeat_ngram_size.
+    history [batch, T] (prompt and generated tokens, contiguous in each row, PAD before and/or after them) is needed
+    only for no_repeat_ngram_size.
     Penalties come first (repetition, then frequency and presence as in vLLM), then n-gram blocking and
     min_new_tokens; temperature, top-k, top-p and min-p only when sampling.
     """
