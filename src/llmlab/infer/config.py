@@ -125,8 +125,8 @@ class GenerationConfig:
         value = getattr(self, name)
         below = low is not None and (value <= low if low_open else value < low)
         if not _is_number(value) or below or (high is not None and value > high):
-            opening = "(-inf" if low is None else f"({low}" if low_open else f"[{low}"
-            bounds = f"{opening}, {'inf)' if high is None else f'{high}]'}"
+            opening = "(-inf" if low is None else f"({low:g}" if low_open else f"[{low:g}"
+            bounds = f"{opening}, {'inf)' if high is None else f'{high:g}]'}"
             raise ConfigError(f"GenerationConfig.{name} must be a number in {bounds}, not {value!r}.")
 
     def replace(self, **changes: Any) -> GenerationConfig:

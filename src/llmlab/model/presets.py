@@ -37,10 +37,10 @@ def _build(name: str, size: str, sizes: dict[str, Shape], overrides: dict[str, A
     data = {**base, **sizes[size]}
     if derive is not None:
         data.update(derive(data))
-    for token in _SPECIAL_TOKENS:  # a tiny vocabulary cannot hold the family's token ids (e.g. GPT-2's 50256)
+    data.update(overrides)
+    for token in set(_SPECIAL_TOKENS) - set(overrides):  # a small vocabulary cannot hold e.g. GPT-2's id 50256
         if data.get(token) is not None and data[token] >= data["vocab_size"]:
             data[token] = data["vocab_size"] - 1
-    data.update(overrides)
     return ModelConfig.from_dict(data, where=f"presets.{name}(size={size!r})")
 
 

@@ -400,9 +400,10 @@ class Model(nn.Module):
         return stack(x, inputs.attention, inputs.positions, BACKENDS[self.attention_backend], inputs.cache, memory,
                      memory_attention)
 
-    def encode(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None):
+    def encode(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, check_ids=None):
         """Run the encoder stack; returns (hidden states, auxiliary loss or None)."""
-        check_ids = not self.training and not torch.compiler.is_compiling()
+        if check_ids is None:
+            check_ids = not self.training and not torch.compiler.is_compiling()
         inputs = self.prepare(input_ids, attention_mask, position_ids, token_type_ids=token_type_ids, encoder=True,
                               check_ids=check_ids)
         return self.hidden(inputs)
