@@ -193,3 +193,42 @@ def test_generation_config_from_the_checkpoint_is_the_default(tmp_path):
     model = tiny_model("gpt2")
     model.generation_config = GenerationConfig(max_new_tokens=3)
     assert len(generate(model, PROMPTS[:1], ignore_eos=True).tokens[0]) == 3
+
+
+def glm_reference(model, part_a, mask_position, tokens, steps):
+    """Greedy blank infilling by full recomputation, positions built by the GLM objective's own example builder."""
+    from llmlab.objectives.glm import blank_infilling_example
+
+    span = []
+    text = torch.tensor(part_a[:mask_position] + part_a[mask_position + 1:])
+    for _ in range(steps):
+        filled = torch.cat([text[:mask_position], torch.tensor(span, dtype=torch.long), text[mask_position:]])
+        example = blank_infilling_example(filled, [(mask_position, len(span))] if span else [], [0] if span else [],
+                                          part_a[mask_position], tokens.sop, tokens.eop)
+        ids, positions = example["input_ids"][:-1], example["position_ids"][:, :-1]
+        if not span:  # no span yet: part A, then [sop] at the mask token's position
+            ids = torch.tensor(part_a + [tokens.sop])
+            positions = torch.tensor([list(range(len(part_a))) + [mask_position], [0] * len(part_a) + [1]])
+        with torch.no_grad():
+            logits = model(ids[None], position_ids=positions[None],
+                           prefix_lengths=torch.tensor([len(part_a)])).logits[0, -1]
+        span.append(int(logits.argmax()))
+        if span[-1] == tokens.eop:
+            break
+    return span
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_glm_fills_the_blank_with_2d_positions(cache):
+    from llmlab.infer.generate import BlankTokens
+
+    torch.manual_seed(0)
+    model = Model(presets.glm("tiny", vocab_size=VOCAB, init_std=0.2)).eval()
+    tokens = BlankTokens(masks=(90, 91, 92), sop=93, eop=94)
+    prompts = [[5, 9, 90, 14, 15], [3, 8, 20, 21, 92], [11, 91, 6]]
+    result = generate(model, prompts, max_new_tokens=6, blank_tokens=tokens, cache=cache)
+    for prompt, got in zip(prompts, result.tokens):
+        position = next(i for i, t in enumerate(prompt) if t in tokens.masks)
+        assert got == glm_reference(model, prompt, position, tokens, 6)
+    with pytest.raises(ConfigError, match="exactly one"):
+        generate(model, [[5, 9, 14]], blank_tokens=tokens)

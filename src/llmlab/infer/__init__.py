@@ -1,0 +1,8 @@
+"""Utilisation (survey §6): key/value caches, token choice, generate and stream."""
+
+from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.config import GenerationConfig
+from llmlab.infer.generate import BlankTokens, GenerationResult, Piece, generate, stream
+
+__all__ = ["BlankTokens", "DynamicCache", "GenerationConfig", "GenerationResult", "Piece", "StaticCache", "generate",
+           "stream"]

@@ -19,7 +19,7 @@ from llmlab.infer.config import GenerationConfig
 from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
 from llmlab.infer.stopping import StopStrings, truncate_at_stop
-from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs
+from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs, positions_from_mask
 
 CACHES = ("dynamic", "static")
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
@@ -60,7 +60,9 @@ class DecodeState:
     (decoder tokens, from the start token, for encoder-decoders)."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
-                 cache: str | None = "dynamic"):
+                 cache: str | None = "dynamic", blank_positions: torch.Tensor | None = None):
+        """blank_positions [batch] makes it GLM blank infilling: each prompt ends with [sop] after part A, and the
+        new tokens take the position of their row's mask token, counting 1, 2, … in the second position row."""
         config = model.config
         self.model, self.config = model, config
         batch, device = input_ids.shape[0], input_ids.device
@@ -73,20 +75,36 @@ class DecodeState:
             self.sequence, self.mask = input_ids.new_full((batch, 1), start), None
         else:
             self.sequence, self.mask = input_ids, attention_mask
-        if config.arch == "prefix_decoder":
-            self.prefix = torch.full((batch,), input_ids.shape[1], dtype=torch.long, device=device)
+        if config.arch == "prefix_decoder":  # the prompt is bidirectional; GLM's closing [sop] already is part B
+            prefix = input_ids.shape[1] - (blank_positions is not None)
+            self.prefix = torch.full((batch,), prefix, dtype=torch.long, device=device)
         self.cache = None if cache is None else _new_cache(model, cache, batch, self.sequence.shape[1] + max_new_tokens)
+        self.blank_positions = blank_positions
+        self.prompt_length = self.sequence.shape[1]
         self.fresh = True
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
         whole = self.fresh or self.cache is None
         ids = self.sequence if whole else self.sequence[:, -1:]
-        inputs = self.model.prepare(ids, self.mask, prefix_lengths=self.prefix if whole else None, cache=self.cache,
-                                    check_ids=False)
+        positions = None if self.blank_positions is None else self._blank_positions(ids.shape[1])
+        inputs = self.model.prepare(ids, self.mask, positions, prefix_lengths=self.prefix if whole else None,
+                                    cache=self.cache, check_ids=False)
         hidden, _ = self.model.hidden(inputs, self.memory, self.memory_padding)
         self.fresh = False
         return self.model.logits(hidden, -1)
+
+    def _blank_positions(self, length: int) -> torch.Tensor:
+        """GLM's 2-D positions [batch, 2, length] of the last length tokens: part A counts its real tokens from 0
+        with block position 0; [sop] and the span sit at the mask token's position with block positions 1, 2, …"""
+        batch, total = self.sequence.shape
+        part_a = self.prompt_length - 1
+        index = torch.arange(total, device=self.sequence.device).expand(batch, -1)
+        first = positions_from_mask(self.mask, total) if self.mask is not None else index
+        in_span = index >= part_a
+        first = torch.where(in_span, self.blank_positions[:, None], first)
+        second = torch.where(in_span, index - part_a + 1, torch.zeros_like(index))
+        return torch.stack([first, second], dim=1)[..., -length:]
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add this step's token [batch] to every row."""
@@ -99,6 +117,7 @@ class DecodeState:
         def pick(tensor):
             return None if tensor is None else tensor.index_select(0, rows)
         self.sequence, self.mask, self.prefix = pick(self.sequence), pick(self.mask), pick(self.prefix)
+        self.blank_positions = pick(self.blank_positions)
         self.memory, self.memory_padding = pick(self.memory), pick(self.memory_padding)
         if self.cache is not None:
             self.cache.reorder(rows)
@@ -120,8 +139,38 @@ def _context_left(model, prompt_length: int, where: str) -> int:
 def _check_model_can_generate(model) -> None:
     if model.config.arch == "encoder":
         raise ConfigError("An encoder-only model cannot generate text; it gives logits or hidden states for a text.")
-    if model.config.position == "glm2d":
-        raise ConfigError("GLM generation needs 2-D blank-infilling positions; call forward with position_ids.")
+
+
+@dataclass(frozen=True)
+class BlankTokens:
+    """GLM's special token ids for blank infilling: the mask tokens ([MASK], [sMASK], [gMASK]), [sop] and [eop]."""
+
+    masks: tuple[int, ...]
+    sop: int
+    eop: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "BlankTokens":
+        """The ids of GLM's special tokens in a tokenizer trained with the glm objective's tokens."""
+        from llmlab.data.tokenizer import END_OF_PIECE, GENERATION_MASK, MASK, SENTENCE_MASK, START_OF_PIECE
+
+        names = (MASK, SENTENCE_MASK, GENERATION_MASK, START_OF_PIECE, END_OF_PIECE)
+        ids = {name: tokenizer.token_to_id(name) if tokenizer is not None else None for name in names}
+        if ids[START_OF_PIECE] is None or ids[END_OF_PIECE] is None or all(ids[m] is None for m in names[:3]):
+            raise ConfigError(f"GLM blank infilling needs a tokenizer with {', '.join(names)} (train it with "
+                              f"--objective glm), or blank_tokens=BlankTokens(...).")
+        return cls(tuple(ids[m] for m in names[:3] if ids[m] is not None), ids[START_OF_PIECE], ids[END_OF_PIECE])
+
+    def prompts(self, lists: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+        """Each prompt (part A, with exactly one mask token) followed by [sop], and the mask token's position."""
+        positions = []
+        for index, prompt in enumerate(lists):
+            found = [i for i, token in enumerate(prompt) if token in self.masks]
+            if len(found) != 1:
+                raise ConfigError(f"Prompt {index} has {len(found)} mask tokens; GLM fills one blank a call, so give "
+                                  f"exactly one ([MASK], [sMASK] or [gMASK]).")
+            positions.append(found[0])
+        return [prompt + [self.sop] for prompt in lists], positions
 
 
 def _token_lists(prompts: Prompts, tokenizer) -> list[list[int]]:
@@ -221,15 +270,26 @@ def decode(state: DecodeState, config: GenerationConfig, steps: int, rows_per_pr
     return torch.stack(new_tokens, dim=1), choices
 
 
-def _prepare_request(model, prompts: Prompts, config: GenerationConfig | None, changes: dict, tokenizer):
+def _prepare_request(model, prompts: Prompts, config: GenerationConfig | None, changes: dict, tokenizer,
+                     blank_tokens: BlankTokens | None = None):
+    """(config, token lists, steps that fit the context, tokenizer, GLM mask positions or None) of a request."""
     _check_model_can_generate(model)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     config = resolve_config(model, config, changes)
     lists = _token_lists(prompts, tokenizer)
+    blanks = None
+    if model.config.position == "glm2d":  # blank infilling: generate the span of the prompt's mask token
+        blank_tokens = blank_tokens or BlankTokens.from_tokenizer(tokenizer)
+        lists, blanks = blank_tokens.prompts(lists)
+        config = config.replace(eos_token_id=tuple(dict.fromkeys((*config.eos_token_ids, blank_tokens.eop))))
     steps = min(config.max_new_tokens, min(_context_left(model, len(p), f"Prompt {i}") for i, p in enumerate(lists)))
     for index, prompt in enumerate(lists):
         check_model_inputs(model.config, torch.tensor([prompt]), names=(f"prompt {index}", "attention_mask"))
-    return config, lists, steps, tokenizer
+    return config, lists, steps, tokenizer, blanks
+
+
+def _as_tensor(values: list[int] | None, device) -> torch.Tensor | None:
+    return None if values is None else torch.tensor(values, device=device)
 
 
 def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
@@ -238,17 +298,19 @@ def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
 
 
 def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *, tokenizer=None,
-             cache: str = "dynamic", **changes) -> GenerationResult:
+             cache: str = "dynamic", blank_tokens: BlankTokens | None = None, **changes) -> GenerationResult:
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
-    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context."""
-    config, lists, steps, tokenizer = _prepare_request(model, prompts, config, changes, tokenizer)
+    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context. A GLM
+    model (2-D positions) fills the blank of each prompt's one mask token, up to [eop]."""
+    config, lists, steps, tokenizer, blanks = _prepare_request(model, prompts, config, changes, tokenizer,
+                                                               blank_tokens)
     if config.num_beams > 1:
         raise ConfigError("Beam search (num_beams > 1) is not available yet; use num_beams=1.")
     pad = _pad_id(model, config)
     ids, mask = left_padded(lists, pad, model.device)
-    state = DecodeState(model, ids, mask, steps, cache)
+    state = DecodeState(model, ids, mask, steps, cache, _as_tensor(blanks, model.device))
     watch = StopWatch(tokenizer, config, len(lists) * config.n) if config.stop else None
     new, choices = decode(state, config, steps, config.n, _seeds(config, len(lists)), pad, watch)
     eos = () if config.ignore_eos else config.eos_token_ids
@@ -299,10 +361,11 @@ class StopWatch:
 
 
 def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None = None, *, tokenizer=None,
-           cache: str = "dynamic", **changes) -> Iterator[Piece]:
+           cache: str = "dynamic", blank_tokens: BlankTokens | None = None, **changes) -> Iterator[Piece]:
     """Generate for one prompt and yield each step's new text as it is decided (whole characters only, never part
     of a stop string), with the finish reason on the last piece."""
-    config, lists, steps, tokenizer = _prepare_request(model, prompt, config, changes, tokenizer)
+    config, lists, steps, tokenizer, blanks = _prepare_request(model, prompt, config, changes, tokenizer,
+                                                               blank_tokens)
     if len(lists) != 1 or config.n != 1 or config.num_beams != 1:
         raise ConfigError("stream takes one prompt with n=1 and num_beams=1; use generate for more.")
     if tokenizer is None:
@@ -310,7 +373,8 @@ def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None =
     decoder = IncrementalDecoder(tokenizer, context=lists[0][-5:])
     stops = StopStrings(config.stop, config.include_stop_str_in_output)
     eos = () if config.ignore_eos else config.eos_token_ids
-    state = DecodeState(model, torch.tensor(lists, device=model.device), None, steps, cache)
+    state = DecodeState(model, torch.tensor(lists, device=model.device), None, steps, cache,
+                        _as_tensor(blanks, model.device))
     for step, (tokens, _, finished) in enumerate(decode_steps(state, config, steps, seeds=_seeds(config, 1))):
         token = int(tokens[0])
         if token in eos:
