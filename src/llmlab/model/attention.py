@@ -9,14 +9,16 @@ whenever the mask allows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.errors import ConfigError
 from llmlab.model.config import ModelConfig
+from llmlab.model.flex_attention import FlexAttention
 
 
 class Cache(Protocol):
@@ -53,6 +55,13 @@ class AttentionSpec:
     prefix_lengths: torch.Tensor | None = None  # [batch]: a causal query sees every key before it (prefix LM)
     document_ids: torch.Tensor | None = None  # [batch, key_count]: a query sees its own document's keys only
     plain_causal: bool = False  # exactly the lower triangle over key_count queries: SDPA's is_causal fast path
+    lowerings: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key, build: Callable[[], object]):
+        """What build() returns, built once per key for this batch (a backend's lowering of one layer kind)."""
+        if key not in self.lowerings:
+            self.lowerings[key] = build()
+        return self.lowerings[key]
 
     @property
     def queries(self) -> int:
@@ -131,7 +140,23 @@ class DenseAttention:
                                               scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-BACKENDS = {DenseAttention.name: DenseAttention()}
+BACKENDS = {backend.name: backend for backend in (DenseAttention(), FlexAttention())}
+AUTO = "auto"  # flex on CUDA unless attention dropout is active, else sdpa: chosen per call by resolve_backend
+
+
+def check_backend(name: str) -> str:
+    """The backend name itself, or a ConfigError naming the known ones."""
+    if name != AUTO and name not in BACKENDS:
+        raise ConfigError(f"There is no attention backend named {name!r}; choose one of "
+                          f"{', '.join([*BACKENDS, AUTO])}.")
+    return name
+
+
+def resolve_backend(name: str, device: torch.device, dropout: bool):
+    """The backend instance for a name; "auto" is flex on CUDA without attention dropout, sdpa otherwise."""
+    if check_backend(name) == AUTO:
+        name = "flex" if device.type == "cuda" and not dropout else "sdpa"
+    return BACKENDS[name]
 
 
 class Attention(nn.Module):
