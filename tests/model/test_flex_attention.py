@@ -187,3 +187,11 @@ def test_flex_refuses_attention_dropout_in_training():
     with pytest.raises(ConfigError, match="dropout"), torch.no_grad():
         model(ids)
     model.set_attention_backend("auto")(ids).logits.sum().backward()  # auto is sdpa here
+
+
+def test_a_bias_without_an_elementwise_form_is_refused():
+    from llmlab.model.attention import AttentionSpec
+
+    spec = AttentionSpec(query_index=torch.arange(4)[None], key_count=4, causal=True)
+    with pytest.raises(ConfigError, match="score"):
+        BACKENDS["flex"].lower(spec, None, (lambda query, key: torch.zeros(1, 1, 4, 4),), torch.float32)

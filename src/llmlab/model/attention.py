@@ -4,7 +4,8 @@ that one preparation step builds per batch, the backends that lower it, and the 
 A batch's masking is described once (`AttentionSpec`: causal, prefix lengths, window, document ids, key padding)
 rather than materialised; each backend lowers the description its own way, once per layer kind. The dense backend
 goes through torch.nn.functional.scaled_dot_product_attention, so flash and memory-efficient kernels run on a GPU
-whenever the mask allows.
+whenever the mask allows; the flex one (llmlab.model.flex_attention) through FlexAttention's block masks and score_mod.
+Model.set_attention_backend picks one by name ("sdpa", "flex" or "auto").
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class PositionBias(Protocol):
 
     def __call__(self, query_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
         """Bias [batch | 1, heads, queries, keys] for query slots [batch | 1, queries] and key slots [keys]."""
+
+    def score(self, head: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The same bias elementwise for broadcastable head, query-slot and key-slot tensors (FlexAttention's form)."""
 
 
 class DenseAttention:
