@@ -6,9 +6,9 @@ to mask_mod; ALiBi, T5's relative buckets (shared or per layer) and sums of them
 elementwise ``score(head, query, key)``. The fused kernel needs torch.compile (compile the model or the step); called
 eagerly, torch traces flex_attention itself and runs an unfused version that materialises the scores — correct on
 any device but no faster than the dense backend. On CPU flex runs forward only (torch has no CPU backward for it),
-and it has no attention dropout on any device. A query that sees no
-key at all (a padding position) gets a zero output where the dense backend averages every value; real tokens never
-see such positions, so outputs agree wherever a token is real.
+and it has no attention dropout on any device. A query that sees no key at all (a padding position) gets a zero
+output where the dense backend averages every value; real tokens never see such positions, so outputs agree wherever
+a token is real.
 """
 
 from __future__ import annotations
