@@ -4,19 +4,22 @@ that one preparation step builds per batch, the backends that lower it, and the 
 A batch's masking is described once (`AttentionSpec`: causal, prefix lengths, window, document ids, key padding)
 rather than materialised; each backend lowers the description its own way, once per layer kind. The dense backend
 goes through torch.nn.functional.scaled_dot_product_attention, so flash and memory-efficient kernels run on a GPU
-whenever the mask allows.
+whenever the mask allows; the flex one (llmlab.model.flex_attention) through FlexAttention's block masks and score_mod.
+Model.set_attention_backend picks one by name ("sdpa", "flex" or "auto").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.errors import ConfigError
 from llmlab.model.config import ModelConfig
+from llmlab.model.flex_attention import FlexAttention
 
 
 class Cache(Protocol):
@@ -53,6 +56,13 @@ class AttentionSpec:
     prefix_lengths: torch.Tensor | None = None  # [batch]: a causal query sees every key before it (prefix LM)
     document_ids: torch.Tensor | None = None  # [batch, key_count]: a query sees its own document's keys only
     plain_causal: bool = False  # exactly the lower triangle over key_count queries: SDPA's is_causal fast path
+    lowerings: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key, build: Callable[[], object]):
+        """What build() returns, built once per key for this batch (a backend's lowering of one layer kind)."""
+        if key not in self.lowerings:
+            self.lowerings[key] = build()
+        return self.lowerings[key]
 
     @property
     def queries(self) -> int:
@@ -99,6 +109,9 @@ class PositionBias(Protocol):
     def __call__(self, query_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
         """Bias [batch | 1, heads, queries, keys] for query slots [batch | 1, queries] and key slots [keys]."""
 
+    def score(self, head: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The same bias elementwise for broadcastable head, query-slot and key-slot tensors (FlexAttention's form)."""
+
 
 class DenseAttention:
     """The reference backend: one additive mask per layer kind, through scaled_dot_product_attention."""
@@ -131,7 +144,23 @@ class DenseAttention:
                                               scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-BACKENDS = {DenseAttention.name: DenseAttention()}
+BACKENDS = {backend.name: backend for backend in (DenseAttention(), FlexAttention())}
+AUTO = "auto"  # flex on CUDA unless attention dropout is active, else sdpa: chosen per call by resolve_backend
+
+
+def check_backend(name: str) -> str:
+    """The backend name itself, or a ConfigError naming the known ones."""
+    if name != AUTO and name not in BACKENDS:
+        raise ConfigError(f"There is no attention backend named {name!r}; choose one of "
+                          f"{', '.join([*BACKENDS, AUTO])}.")
+    return name
+
+
+def resolve_backend(name: str, device: torch.device, dropout: bool):
+    """The backend instance for a name; "auto" is flex on CUDA without attention dropout, sdpa otherwise."""
+    if check_backend(name) == AUTO:
+        name = "flex" if device.type == "cuda" and not dropout else "sdpa"
+    return BACKENDS[name]
 
 
 class Attention(nn.Module):

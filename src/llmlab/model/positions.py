@@ -67,8 +67,13 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """Additive bias −slope·|i−j| of shape [batch | 1, heads, q, k] for query slots [batch | 1, q], key slots [k]."""
-    distance = (q_pos[:, None, :, None] - k_pos).abs().float()
-    return -(slopes[:, None, None] * distance)
+    return AlibiBias(slopes)(q_pos, k_pos)
+
+
+def _broadcast_indices(n_heads: int, query_index: torch.Tensor, key_index: torch.Tensor):
+    """Head [heads, 1, 1], query [batch | 1, 1, q, 1] and key [k] index tensors that broadcast to [batch, heads, q, k]."""
+    heads = torch.arange(n_heads, device=query_index.device)[:, None, None]
+    return heads, query_index[:, None, :, None], key_index
 
 
 class AlibiBias:
@@ -77,9 +82,13 @@ class AlibiBias:
     def __init__(self, slopes: torch.Tensor):
         self.slopes = slopes
 
+    def score(self, head: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """−slope[head]·|query−key| for broadcastable head, query-slot and key-slot index tensors (elementwise)."""
+        return -(self.slopes[head] * (query - key).abs().float())
+
     def __call__(self, query_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
         """Bias [batch | 1, heads, queries, keys]."""
-        return alibi_bias(self.slopes, query_index, key_index)
+        return self.score(*_broadcast_indices(len(self.slopes), query_index, key_index))
 
 
 def relative_bucket(relative: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
@@ -109,8 +118,11 @@ class RelativeBias(nn.Module):
         self.max_distance = config.relative_max_distance
         self.embedding = nn.Embedding(config.relative_buckets, config.n_heads)
 
+    def score(self, head: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The learned bias of head for the bucket of key−query, for broadcastable index tensors (elementwise)."""
+        bucket = relative_bucket(key - query, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.embedding.weight[bucket, head]
+
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Bias [batch | 1, heads, q, k] for query slots [batch | 1, q] and key slots [k]."""
-        relative = k_pos - q_pos[..., None]
-        buckets = relative_bucket(relative, self.bidirectional, self.n_buckets, self.max_distance)
-        return self.embedding(buckets).permute(0, 3, 1, 2)
+        return self.score(*_broadcast_indices(self.embedding.embedding_dim, q_pos, k_pos))

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.errors import ConfigError
-from llmlab.model.attention import BACKENDS, Attention, AttentionSpec, Cache, cross_attention_spec
+from llmlab.model.attention import (BACKENDS, Attention, AttentionSpec, Cache, check_backend, cross_attention_spec,
+                                    resolve_backend)
 from llmlab.model.config import ModelConfig
 from llmlab.model.mlp import ACTIVATIONS, MLP
 from llmlab.model.moe import MoE
@@ -248,7 +249,7 @@ class Model(nn.Module):
     """One transformer language model built from a ModelConfig: families differ by config, not by code."""
 
     tokenizer = None  # the tokenizers.Tokenizer that llmlab.load found beside the weights; no part of the state
-    attention_backend = "sdpa"  # a key of llmlab.model.attention.BACKENDS
+    attention_backend = "sdpa"  # a key of llmlab.model.attention.BACKENDS, or "auto"; see set_attention_backend
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -310,6 +311,11 @@ class Model(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "reset_buffers"):
                 module.reset_buffers()
+
+    def set_attention_backend(self, name: str) -> "Model":
+        """Attend through backend name ("sdpa", "flex", or "auto": flex on CUDA unless dropout is active); returns self."""
+        self.attention_backend = check_backend(name)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -397,8 +403,8 @@ class Model(nn.Module):
         if memory is not None:
             padding = None if memory_padding is None or bool(memory_padding.all()) else memory_padding.bool()
             memory_attention = cross_attention_spec(padding, x.shape[1], memory.shape[1], x.device)
-        return stack(x, inputs.attention, inputs.positions, BACKENDS[self.attention_backend], inputs.cache, memory,
-                     memory_attention)
+        backend = resolve_backend(self.attention_backend, x.device, self.training and self.config.dropout > 0)
+        return stack(x, inputs.attention, inputs.positions, backend, inputs.cache, memory, memory_attention)
 
     def encode(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, check_ids=None):
         """Run the encoder stack; returns (hidden states, auxiliary loss or None)."""
