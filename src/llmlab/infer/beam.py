@@ -48,8 +48,8 @@ def _along_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(state: DecodeState, config: GenerationConfig, steps: int, pad: int = 0) -> Beams:
-    """Beam search of up to steps new tokens for every row of a freshly prefilled-to-be state (each row fanned out to
-    config.num_beams rows after one prefill, the cache reordered by beam every step)."""
+    """Beam search of up to steps new tokens for every row of a new DecodeState: one prefill, each row then fanned out
+    to config.num_beams rows, the cache reordered by parent beam every step."""
     beams, penalty = config.num_beams, config.length_penalty
     eos, counts, logits = start_decoding(state, config, beams)
     batch, vocab, device = logits.shape[0] // beams, logits.shape[-1], logits.device
@@ -90,7 +90,7 @@ def beam_search(state: DecodeState, config: GenerationConfig, steps: int, pad: i
         best_length = steps if config.early_stopping == "never" and penalty > 0 else step + 1
         worst = torch.where(finished.all(-1, keepdim=True), done_scores.min(-1, keepdim=True).values, NEG)
         improvable &= running_scores[:, :1] / best_length ** penalty > worst
-        if not bool(improvable.any()) or bool(ends.all()) or (config.early_stopping is True and bool(finished.all())):
+        if bool(~improvable.any() | ends.all() | (finished.all() & (config.early_stopping is True))):  # one sync
             break
         rows = (_along_beams(parents, kept) + first_rows).view(-1)
         state.reorder(rows)

@@ -251,7 +251,8 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
-    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context."""
+    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context.
+    num_beams > 1 runs beam search (llmlab.infer.beam) and returns the n best hypotheses per prompt."""
     config, lists, steps, tokenizer = _prepare_request(model, prompts, config, changes, tokenizer)
     if config.num_beams > 1:
         from llmlab.infer.beam import generate_beams  # beam.py builds on this module
