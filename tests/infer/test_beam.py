@@ -7,7 +7,7 @@ import torch
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import generate
 
-from .test_generate import PROMPTS, as_transformers, tiny_model
+from .test_generate import PROMPTS, as_transformers, text_model, tiny_model  # noqa: F401 (a fixture)
 
 transformers = pytest.importorskip("transformers")
 
@@ -114,6 +114,12 @@ def test_model_generate_with_beams_returns_what_transformers_returns(tmp_path):
                                           num_return_sequences=n, eos_token_id=eos, pad_token_id=eos,
                                           do_sample=False)
         assert torch.equal(ours, expected)
+
+
+def test_text_prompts_give_the_decoded_hypotheses(text_model):
+    result = generate(text_model, ["The cat", "Once upon a time"], max_new_tokens=8, num_beams=3, n=2)
+    assert len(result.text) == 4 and result.finish_reasons == ["length"] * 4
+    assert result.text == [text_model.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in result.tokens]
 
 
 @pytest.mark.parametrize(("options", "words"), [
