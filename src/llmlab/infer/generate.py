@@ -34,6 +34,7 @@ class GenerationResult:
     text: list[str] | None = None  # decoded, when there is a tokenizer
     logprobs: list[list[float]] | None = None  # log p of each new token under the model, when asked for
     top_logprobs: list[list[dict[int, float]]] | None = None  # the config.logprobs most likely alternatives
+    sequences_scores: list[float] | None = None  # beam search: log p / (new tokens) ** length_penalty of each
 
 
 @dataclass
@@ -221,15 +222,10 @@ def _pad_id(model, config: GenerationConfig) -> int:
     return pad if pad is not None else (config.eos_token_ids[0] if config.eos_token_ids else 0)
 
 
-@torch.no_grad()
-def decode_steps(state: DecodeState, config: GenerationConfig, steps: int, rows_per_prompt: int = 1,
-                 seeds: list[int] | None = None, pad: int = 0, batch_generator: torch.Generator | None = None
-                 ) -> Iterator[tuple[torch.Tensor, object, torch.Tensor]]:
-    """Choose up to steps tokens for every row (each prompt fanned out to rows_per_prompt rows after one prefill).
-
-    Yields (tokens [rows], their Choice, finished [rows]) each step; a row is finished after an EOS id, and the
-    caller may finish rows itself (stop strings) by setting finished[row] = True before asking for the next step.
-    A finished row's later tokens are pad. Sampling draws row i from seeds[i] when given, else batch_generator."""
+def start_decoding(state: DecodeState, config: GenerationConfig, rows_per_prompt: int = 1
+                   ) -> tuple[torch.Tensor | None, TokenCounts, torch.Tensor]:
+    """Prefill: (the EOS ids on the device, None when ignored; the token counts; the first logits), each prompt's row
+    then repeated rows_per_prompt times in the state, the counts and the logits."""
     eos = None if config.ignore_eos or not config.eos_token_ids else torch.tensor(config.eos_token_ids,
                                                                                   device=state.sequence.device)
     counts = TokenCounts.start(config.replace(eos_token_id=config.eos_token_ids or None), state.history(),
@@ -239,6 +235,19 @@ def decode_steps(state: DecodeState, config: GenerationConfig, steps: int, rows_
         rows = torch.arange(state.sequence.shape[0], device=logits.device).repeat_interleave(rows_per_prompt)
         state.reorder(rows)
         logits, counts = logits.index_select(0, rows), counts.select(rows)
+    return eos, counts, logits
+
+
+@torch.no_grad()
+def decode_steps(state: DecodeState, config: GenerationConfig, steps: int, rows_per_prompt: int = 1,
+                 seeds: list[int] | None = None, pad: int = 0, batch_generator: torch.Generator | None = None
+                 ) -> Iterator[tuple[torch.Tensor, object, torch.Tensor]]:
+    """Choose up to steps tokens for every row (each prompt fanned out to rows_per_prompt rows after one prefill).
+
+    Yields (tokens [rows], their Choice, finished [rows]) each step; a row is finished after an EOS id, and the
+    caller may finish rows itself (stop strings) by setting finished[row] = True before asking for the next step.
+    A finished row's later tokens are pad. Sampling draws row i from seeds[i] when given, else batch_generator."""
+    eos, counts, logits = start_decoding(state, config, rows_per_prompt)
     sampler = generators(seeds, logits.device) if seeds is not None and config.do_sample else batch_generator
     finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     for step in range(steps):
@@ -303,11 +312,17 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
     share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context. A GLM
-    model (2-D positions) fills the blank of each prompt's one mask token, up to [eop]."""
+    model (2-D positions) fills the blank of each prompt's one mask token, up to [eop]. num_beams > 1 runs beam
+    search (llmlab.infer.beam) and returns the n best hypotheses per prompt."""
     config, lists, steps, tokenizer, blanks = _prepare_request(model, prompts, config, changes, tokenizer,
                                                                blank_tokens)
     if config.num_beams > 1:
-        raise ConfigError("Beam search (num_beams > 1) is not available yet; use num_beams=1.")
+        if blanks is not None:
+            raise ConfigError("GLM blank infilling runs with num_beams=1; beam search over 2-D positions is not "
+                              "supported.")
+        from llmlab.infer.beam import generate_beams  # beam.py builds on this module
+
+        return generate_beams(model, lists, config, steps, tokenizer, cache)
     pad = _pad_id(model, config)
     ids, mask = left_padded(lists, pad, model.device)
     state = DecodeState(model, ids, mask, steps, cache, _as_tensor(blanks, model.device))
@@ -411,6 +426,10 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
         raise ConfigError(f"{length} prompt tokens plus max_new_tokens={max_new_tokens} exceed the model's "
                           f"max_seq_len {model.config.max_seq_len}.")
     state = DecodeState(model, input_ids, attention_mask, max_new_tokens, cache if use_cache else None)
+    if config.num_beams > 1:
+        from llmlab.infer.beam import generate_beam_ids
+
+        return generate_beam_ids(state, config, max_new_tokens, _pad_id(model, config))
     prompt = state.sequence
     new, _ = decode(state, config, max_new_tokens, pad=_pad_id(model, config), batch_generator=generator)
     return torch.cat([prompt, new], dim=1)
