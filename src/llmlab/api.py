@@ -9,16 +9,19 @@ import torch
 
 from llmlab.data.tokenizer import load_tokenizer
 from llmlab.errors import CheckpointError, ConfigError
+from llmlab.infer.config import GenerationConfig
 from llmlab.model.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, check_output_directory, load_llmlab,
                                     save_llmlab)
 from llmlab.model.hf import load_hf, save_hf
 from llmlab.model.transformer import Model
 
 FORMATS = ("llmlab", "hf")
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
-    """Load an llmlab or Hugging Face model directory, with its tokenizer.json (if any) as model.tokenizer."""
+    """Load an llmlab or Hugging Face model directory, with its tokenizer.json (if any) as model.tokenizer and its
+    generation_config.json (if any) as model.generation_config, generate()'s defaults."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory.")
@@ -30,6 +33,13 @@ def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None)
         raise CheckpointError(f"{path} has neither {CONFIG_FILE} (llmlab) nor config.json (Hugging Face).")
     if (path / TOKENIZER_FILE).exists():
         model.tokenizer = load_tokenizer(path)
+    if (path / GENERATION_CONFIG_FILE).exists():
+        try:
+            model.generation_config = GenerationConfig.from_hf(path / GENERATION_CONFIG_FILE)
+        except ConfigError as error:  # unreadable JSON names the file already; a bad value does not
+            message = str(error)
+            raise CheckpointError(message if GENERATION_CONFIG_FILE in message
+                                  else f"{path / GENERATION_CONFIG_FILE}: {message}") from None
     return model.eval()
 
 
