@@ -54,3 +54,14 @@ def test_a_malformed_generation_config_is_a_checkpoint_error_naming_the_file(hf_
     with pytest.raises(CheckpointError, match="generation_config.json") as error:
         llmlab.load(hf_directory)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("format", ["llmlab", "hf"])
+def test_the_generation_config_survives_save_and_load(tmp_path, format):
+    from llmlab.infer.config import GenerationConfig
+
+    torch.manual_seed(0)
+    model = Model(presets.llama("tiny", vocab_size=97)).eval()
+    model.generation_config = GenerationConfig(eos_token_id=(3, 7), max_new_tokens=40, top_p=0.9, do_sample=True)
+    llmlab.save(model, tmp_path / format, format=format)
+    assert llmlab.load(tmp_path / format).generation_config == model.generation_config

@@ -10,13 +10,12 @@ import torch
 from llmlab.data.tokenizer import load_tokenizer
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.infer.config import GenerationConfig
-from llmlab.model.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, check_output_directory, load_llmlab,
-                                    save_llmlab)
+from llmlab.model.checkpoint import (CONFIG_FILE, GENERATION_CONFIG_FILE, TOKENIZER_FILE, check_output_directory,
+                                    load_llmlab, save_llmlab)
 from llmlab.model.hf import load_hf, save_hf
 from llmlab.model.transformer import Model
 
 FORMATS = ("llmlab", "hf")
-GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
@@ -47,10 +46,11 @@ def save(model: Model, path: str | os.PathLike, format: str = "llmlab",
          tokenizer_file: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Save a model as an llmlab checkpoint (default) or as a Hugging Face directory (format="hf"); an existing
     non-empty path needs overwrite=True, which replaces only the checkpoint's files in it."""
+    generation = model.generation_config.to_hf() if model.generation_config is not None else None
     if format == "llmlab":
-        return save_llmlab(model, path, tokenizer_file=tokenizer_file, overwrite=overwrite)
+        return save_llmlab(model, path, tokenizer_file=tokenizer_file, overwrite=overwrite, generation=generation)
     if format == "hf":
-        return save_hf(model, path, tokenizer_file=tokenizer_file, overwrite=overwrite)
+        return save_hf(model, path, tokenizer_file=tokenizer_file, overwrite=overwrite, generation=generation)
     raise ConfigError(f"Unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}.")
 
 

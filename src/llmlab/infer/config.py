@@ -152,3 +152,11 @@ class GenerationConfig:
             if not isinstance(values, dict):
                 raise ConfigError(f"the generation config {path} must hold a JSON object.")
         return cls(**{key: values[key] for key in HF_KEYS if values.get(key) is not None})
+
+    def to_hf(self) -> dict:
+        """The generation_config.json keys of the options that differ from the defaults (what from_hf reads back)."""
+        defaults = GenerationConfig()
+        values = {key: getattr(self, key) for key in HF_KEYS if getattr(self, key) != getattr(defaults, key)}
+        if isinstance(values.get("eos_token_id"), tuple):
+            values["eos_token_id"] = list(values["eos_token_id"])
+        return values

@@ -25,11 +25,12 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "llmlab.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 # what a checkpoint directory of either format holds: overwriting replaces these and leaves the user's other files
 CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "config.json", "tokenizer_config.json",
-                              "special_tokens_map.json", "generation_config.json", "model.safetensors.index.json"})
+                              "special_tokens_map.json", GENERATION_CONFIG_FILE, "model.safetensors.index.json"})
 WEIGHT_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
@@ -111,13 +112,15 @@ def write_config_header(model: Model, directory: Path, metadata: dict) -> None:
 
 
 def save_llmlab(model: Model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-                metadata: dict | None = None, overwrite: bool = False) -> Path:
-    """Write model (and tokenizer_file, else model.tokenizer) to an llmlab checkpoint directory, atomically (see
-    atomic_directory)."""
+                metadata: dict | None = None, overwrite: bool = False, generation: dict | None = None) -> Path:
+    """Write model (and tokenizer_file, else model.tokenizer; generation as generation_config.json) to an llmlab
+    checkpoint directory, atomically (see atomic_directory)."""
     with atomic_directory(path, overwrite) as staging:
         write_config_header(model, staging, metadata or {})
         save_file(state_for_saving(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
         write_tokenizer(model, tokenizer_file, staging)
+        if generation:
+            (staging / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2))
     return Path(path)
 
 

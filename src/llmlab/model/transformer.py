@@ -249,6 +249,7 @@ class Model(nn.Module):
     """One transformer language model built from a ModelConfig: families differ by config, not by code."""
 
     tokenizer = None  # the tokenizers.Tokenizer that llmlab.load found beside the weights; no part of the state
+    generation_config = None  # the llmlab.infer.GenerationConfig of the checkpoint's generation_config.json
     attention_backend = "sdpa"  # a key of llmlab.model.attention.BACKENDS, or "auto"; see set_attention_backend
 
     def __init__(self, config: ModelConfig):

@@ -120,7 +120,7 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None, device=No
 
 
 def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, generation: dict | None = None) -> Path:
     """Write a model and its tokenizer as a directory that transformers' from_pretrained and AutoTokenizer load."""
     from safetensors.torch import save_file
 
@@ -132,7 +132,7 @@ def save_hf(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | 
     hf_state = to_hf(family.weight_rules(config), state_for_saving(model), config)
     files = {"config.json": family.config_to_hf(config)}
     if config.has_decoder:
-        files["generation_config.json"] = generation_config(config)
+        files["generation_config.json"] = {**generation_config(config), **(generation or {})}
     with atomic_directory(path, overwrite) as staging:
         if write_tokenizer(model, tokenizer_file, staging):
             files.update(tokenizer_files(config, staging / TOKENIZER_FILE))
