@@ -7,10 +7,12 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.paged import PagedCache
 from llmlab.infer.sampling import check_sampling, next_token
 from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs
 
-CACHES = ("dynamic", "static")
+CACHES = ("dynamic", "static", "paged")
+PAGED_BLOCK_SIZE = 16
 
 
 def _check_request(model, input_ids, attention_mask, max_new_tokens: int) -> None:
@@ -33,6 +35,12 @@ def _new_cache(model, kind: str, batch: int, capacity: int):
         return DynamicCache(config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers)
     if kind == "static":
         return StaticCache.for_model(model, batch, capacity)
+    if kind == "paged":  # one sequence a row, blocks enough for all of them
+        paged = PagedCache.for_model(model, batch * -(-capacity // PAGED_BLOCK_SIZE), PAGED_BLOCK_SIZE)
+        for row in range(batch):
+            paged.add_sequence(row)
+        paged.set_batch(range(batch))
+        return paged
     raise ConfigError(f"cache must be one of {', '.join(CACHES)}, not {kind!r}.")
 
 
