@@ -94,7 +94,8 @@ class PagedCache:
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.block_size = block_size
         self.pool = torch.zeros(2, n_layers, num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)
-        self.keys, self.values = list(self.pool[0]), list(self.pool[1])  # per-layer views
+        self.keys = [self.pool[0, layer] for layer in range(n_layers)]  # per-layer views [num_blocks, size, heads, dim]
+        self.values = [self.pool[1, layer] for layer in range(n_layers)]
         self.block_tables: dict[SeqId, list[int]] = {}
         self.lengths: dict[SeqId, int] = {}  # tokens written per sequence
         self.batch: list[SeqId] = []
@@ -273,16 +274,13 @@ class PagedCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Make row i the old row index[i] (beam search, finished rows): a row taken twice is forked (its blocks
         shared, copied on write) under a new integer id; rows not taken are freed. The new rows are self.batch."""
-        old, taken, rows = self.batch, set(), []
-        for row in index.tolist():
-            seq_id = old[row]
+        rows = [self.batch[row] for row in index.tolist()]
+        for seq_id in set(self.batch) - set(rows):
+            self.free_sequence(seq_id)
+        taken = set()
+        for i, seq_id in enumerate(rows):
             if seq_id in taken:
-                child = next(i for i in range(len(self.lengths) + 1) if i not in self.lengths)
-                self.fork_sequence(seq_id, child)
-                seq_id = child
-            taken.add(seq_id)
-            rows.append(seq_id)
-        for seq_id in old:
-            if seq_id not in taken:
-                self.free_sequence(seq_id)
+                rows[i] = next(n for n in range(len(self.lengths) + 1) if n not in self.lengths)
+                self.fork_sequence(seq_id, rows[i])
+            taken.add(rows[i])
         self.set_batch(rows)
