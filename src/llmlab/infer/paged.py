@@ -85,7 +85,7 @@ class BlockAllocator:
 
 class PagedCache:
     """Keys and values in a pool of blocks [num_blocks, block_size, kv_heads, head_dim] per layer (views of one
-    tensor), found through per-sequence block tables; rows of a forward call are sequences chosen by set_batch."""
+    tensor [layers, 2, ...]), found through per-sequence block tables; rows of a forward call are sequences chosen by set_batch."""
 
     contiguous = False  # attention sees key_count slots per row; a shorter row's extra slots are masked causally
 
@@ -93,9 +93,10 @@ class PagedCache:
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.block_size = block_size
-        self.pool = torch.zeros(2, n_layers, num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)
-        self.keys = [self.pool[0, layer] for layer in range(n_layers)]  # per-layer views [num_blocks, size, heads, dim]
-        self.values = [self.pool[1, layer] for layer in range(n_layers)]
+        # one tensor: per layer, keys then values, each [num_blocks, block_size, kv_heads, head_dim]
+        self.pool = torch.zeros(n_layers, 2, num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)
+        self.keys = [self.pool[layer, 0] for layer in range(n_layers)]  # per-layer views
+        self.values = [self.pool[layer, 1] for layer in range(n_layers)]
         self.block_tables: dict[SeqId, list[int]] = {}
         self.lengths: dict[SeqId, int] = {}  # tokens written per sequence
         self.batch: list[SeqId] = []
@@ -238,12 +239,12 @@ class PagedCache:
         """Write keys/values [batch, kv_heads, new, head_dim] at the slots slots() gave (positions) into the rows'
         blocks; return the rows' keys/values [batch, kv_heads, key_count, head_dim] gathered through their tables."""
         table, write, key_count = self._step
-        out = []
-        for pool, new in ((self.keys[layer], keys), (self.values[layer], values)):
-            flat = pool.view(-1, *pool.shape[2:])  # [num_blocks × block_size, kv_heads, head_dim]: one row a slot
-            flat.index_copy_(0, write, new.transpose(1, 2).reshape(-1, *pool.shape[2:]).to(pool.dtype))
-            out.append(pool[table].flatten(1, 2)[:, :key_count].transpose(1, 2))
-        return out[0], out[1]
+        pool = self.pool[layer]  # [2, num_blocks, block_size, kv_heads, head_dim]
+        slot_shape = pool.shape[3:]
+        new = torch.stack([keys, values]).transpose(2, 3).reshape(2, -1, *slot_shape)  # [2, batch × new, heads, dim]
+        pool.view(2, -1, *slot_shape).index_copy_(1, write, new.to(pool.dtype))  # one row of the pool a slot
+        rows = pool.index_select(1, table.flatten()).view(2, table.shape[0], -1, *slot_shape)[:, :, :key_count]
+        return rows[0].transpose(1, 2), rows[1].transpose(1, 2)
 
     def advance(self, new_tokens: int) -> None:
         """Every row has written new_tokens more slots."""
