@@ -1,5 +1,6 @@
 """Key/value caches side by side: greedy generation through dynamic, static and paged caches, and one decode step's
-cache work alone (write one token a row, return the keys/values attention sees, every layer).
+cache work (write one token a row, return the keys/values attention sees, every layer) alone and with the attention
+over what the cache returns (SDPA, one query a row, no mask: a static cache attends over its whole capacity).
 
 Each configuration runs in ROUNDS interleaved rounds (the order rotates each round, so a load change hits all alike);
 the table gives the median time and the ratio to the dynamic cache.
@@ -52,8 +53,9 @@ def generation(args) -> dict[str, list[float]]:
     return times
 
 
-def decode_step(args) -> dict[str, list[float]]:
-    """Seconds per decode step's cache work (update in every layer, then advance) at a context of args.context."""
+def decode_step(args, attend: bool) -> dict[str, list[float]]:
+    """Seconds per decode step's cache work (update in every layer, then advance) at a context of args.context, with
+    the attention of one query a row over the returned keys when attend."""
     layers, heads, dim, batch, context = 8, 8, 64, args.batch, args.context
     shape = (batch, heads, context, dim)
     new = torch.randn(batch, heads, 1, dim, device=args.device)
@@ -75,7 +77,9 @@ def decode_step(args) -> dict[str, list[float]]:
         for _ in range(args.steps):
             slots, _ = cache.slots(1, torch.device(args.device))
             for layer in range(layers):
-                cache.update(layer, slots, new, new)
+                keys, values = cache.update(layer, slots, new, new)
+                if attend:
+                    torch.nn.functional.scaled_dot_product_attention(new, keys, values)
             cache.advance(1)
 
     for round_ in range(args.rounds + 1):
@@ -108,14 +112,15 @@ def main() -> None:
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"device={args.device} ({where}) batch={args.batch} rounds={args.rounds}")
-    print(f"{'measurement':<44} {'cache':<8} {'median ms':>10} {'× dynamic':>10}")
+    print(f"{'measurement':<46} {'cache':<8} {'median ms':>10} {'× dynamic':>10}")
     rows = [(f"generate llama-tiny, {args.prompt} prompt + {args.new} new", generation(args)),
-            (f"decode-step cache work, 8 layers, context {args.context}", decode_step(args))]
+            (f"decode-step cache work, 8 layers, context {args.context}", decode_step(args, False)),
+            ("  the same + attention", decode_step(args, True))]
     for title, times in rows:
         base = statistics.median(times["dynamic"])
         for kind in KINDS:
             median = statistics.median(times[kind])
-            print(f"{title:<44} {kind:<8} {median * 1e3:>10.2f} {median / base:>10.2f}")
+            print(f"{title:<46} {kind:<8} {median * 1e3:>10.2f} {median / base:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -171,14 +171,16 @@ def write(cache, dense, seq_ids, new, generator):
 
 
 def check_blocks(cache, dense):
-    """Every sequence's tokens lie in its blocks in order: slot s in block table[s // size] at offset s % size."""
+    """Every sequence's tokens lie in its blocks [heads, size, head_dim] in order: slot s in block table[s // size] at
+    offset s % size."""
     size = cache.block_size
     for seq_id, length in cache.lengths.items():
         table = cache.block_tables[seq_id]
         assert len(table) == -(-length // size)
         for layer in range(LAYERS):
-            stored = torch.cat([cache.keys[layer][block] for block in table])[:length]  # [length, heads, head_dim]
-            assert torch.equal(stored.transpose(0, 1), dense.kv[seq_id, layer][0])
+            for store, want in zip((cache.keys[layer], cache.values[layer]), dense.kv[seq_id, layer]):
+                stored = torch.cat([store[block] for block in table], dim=1)[:, :length]  # [heads, length, head_dim]
+                assert torch.equal(stored, want)
 
 
 def test_gather_equals_dense_keys_built_by_hand():

@@ -84,7 +84,7 @@ class BlockAllocator:
 
 
 class PagedCache:
-    """Keys and values in a pool of blocks [num_blocks, block_size, kv_heads, head_dim] per layer (views of one
+    """Keys and values in a pool of blocks [num_blocks, kv_heads, block_size, head_dim] per layer (views of one
     tensor [layers, 2, ...]), found through per-sequence block tables; rows of a forward call are sequences chosen by set_batch."""
 
     contiguous = False  # attention sees key_count slots per row; a shorter row's extra slots are masked causally
@@ -93,8 +93,9 @@ class PagedCache:
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.block_size = block_size
-        # one tensor: per layer, keys then values, each [num_blocks, block_size, kv_heads, head_dim]
-        self.pool = torch.zeros(n_layers, 2, num_blocks, block_size, kv_heads, head_dim, dtype=dtype, device=device)
+        # one tensor: per layer, keys then values, each [num_blocks, kv_heads, block_size, head_dim], so that a gather
+        # of (block, head) rows gives attention's [batch, kv_heads, keys, head_dim] with each head's keys contiguous
+        self.pool = torch.zeros(n_layers, 2, num_blocks, kv_heads, block_size, head_dim, dtype=dtype, device=device)
         self.keys = [self.pool[layer, 0] for layer in range(n_layers)]  # per-layer views
         self.values = [self.pool[layer, 1] for layer in range(n_layers)]
         self.block_tables: dict[SeqId, list[int]] = {}
@@ -104,7 +105,7 @@ class PagedCache:
         self._cross_batch: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self._version = 0  # bumped whenever a batch row's block table changes
         self._table: tuple[tuple[int, int], torch.Tensor] | None = None  # ((version, width), table of the batch)
-        self._step: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (table, write index, key_count)
+        self._step: tuple[torch.Tensor, ...] | None = None  # (write blocks, write offsets, gather rows, key_count)
 
     @classmethod
     def for_model(cls, model, num_blocks: int, block_size: int = 16, dtype: torch.dtype | None = None) -> "PagedCache":
@@ -230,21 +231,24 @@ class PagedCache:
         table = self._batch_table(self._blocks_for(key_count))
         slots = torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device)
         on_pool = slots.to(table.device)
-        write = table.gather(1, on_pool // self.block_size) * self.block_size + on_pool % self.block_size
-        self._step = (table, write.flatten(), key_count)
+        blocks = table.gather(1, on_pool // self.block_size).flatten()  # each new token's block and offset in it
+        heads = self.pool.shape[3]
+        rows = (table[:, None, :] * heads + torch.arange(heads, device=table.device)[:, None]).flatten()
+        self._step = (blocks, (on_pool % self.block_size).flatten(), rows, key_count)
         return slots, key_count
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values [batch, kv_heads, new, head_dim] at the slots slots() gave (positions) into the rows'
         blocks; return the rows' keys/values [batch, kv_heads, key_count, head_dim] gathered through their tables."""
-        table, write, key_count = self._step
-        pool = self.pool[layer]  # [2, num_blocks, block_size, kv_heads, head_dim]
-        slot_shape = pool.shape[3:]
-        new = torch.stack([keys, values]).transpose(2, 3).reshape(2, -1, *slot_shape)  # [2, batch × new, heads, dim]
-        pool.view(2, -1, *slot_shape).index_copy_(1, write, new.to(pool.dtype))  # one row of the pool a slot
-        rows = pool.index_select(1, table.flatten()).view(2, table.shape[0], -1, *slot_shape)[:, :, :key_count]
-        return rows[0].transpose(1, 2), rows[1].transpose(1, 2)
+        blocks, offsets, rows, key_count = self._step
+        pool = self.pool[layer]  # [2, num_blocks, kv_heads, block_size, head_dim]
+        batch, heads, _, dim = keys.shape
+        new = torch.stack([keys, values], 2).transpose(1, 3).reshape(-1, 2, heads, dim)  # [batch × new, 2, heads, dim]
+        pool[:, blocks, :, offsets] = new.to(pool.dtype)
+        # the (block, head) rows of the batch's tables, in the order [batch, heads, blocks]: one gather, keys contiguous
+        gathered = pool.view(2, -1, pool.shape[3] * dim).index_select(1, rows).view(2, batch, heads, -1, dim)
+        return gathered[0, :, :, :key_count], gathered[1, :, :, :key_count]
 
     def advance(self, new_tokens: int) -> None:
         """Every row has written new_tokens more slots."""
