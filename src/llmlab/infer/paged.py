@@ -85,7 +85,7 @@ class BlockAllocator:
 
 class PagedCache:
     """Keys and values in a pool of blocks [num_blocks, kv_heads, block_size, head_dim] per layer (views of one
-    tensor [layers, 2, ...]), found through per-sequence block tables; rows of a forward call are sequences chosen by set_batch."""
+    tensor), found through per-sequence block tables; the rows of a forward call are the sequences set_batch chose."""
 
     contiguous = False  # attention sees key_count slots per row; a shorter row's extra slots are masked causally
 
@@ -104,7 +104,7 @@ class PagedCache:
         self._cross: dict[SeqId, list[tuple[torch.Tensor, torch.Tensor] | None]] = {}
         self._cross_batch: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self._version = 0  # bumped whenever a batch row's block table changes
-        self._table: tuple[tuple[int, int], torch.Tensor] | None = None  # ((version, width), table of the batch)
+        self._table: tuple | None = None  # ((version, width), the batch's table, its gather rows)
         self._step: tuple[torch.Tensor, ...] | None = None  # (write blocks, write offsets, gather rows, key_count)
 
     @classmethod
@@ -210,13 +210,17 @@ class PagedCache:
             self.pool[:, :, copies_to] = self.pool[:, :, copies_from]
         self._version += 1
 
-    def _batch_table(self, width: int) -> torch.Tensor:
-        """The batch's block tables as one tensor [batch, width], rows padded with block 0 (masked causally)."""
+    def _batch_table(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's block tables as one tensor [batch, width], rows padded with block 0 (masked causally), and the
+        pool rows (block × kv_heads + head) to gather, in attention's order [batch, kv_heads, blocks]."""
         key = (self._version, width)
         if self._table is None or self._table[0] != key:
-            rows = [(table + [0] * width)[:width] for table in (self.block_tables[s] for s in self.batch)]
-            self._table = (key, torch.tensor(rows, dtype=torch.long, device=self.pool.device))
-        return self._table[1]
+            table = torch.tensor([(self.block_tables[s] + [0] * width)[:width] for s in self.batch],
+                                 dtype=torch.long, device=self.pool.device)
+            heads = self.pool.shape[3]
+            rows = table[:, None, :] * heads + torch.arange(heads, device=table.device)[:, None]
+            self._table = (key, table, rows.flatten())
+        return self._table[1], self._table[2]
 
     # --- the model's Cache protocol ----------------------------------------------------------------------------
 
@@ -228,12 +232,10 @@ class PagedCache:
         self._reserve(new_tokens)
         lengths = [self.lengths[s] for s in self.batch]
         key_count = max(lengths) + new_tokens
-        table = self._batch_table(self._blocks_for(key_count))
+        table, rows = self._batch_table(self._blocks_for(key_count))
         slots = torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device)
         on_pool = slots.to(table.device)
         blocks = table.gather(1, on_pool // self.block_size).flatten()  # each new token's block and offset in it
-        heads = self.pool.shape[3]
-        rows = (table[:, None, :] * heads + torch.arange(heads, device=table.device)[:, None]).flatten()
         self._step = (blocks, (on_pool % self.block_size).flatten(), rows, key_count)
         return slots, key_count
 
