@@ -224,6 +224,23 @@ def test_forked_sequences_share_blocks_and_copy_the_partial_one_on_write():
     assert cache.num_free_blocks == 10 and alloc.ref_count(full) == 0
 
 
+def test_a_cached_prefix_outlives_its_sequence_and_starts_another():
+    cache, dense, generator = PagedCache(LAYERS, HEADS, HEAD_DIM, num_blocks=6, block_size=4), Dense(), \
+        torch.Generator().manual_seed(4)
+    cache.add_sequence("first")
+    write(cache, dense, ["first"], 10, generator)
+    prefix = cache.allocator.fork(cache.block_tables["first"][:2])  # a prefix cache keeps the two full blocks
+    cache.free_sequence("first")
+    assert cache.num_free_blocks == 4 and [cache.allocator.ref_count(b) for b in prefix] == [1, 1]
+    cache.add_sequence("second", prefix)
+    dense.fork("first", "second", 8)
+    assert cache.lengths["second"] == 8 and [cache.allocator.ref_count(b) for b in prefix] == [2, 2]
+    write(cache, dense, ["second"], 3, generator)
+    check_blocks(cache, dense)
+    with pytest.raises(ValueError):
+        cache.add_sequence("third", prefix, length=3)  # 3 tokens fill one block, not two
+
+
 def test_reorder_forks_rows_taken_twice_and_frees_rows_dropped():
     cache, dense, generator = PagedCache(LAYERS, HEADS, HEAD_DIM, num_blocks=12, block_size=4), Dense(), \
         torch.Generator().manual_seed(2)

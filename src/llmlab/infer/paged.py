@@ -127,11 +127,16 @@ class PagedCache:
 
     # --- sequences: the scheduler's side -------------------------------------------------------------------------
 
-    def add_sequence(self, seq_id: SeqId) -> None:
-        """Start an empty sequence (no blocks until its first tokens are written)."""
+    def add_sequence(self, seq_id: SeqId, blocks: Sequence[int] = (), length: int | None = None) -> None:
+        """Start a sequence: empty, or made of blocks already written (a cached prompt prefix: the sequence takes a
+        reference to each) holding its first length tokens (all of theirs by default)."""
         if seq_id in self.lengths:
             raise ValueError(f"Sequence {seq_id!r} is already in the cache.")
-        self.block_tables[seq_id], self.lengths[seq_id] = [], 0
+        length = len(blocks) * self.block_size if length is None else length
+        if self._blocks_for(length) != len(blocks):
+            raise ValueError(f"{length} tokens fill {self._blocks_for(length)} blocks of {self.block_size}, "
+                             f"not {len(blocks)}.")
+        self.block_tables[seq_id], self.lengths[seq_id] = self.allocator.fork(blocks), length
         self._cross[seq_id] = [None] * len(self.keys)
 
     def fork_sequence(self, parent: SeqId, child: SeqId, length: int | None = None) -> None:
@@ -140,9 +145,7 @@ class PagedCache:
         length = self.lengths[parent] if length is None else length
         if not 0 <= length <= self.lengths[parent]:
             raise ValueError(f"Sequence {parent!r} has {self.lengths[parent]} tokens, not {length}.")
-        self.add_sequence(child)
-        self.block_tables[child] = self.allocator.fork(self.block_tables[parent][:self._blocks_for(length)])
-        self.lengths[child] = length
+        self.add_sequence(child, self.block_tables[parent][:self._blocks_for(length)], length)
         self._cross[child] = list(self._cross[parent])
 
     def free_sequence(self, seq_id: SeqId) -> None:
