@@ -15,3 +15,7 @@ class CheckpointError(LlmlabError):
 
 class DataError(LlmlabError):
     """An input data file is missing or malformed."""
+
+
+class CacheFullError(LlmlabError):
+    """A key/value cache has no room left for the tokens of a step (a paged cache's pool of blocks is used up)."""

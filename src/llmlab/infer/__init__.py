@@ -3,6 +3,7 @@
 from llmlab.infer.cache import DynamicCache, StaticCache
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.generate import BlankTokens, GenerationResult, Piece, generate, stream
+from llmlab.infer.paged import BlockAllocator, PagedCache
 
-__all__ = ["BlankTokens", "DynamicCache", "GenerationConfig", "GenerationResult", "Piece", "StaticCache", "generate",
+__all__ = ["BlankTokens", "BlockAllocator", "DynamicCache", "GenerationConfig", "GenerationResult", "PagedCache", "Piece", "StaticCache", "generate",
            "stream"]

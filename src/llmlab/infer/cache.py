@@ -1,4 +1,5 @@
-"""Key/value caches behind the model's Cache protocol (llmlab.model.attention): dynamic and static."""
+"""Key/value caches behind the model's Cache protocol (llmlab.model.attention): dynamic and static (the paged one, for
+the engine, is llmlab.infer.paged.PagedCache)."""
 
 from __future__ import annotations
 

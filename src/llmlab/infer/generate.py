@@ -17,11 +17,13 @@ from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache, StaticCache
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.detokenize import IncrementalDecoder
+from llmlab.infer.paged import PagedCache
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
 from llmlab.infer.stopping import StopStrings, truncate_at_stop
 from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs, positions_from_mask
 
-CACHES = ("dynamic", "static")
+CACHES = ("dynamic", "static", "paged")
+PAGED_BLOCK_SIZE = 16
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 
 
@@ -53,6 +55,12 @@ def _new_cache(model, kind: str, batch: int, capacity: int):
         return DynamicCache(config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers)
     if kind == "static":
         return StaticCache.for_model(model, batch, capacity)
+    if kind == "paged":  # one sequence a row, blocks enough for all of them
+        paged = PagedCache.for_model(model, batch * -(-capacity // PAGED_BLOCK_SIZE), PAGED_BLOCK_SIZE)
+        for row in range(batch):
+            paged.add_sequence(row)
+        paged.set_batch(range(batch))
+        return paged
     raise ConfigError(f"cache must be one of {', '.join(CACHES)}, not {kind!r}.")
 
 
