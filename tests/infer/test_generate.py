@@ -74,7 +74,7 @@ def test_processors_equal_transformers(name, options, tmp_path):
 
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 @pytest.mark.parametrize("name", HF_FAMILIES + OWN_FAMILIES)
 def test_a_batch_gives_each_prompt_its_tokens_alone(name, cache):
     model = tiny_model(name)

@@ -5,5 +5,5 @@ from llmlab.infer.config import GenerationConfig
 from llmlab.infer.generate import BlankTokens, GenerationResult, Piece, generate, stream
 from llmlab.infer.paged import BlockAllocator, PagedCache
 
-__all__ = ["BlankTokens", "BlockAllocator", "DynamicCache", "GenerationConfig", "GenerationResult", "PagedCache", "Piece", "StaticCache", "generate",
-           "stream"]
+__all__ = ["BlankTokens", "BlockAllocator", "DynamicCache", "GenerationConfig", "GenerationResult", "PagedCache", "Piece",
+           "StaticCache", "generate", "stream"]
