@@ -1,9 +1,24 @@
-"""Files and directories llmlab writes get the permissions the user's umask gives (tempfile makes them private)."""
+"""Files llmlab reads and writes: JSON objects read with one clear error, and files and directories written with the
+permissions the user's umask gives (tempfile makes them private)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+from llmlab.errors import CheckpointError, LlmlabError
+
+
+def read_json_object(file: str | os.PathLike, error: type[LlmlabError] = CheckpointError) -> dict:
+    """The JSON object in file, or error (a one-sentence LlmlabError) when it is unreadable or not an object."""
+    try:
+        values = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as reason:
+        raise error(f"{file} is not readable JSON ({reason}).") from None
+    if not isinstance(values, dict):
+        raise error(f"{file} does not hold a JSON object.")
+    return values
 
 
 def current_umask() -> int:

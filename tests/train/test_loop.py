@@ -9,7 +9,8 @@ from llmlab.data.packing import sample_batch
 from llmlab.errors import ConfigError, DataError
 from llmlab.model import presets
 from llmlab.model.transformer import Model
-from llmlab.train.loop import TrainConfig, Trainer, train, training_flops_per_token, z_loss
+from llmlab.objectives.losses import z_loss
+from llmlab.train.loop import TrainConfig, Trainer, train, training_flops_per_token
 from llmlab.train.optim import parameter_groups
 from llmlab.train.schedules import warmup_constant, warmup_cosine, warmup_linear, warmup_stable_decay
 from llmlab.train.stability import SpikeGuard

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from llmlab.errors import CheckpointError, ConfigError
+from llmlab.files import read_json_object
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.generate import resolve_config, stream
 
@@ -114,21 +115,11 @@ def plain_prompt(messages: Sequence[Message]) -> str:
     return "\n".join(lines + ["Assistant:"])
 
 
-def _read_json(file: Path) -> dict:
-    try:
-        values = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {file}: {error}.") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{file} must hold a JSON object.")
-    return values
-
-
 def read_chat_template(directory: str | os.PathLike) -> ChatTemplate | None:
     """The chat template of a checkpoint directory (chat_template.jinja, else tokenizer_config.json's chat_template,
     its "default" one when named) with the special tokens of tokenizer_config.json; None when it has none."""
     directory = Path(directory)
-    config = _read_json(directory / TOKENIZER_CONFIG_FILE) if (directory / TOKENIZER_CONFIG_FILE).exists() else {}
+    config = read_json_object(directory / TOKENIZER_CONFIG_FILE) if (directory / TOKENIZER_CONFIG_FILE).exists() else {}
     template = config.get("chat_template")
     if (directory / CHAT_TEMPLATE_FILE).exists():
         template = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
@@ -140,7 +131,7 @@ def read_chat_template(directory: str | os.PathLike) -> ChatTemplate | None:
         return None
     if not isinstance(template, str):
         raise CheckpointError(f"the chat_template in {directory / TOKENIZER_CONFIG_FILE} is not a string.")
-    fallback = (_read_json(directory / SPECIAL_TOKENS_MAP_FILE) if (directory / SPECIAL_TOKENS_MAP_FILE).exists()
+    fallback = (read_json_object(directory / SPECIAL_TOKENS_MAP_FILE) if (directory / SPECIAL_TOKENS_MAP_FILE).exists()
                 else {})
     special = {}
     for name in SPECIAL_TOKEN_NAMES:

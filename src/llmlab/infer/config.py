@@ -7,13 +7,13 @@ parameters (presence/frequency penalties, stop strings, n, logprobs, seed, ignor
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmlab.errors import ConfigError
+from llmlab.files import read_json_object
 
 HF_KEYS = (
     "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
@@ -145,12 +145,7 @@ class GenerationConfig:
             path = Path(source)
             if path.is_dir():
                 path = path / "generation_config.json"
-            try:
-                values = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as error:
-                raise ConfigError(f"cannot read the generation config {path}: {error}.") from None
-            if not isinstance(values, dict):
-                raise ConfigError(f"the generation config {path} must hold a JSON object.")
+            values = read_json_object(path, ConfigError)
         return cls(**{key: values[key] for key in HF_KEYS if values.get(key) is not None})
 
     def to_hf(self) -> dict:

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from llmlab.errors import ConfigError
-from llmlab.objectives.losses import LossFunction, language_model_loss, z_loss  # noqa: F401 (z_loss: public here)
+from llmlab.objectives.losses import LossFunction, language_model_loss
 from llmlab.train import distributed
 from llmlab.train.checkpoint import (
     latest_checkpoint, load_checkpoint, save_checkpoint, save_model, save_sharded_checkpoint,

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from llmlab.errors import CheckpointError, ConfigError
+from llmlab.files import read_json_object
 from llmlab.model.config import ModelConfig
 from llmlab.model.hf.weights import Rule, to_hf, to_llmlab
 
@@ -60,13 +61,7 @@ def family_for(config: ModelConfig | dict) -> Family:
 
 def read_hf_config(path: Path) -> dict:
     """The config.json of a Hugging Face directory."""
-    try:
-        data = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path / 'config.json'} is not readable JSON ({error}).") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path / 'config.json'} is not a JSON object.")
-    return data
+    return read_json_object(path / "config.json")
 
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
