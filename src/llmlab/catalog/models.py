@@ -68,6 +68,8 @@ CHATGLM_6B = dict(n_layers=28, d_model=4096, n_heads=32, d_ff=16384, vocab_size=
 DENSE = dict(layer_kinds=None, attn_window=None)  # GPT-3's shape without its banded layers
 T5_ROUNDED = "Raffel et al. round up; the released checkpoint has exactly the preset's count (Hugging Face)"
 T0_ROUNDED = "T0 is T5 v1.1 LM-adapted at XL, whose checkpoint counts 2.85B; '3B' is its rounded name"
+MT5_LARGE = "rounded: google/mt5-large counts 1.23B"
+BLOOM_1B1 = "rounded: bigscience/bloom-1b1 counts 1.07B"
 UL2_ROUNDED = "rounded: UL2's published config (32 + 32 layers, d_model 4096, d_ff 16384) gives 19.6B"
 
 ENTRIES: tuple[Entry, ...] = (
@@ -92,7 +94,7 @@ ENTRIES: tuple[Entry, ...] = (
                               ("11B", 11 * B, "11b", T5_ROUNDED)], tokens=1 * T)),
     Entry("mT5", "Google", "2020-10", "300M–13B", "mC4, 101 languages", "encoder-decoder", True, "mt5",
           "Xue et al. 2021, mT5: A Massively Multilingual Pre-trained Text-to-Text Transformer",
-          sizes=_sizes("mt5", [("small", 300 * M, "small"), ("base", 580 * M, "base"), ("large", 1.2 * B, "large"),
+          sizes=_sizes("mt5", [("small", 300 * M, "small"), ("base", 580 * M, "base"), ("large", 1.2 * B, "large", MT5_LARGE),
                                ("XL", 3.7 * B, "xl"), ("XXL", 13 * B, "xxl")], tokens=1 * T,
                        source="tokens: Xue et al. §3, 1M steps × 1024 × 1024")),
     Entry("GPT-3", "OpenAI", "2020-05", "125M–175B", "300B",
@@ -152,7 +154,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("BLOOM", "BigScience", "2022-07", "560M–176B", "366B, 46 languages + 13 programming languages",
           "causal decoder, ALiBi, embedding LayerNorm", True, "bloom",
           "BigScience 2022, BLOOM: A 176B-Parameter Open-Access Multilingual Language Model",
-          sizes=_sizes("bloom", [("560M", 560 * M, "560m"), ("1.1B", 1.1 * B, "1b1"), ("1.7B", 1.7 * B, "1b7"),
+          sizes=_sizes("bloom", [("560M", 560 * M, "560m"), ("1.1B", 1.1 * B, "1b1", BLOOM_1B1), ("1.7B", 1.7 * B, "1b7"),
                                  ("3B", 3 * B, "3b"), ("7.1B", 7.1 * B, "7b1"), ("176B", 176 * B, "176b")],
                        tokens=366 * B)),
     Entry("GLM-130B", "Tsinghua", "2022-08", "130B", "400B (Chinese, English)",
@@ -172,7 +174,8 @@ ENTRIES: tuple[Entry, ...] = (
           sizes=(Size("32B", 269 * B),)),
     Entry("Falcon", "TII", "2023-05", "7B / 40B", "1.5T / 1T RefinedWeb", "causal decoder, multi-query / grouped, parallel",
           True, "falcon", "Almazrouei et al. 2023, The Falcon Series of Open Language Models",
-          sizes=(Size("7B", 7 * B, "falcon", "7b", 1.5 * T), Size("40B", 40 * B, "falcon", "40b", 1 * T))),
+          sizes=(Size("7B", 7 * B, "falcon", "7b", 1.5 * T), Size("40B", 40 * B, "falcon", "40b", 1 * T,
+                                                            reason="rounded: tiiuae/falcon-40b counts 41.3B"))),
     Entry("LLaMA", "Meta", "2023-02", "7B / 13B / 33B / 65B", "1.0T (7B, 13B), 1.4T (33B, 65B)",
           "causal decoder, RMSNorm, SwiGLU, RoPE", True, "llama",
           "Touvron et al. 2023a, LLaMA: Open and Efficient Foundation Language Models",
@@ -180,7 +183,8 @@ ENTRIES: tuple[Entry, ...] = (
                  Size("33B", 32.5 * B, "llama", "33b", 1.4 * T), Size("65B", 65.2 * B, "llama", "65b", 1.4 * T))),
     Entry("Llama 2", "Meta", "2023-07", "7B / 13B / 70B", "2T", "as LLaMA, grouped-query attention at 70B", True,
           "llama", "Touvron et al. 2023b, Llama 2: Open Foundation and Fine-Tuned Chat Models",
-          sizes=(Size("7B", 7 * B, "llama", "7b", 2 * T, overrides=dict(max_seq_len=4096)),
+          sizes=(Size("7B", 7 * B, "llama", "7b", 2 * T, overrides=dict(max_seq_len=4096),
+                      reason="rounded: LLaMA-7B's shape, 6.74B (meta-llama/Llama-2-7b-hf)"),
                  Size("13B", 13 * B, "llama", "13b", 2 * T, overrides=dict(max_seq_len=4096)),
                  Size("70B", 70 * B, "llama", "70b", 2 * T))),
     Entry("PanGu-α", "Huawei", "2021-04", "2.6B–200B", "Chinese", "causal decoder", True, "pangu",
@@ -189,10 +193,10 @@ ENTRIES: tuple[Entry, ...] = (
                                                     Size("200B", 200 * B))),
     Entry("CodeGen", "Salesforce", "2022-03", "350M–16B", "the Pile, BigQuery, BigPython", "causal decoder", True,
           "codegen", "Nijkamp et al. 2023, CodeGen: An Open Large Language Model for Code",
-          sizes=(Size("350M", 350 * M, "gptj", "6b", overrides=dict(n_layers=20, d_model=1024, n_heads=16,
+          sizes=(Size("350M", 350 * M, "gptj", "6b", overrides=dict(n_layers=20, d_model=1024, n_heads=16, d_ff=4096,
                                                                      vocab_size=51200, rope_fraction=0.5),
                       source="GPT-J's block (Salesforce/codegen-350M config)"),
-                 Size("16B", 16 * B, "gptj", "6b", overrides=dict(n_layers=34, d_model=6144, n_heads=24,
+                 Size("16B", 16 * B, "gptj", "6b", overrides=dict(n_layers=34, d_model=6144, n_heads=24, d_ff=4 * 6144,
                                                                    vocab_size=51200, rope_fraction=0.25),
                       source="GPT-J's block (Salesforce/codegen-16B config)"))),
     # --- instruction-tuned and aligned models ---------------------------------------------------------------------
@@ -224,12 +228,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("BLOOMZ", "BigScience", "2022-11", "560M–176B", "", "causal decoder", True, "bloom",
           "Muennighoff et al. 2023, Crosslingual Generalization through Multitask Finetuning", base_model="BLOOM, xP3",
           kind="instruction",
-          sizes=_sizes("bloom", [("560M", 560 * M, "560m"), ("1.1B", 1.1 * B, "1b1"), ("1.7B", 1.7 * B, "1b7"),
+          sizes=_sizes("bloom", [("560M", 560 * M, "560m"), ("1.1B", 1.1 * B, "1b1", BLOOM_1B1), ("1.7B", 1.7 * B, "1b7"),
                                  ("3B", 3 * B, "3b"), ("7.1B", 7.1 * B, "7b1"), ("176B", 176 * B, "176b")])),
     Entry("mT0", "BigScience", "2022-11", "300M–13B", "", "encoder-decoder", True, "mt5",
           "Muennighoff et al. 2023, Crosslingual Generalization through Multitask Finetuning", base_model="mT5, xP3",
           kind="instruction",
-          sizes=_sizes("mt5", [("small", 300 * M, "small"), ("base", 580 * M, "base"), ("large", 1.2 * B, "large"),
+          sizes=_sizes("mt5", [("small", 300 * M, "small"), ("base", 580 * M, "base"), ("large", 1.2 * B, "large", MT5_LARGE),
                                ("XL", 3.7 * B, "xl"), ("XXL", 13 * B, "xxl")])),
     Entry("OPT-IML", "Meta", "2022-12", "30B / 175B", "", "causal decoder", True, "opt",
           "Iyer et al. 2022, OPT-IML: Scaling Language Model Instruction Meta Learning",
