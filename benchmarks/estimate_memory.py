@@ -76,7 +76,7 @@ def rows():
     for label, name, overrides, batch, prompt, new in GENERATION:
         config = presets.get(name, "tiny", max_seq_len=1024, **overrides)
         measured, _ = measure_peak_bytes(lambda: generate(config, batch, prompt, new))
-        estimated = inference_memory(config, prompt + new, batch, "fp32")["total"]
+        estimated = inference_memory(config, prompt + new, batch, "fp32", prompt=prompt)["total"]
         yield "generate", label, f"B={batch} prompt={prompt} new={new}", measured, estimated
 
 

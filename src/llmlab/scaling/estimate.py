@@ -256,19 +256,20 @@ def training_memory(config: ModelConfig, seq_len: int, batch: int = 1, dtype: st
 
 
 def inference_memory(config: ModelConfig, context: int, batch: int = 1, dtype: str = "bf16",
-                     shape: Shape | None = None) -> dict[str, float]:
+                     shape: Shape | None = None, prompt: int | None = None) -> dict[str, float]:
     """Bytes to generate with `batch` rows of `context` tokens: weights, the key/value cache (grouped- and multi-query
-    attention store kv_heads heads), and the prefill's largest working tensors."""
+    attention store kv_heads heads), and the largest working tensors of the prefill of `prompt` tokens (default:
+    the whole context)."""
     positive("context", context), positive("batch", batch)
     shape = shape or model_shape(config)
     width = dtype_bytes(dtype)
-    tokens = context * batch
+    tokens = (context if prompt is None else positive("prompt", prompt)) * batch
     weights = shape.parameters * width
-    cache = kv_cache_bytes_per_token(config, dtype) * tokens
+    cache = kv_cache_bytes_per_token(config, dtype) * context * batch
     # a forward without gradients holds the residual stream, a norm's output and the MLP's widest pair at once
     f = config.d_ff * (2 if config.is_gated else 1)
     working = tokens * (2 * config.d_model + f + config.d_ff) * width
-    working += attention_mask_bytes(config, context, batch)
+    working += attention_mask_bytes(config, tokens // batch, batch)
     working += batch * config.vocab_size * FP32 if config.lm_head else 0  # the last position's logits
     return {"weights": weights, "kv_cache": cache, "working": working, "total": weights + cache + working}
 
