@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from llmlab.errors import ConfigError
 from llmlab.objectives.losses import LossFunction, language_model_loss
+from llmlab.scaling.estimate import training_flops_per_token
 from llmlab.train import distributed
 from llmlab.train.checkpoint import (
     latest_checkpoint, load_checkpoint, save_checkpoint, save_model, save_sharded_checkpoint,
@@ -109,11 +110,6 @@ class TrainConfig:
     def reduce_dtype(self) -> torch.dtype:
         """The dtype FSDP2 reduces gradients in."""
         return PRECISIONS[self.reduce_precision] or torch.float32
-
-
-def training_flops_per_token(n_parameters: int, n_layers: int, d_model: int, seq_len: int) -> float:
-    """Forward and backward FLOPs per token, 6N + 12·L·d·T (PaLM, Chowdhery et al. 2022, appendix B)."""
-    return 6 * n_parameters + 12 * n_layers * d_model * seq_len
 
 
 
