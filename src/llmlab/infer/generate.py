@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
 from llmlab.infer.stopping import StopStrings, truncate_at_stop
 from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs
+
+if TYPE_CHECKING:
+    from llmlab.infer.speculative import SpeculationStats
 
 CACHES = ("dynamic", "static")
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
@@ -34,6 +38,7 @@ class GenerationResult:
     text: list[str] | None = None  # decoded, when there is a tokenizer
     logprobs: list[list[float]] | None = None  # log p of each new token under the model, when asked for
     top_logprobs: list[list[dict[int, float]]] | None = None  # the config.logprobs most likely alternatives
+    speculation: list[SpeculationStats] | None = None  # per sequence, when a draft model proposed tokens
 
 
 @dataclass
@@ -76,23 +81,39 @@ class DecodeState:
         if config.arch == "prefix_decoder":
             self.prefix = torch.full((batch,), input_ids.shape[1], dtype=torch.long, device=device)
         self.cache = None if cache is None else _new_cache(model, cache, batch, self.sequence.shape[1] + max_new_tokens)
-        self.fresh = True
+        self.cached = 0  # how many of the tokens so far the cache holds
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
-        whole = self.fresh or self.cache is None
-        ids = self.sequence if whole else self.sequence[:, -1:]
-        inputs = self.model.prepare(ids, self.mask, prefix_lengths=self.prefix if whole else None, cache=self.cache,
-                                    check_ids=False)
+        return self.score(1)[:, 0]
+
+    def score(self, count: int) -> torch.Tensor:
+        """Next-token logits [batch, count, vocab] after each of the last count tokens, running the model on every
+        token the cache does not hold yet (on all of them without a cache)."""
+        start = 0 if self.cache is None else self.cached
+        inputs = self.model.prepare(self.sequence[:, start:], self.mask, cache=self.cache, check_ids=False,
+                                    prefix_lengths=self.prefix if start == 0 else None)
         hidden, _ = self.model.hidden(inputs, self.memory, self.memory_padding)
-        self.fresh = False
-        return self.model.logits(hidden, -1)
+        self.cached = self.sequence.shape[1]
+        return self.model.logits(hidden[:, -count:])
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add this step's token [batch] to every row."""
-        self.sequence = torch.cat([self.sequence, tokens[:, None]], dim=1)
+        self.extend(tokens[:, None])
+
+    def extend(self, tokens: torch.Tensor) -> None:
+        """Add tokens [batch, new] to every row."""
+        self.sequence = torch.cat([self.sequence, tokens], dim=1)
         if self.mask is not None:
-            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+            self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape)], dim=1)
+
+    def crop(self, length: int) -> None:
+        """Forget every token after the first length (rejected draft tokens): in the rows, the mask and the cache."""
+        self.sequence = self.sequence[:, :length]
+        self.mask = None if self.mask is None else self.mask[:, :length]
+        if self.cache is not None and self.cached > length:
+            self.cache.truncate(length)
+            self.cached = length
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the given rows, in that order, repeated as often as they appear (n samples of one prefill, beams)."""
@@ -238,11 +259,18 @@ def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
 
 
 def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *, tokenizer=None,
-             cache: str = "dynamic", **changes) -> GenerationResult:
+             cache: str = "dynamic", draft_model=None, speculate_k: int = 4, **changes) -> GenerationResult:
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
-    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context."""
+    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context.
+    With a draft_model, speculative decoding (llmlab.infer.speculative) gives the same greedy tokens, or samples of
+    the same distribution, from fewer forward passes of model, speculate_k draft tokens at a time."""
+    if draft_model is not None:
+        from llmlab.infer.speculative import speculative_generate  # it builds on this module
+
+        return speculative_generate(model, draft_model, prompts, config, tokenizer=tokenizer, cache=cache,
+                                    speculate_k=speculate_k, **changes)
     config, lists, steps, tokenizer = _prepare_request(model, prompts, config, changes, tokenizer)
     if config.num_beams > 1:
         raise ConfigError("Beam search (num_beams > 1) is not available yet; use num_beams=1.")
@@ -262,8 +290,7 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
         reasons.append("stop" if stopped else "length")
     result = GenerationResult(tokens, reasons)
     if tokenizer is not None:
-        result.text = [truncate_at_stop(tokenizer.decode(row_tokens, skip_special_tokens=True), config.stop,
-                                        config.include_stop_str_in_output)[0] for row_tokens in tokens]
+        result.text = [decoded_text(tokenizer, row_tokens, config) for row_tokens in tokens]
     if config.logprobs is not None:
         result.logprobs = [[float(choices[step].logprobs[row]) for step in range(len(row_tokens))]
                            for row, row_tokens in enumerate(tokens)]
@@ -271,6 +298,12 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
                                          choices[step].top_logprobs[row].tolist())) for step in range(len(row_tokens))]
                                for row, row_tokens in enumerate(tokens)]
     return result
+
+
+def decoded_text(tokenizer, tokens: list[int], config: GenerationConfig) -> str:
+    """The text of one sequence's new tokens, cut at the first stop string."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return truncate_at_stop(text, config.stop, config.include_stop_str_in_output)[0]
 
 
 class StopWatch:
