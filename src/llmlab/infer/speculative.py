@@ -34,6 +34,10 @@ class SpeculationStats:
     drafted: int = 0
     accepted: int = 0
 
+    def count(self, drafted: int, accepted: int) -> None:
+        """Count one round: one target pass over drafted tokens, accepted of them kept."""
+        self.rounds, self.drafted, self.accepted = self.rounds + 1, self.drafted + drafted, self.accepted + accepted
+
     @property
     def mean_accepted(self) -> float:
         """Draft tokens kept per round; each round adds one token of the target's own besides."""
@@ -121,9 +125,8 @@ def _speculate(model, draft_model, prompt: list[int], config: GenerationConfig, 
         history = _history_along(target.history()[0, :length], drafts) if config.no_repeat_ngram_size else None
         scores = process_logits(logits, config, _counts_along(counts, drafts, vocab), history)
         accepted, token = _verify(scores, drafts, draft_probs, choosing, generator)
-        row.stats.rounds, row.stats.drafted, row.stats.accepted = (
-            row.stats.rounds + 1, row.stats.drafted + drafting, row.stats.accepted + accepted)
-        for state in (target, draft) if draft is not None else (target,):
+        row.stats.count(drafting, accepted)
+        for state in [state for state in (target, draft) if state is not None]:
             state.crop(length + accepted)
             state.append(token)
         logprobs = logits.float().log_softmax(dim=-1) if config.logprobs is not None else None
