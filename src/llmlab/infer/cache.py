@@ -55,6 +55,16 @@ class DynamicCache(_CrossAttentionStore):
         """Count the tokens every layer has appended."""
         self.length += new_tokens
 
+    def truncate(self, length: int) -> None:
+        """Forget every key and value after the first length (rejected draft tokens of speculative decoding)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"DynamicCache.truncate({length}) outside the {self.length} cached tokens.")
+        for store in (self.keys, self.values):
+            for layer, tensor in enumerate(store):
+                if tensor is not None:
+                    store[layer] = tensor[:, :, :length]
+        self.length = length
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in index, in that order (beam search, finished rows)."""
         for store in (self.keys, self.values):
@@ -104,6 +114,11 @@ class StaticCache(_CrossAttentionStore):
     def advance(self, new_tokens: int) -> None:
         """Every row has written new_tokens more slots."""
         self.lengths += new_tokens
+
+    def truncate(self, length: int | torch.Tensor) -> None:
+        """Shorten each row to length (an int, or one per row [batch]) when it holds more; the stale slots after it
+        are overwritten by later writes, and till then lie after every new query, so causal attention hides them."""
+        self.lengths = torch.minimum(self.lengths, torch.as_tensor(length, device=self.lengths.device))
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows in index, in that order (the batch size stays: index has one entry a row)."""

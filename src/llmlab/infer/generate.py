@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from llmlab.infer.paged import PagedCache
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
 from llmlab.infer.stopping import StopStrings, truncate_at_stop
 from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs, positions_from_mask
+
+if TYPE_CHECKING:
+    from llmlab.infer.speculative import SpeculationStats
 
 CACHES = ("dynamic", "static", "paged")
 PAGED_BLOCK_SIZE = 16
@@ -37,6 +41,7 @@ class GenerationResult:
     logprobs: list[list[float]] | None = None  # log p of each new token under the model, when asked for
     top_logprobs: list[list[dict[int, float]]] | None = None  # the config.logprobs most likely alternatives
     sequences_scores: list[float] | None = None  # beam search: log p / (new tokens) ** length_penalty of each
+    speculation: list[SpeculationStats] | None = None  # per sequence, when a draft model proposed tokens
 
 
 @dataclass
@@ -90,18 +95,23 @@ class DecodeState:
         self.cache = None if cache is None else _new_cache(model, cache, batch, self.sequence.shape[1] + max_new_tokens)
         self.blank_positions = blank_positions
         self.prompt_length = self.sequence.shape[1]
-        self.fresh = True
+        self.cached = 0  # how many of the tokens so far the cache holds
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
-        whole = self.fresh or self.cache is None
-        ids = self.sequence if whole else self.sequence[:, -1:]
+        return self.score(1)[:, 0]
+
+    def score(self, count: int) -> torch.Tensor:
+        """Next-token logits [batch, count, vocab] after each of the last count tokens, running the model on every
+        token the cache does not hold yet (on all of them without a cache)."""
+        start = 0 if self.cache is None else self.cached
+        ids = self.sequence[:, start:]
         positions = None if self.blank_positions is None else self._blank_positions(ids.shape[1])
-        inputs = self.model.prepare(ids, self.mask, positions, prefix_lengths=self.prefix if whole else None,
+        inputs = self.model.prepare(ids, self.mask, positions, prefix_lengths=self.prefix if start == 0 else None,
                                     cache=self.cache, check_ids=False)
         hidden, _ = self.model.hidden(inputs, self.memory, self.memory_padding)
-        self.fresh = False
-        return self.model.logits(hidden, -1)
+        self.cached = self.sequence.shape[1]
+        return self.model.logits(hidden[:, -count:])
 
     def _blank_positions(self, length: int) -> torch.Tensor:
         """GLM's 2-D positions [batch, 2, length] of the last length tokens: part A counts its real tokens from 0
@@ -117,9 +127,21 @@ class DecodeState:
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add this step's token [batch] to every row."""
-        self.sequence = torch.cat([self.sequence, tokens[:, None]], dim=1)
+        self.extend(tokens[:, None])
+
+    def extend(self, tokens: torch.Tensor) -> None:
+        """Add tokens [batch, new] to every row."""
+        self.sequence = torch.cat([self.sequence, tokens], dim=1)
         if self.mask is not None:
-            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+            self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape)], dim=1)
+
+    def crop(self, length: int) -> None:
+        """Forget every token after the first length (rejected draft tokens): in the rows, the mask and the cache."""
+        self.sequence = self.sequence[:, :length]
+        self.mask = None if self.mask is None else self.mask[:, :length]
+        if self.cache is not None and self.cached > length:
+            self.cache.truncate(length)
+            self.cached = length
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the given rows, in that order, repeated as often as they appear (n samples of one prefill, beams)."""
@@ -315,13 +337,21 @@ def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
 
 
 def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *, tokenizer=None,
-             cache: str = "dynamic", blank_tokens: BlankTokens | None = None, **changes) -> GenerationResult:
+             cache: str = "dynamic", blank_tokens: BlankTokens | None = None, draft_model=None,
+             speculate_k: int = 4, **changes) -> GenerationResult:
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
     share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context. A GLM
     model (2-D positions) fills the blank of each prompt's one mask token, up to [eop]. num_beams > 1 runs beam
-    search (llmlab.infer.beam) and returns the n best hypotheses per prompt."""
+    search (llmlab.infer.beam) and returns the n best hypotheses per prompt. With a draft_model, speculative
+    decoding (llmlab.infer.speculative) gives the same greedy tokens, or samples of the same distribution, from
+    fewer forward passes of model, speculate_k draft tokens at a time."""
+    if draft_model is not None:
+        from llmlab.infer.speculative import speculative_generate  # it builds on this module
+
+        return speculative_generate(model, draft_model, prompts, config, tokenizer=tokenizer, cache=cache,
+                                    speculate_k=speculate_k, **changes)
     config, lists, steps, tokenizer, blanks = _prepare_request(model, prompts, config, changes, tokenizer,
                                                                blank_tokens)
     if config.num_beams > 1:
@@ -347,8 +377,7 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
         reasons.append("stop" if stopped else "length")
     result = GenerationResult(tokens, reasons)
     if tokenizer is not None:
-        result.text = [truncate_at_stop(tokenizer.decode(row_tokens, skip_special_tokens=True), config.stop,
-                                        config.include_stop_str_in_output)[0] for row_tokens in tokens]
+        result.text = [decoded_text(tokenizer, row_tokens, config) for row_tokens in tokens]
     if config.logprobs is not None:
         result.logprobs = [[float(choices[step].logprobs[row]) for step in range(len(row_tokens))]
                            for row, row_tokens in enumerate(tokens)]
@@ -356,6 +385,12 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
                                          choices[step].top_logprobs[row].tolist())) for step in range(len(row_tokens))]
                                for row, row_tokens in enumerate(tokens)]
     return result
+
+
+def decoded_text(tokenizer, tokens: list[int], config: GenerationConfig) -> str:
+    """The text of one sequence's new tokens, cut at the first stop string."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return truncate_at_stop(text, config.stop, config.include_stop_str_in_output)[0]
 
 
 class StopWatch:
