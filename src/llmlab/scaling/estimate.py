@@ -337,10 +337,17 @@ def estimate(config: ModelConfig, seq_len: int | None = None, batch: int = 1, dt
 def measure_peak_bytes(function) -> tuple[int, object]:
     """(peak bytes the CPU allocator held above its level at the call, function's result), from torch.profiler's
     memory events: every allocation and free torch makes on the CPU, in order."""
+    import gc
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = function()
+    gc.collect()
+    gc.disable()  # a cycle collection at an arbitrary moment would move the peak from run to run
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = function()
+    finally:
+        gc.enable()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     live = peak = 0
