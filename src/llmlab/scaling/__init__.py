@@ -1,0 +1,1 @@
+"""Scaling: FLOPs, memory, scaling-law fits and sweeps (survey §2.1)."""
