@@ -1,0 +1,102 @@
+"""`llmlab scaling fit DATA... --law chinchilla|kaplan` and `llmlab scaling optimal --compute C`: scaling laws."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the scaling subcommand and its fit and optimal subcommands."""
+    parser = subparsers.add_parser("scaling", help="fit scaling laws and find compute-optimal model sizes",
+                                   description="Scaling laws (Kaplan et al. 2020, Hoffmann et al. 2022).")
+    commands = parser.add_subparsers(dest="scaling_command", metavar="SUBCOMMAND", required=True)
+
+    fit = commands.add_parser("fit", help="fit a scaling law to runs",
+                              description="Fit Chinchilla's L(N, D) = E + A/N^α + B/D^β (approach 3, and approaches "
+                                          "1 and 2 when rows carry flops) or Kaplan's power laws to a CSV or JSONL "
+                                          "table with columns params, tokens, loss (flops optional), or to llmlab "
+                                          "run directories.")
+    fit.add_argument("data", nargs="+", metavar="DATA", help="a CSV or JSONL table, or llmlab run directories")
+    fit.add_argument("--law", choices=("chinchilla", "kaplan"), default="chinchilla", help="the law to fit")
+    fit.add_argument("--out", metavar="FIT.json", help="write the fit (constants, errors, residuals) here")
+    fit.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                     help="standard errors over N resamples of the rows (default 0: none)")
+    fit.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (default 0)")
+    fit.add_argument("--starts", type=int, metavar="K",
+                     help="run L-BFGS from only the K grid initialisations of lowest initial loss (default: all "
+                          "4500 of Hoffmann et al.'s grid)")
+    fit.add_argument("--plot", metavar="PNG", help="draw the fit (IsoFLOP curves, loss surface, frontiers) here")
+    fit.add_argument("--overwrite", action="store_true", help="replace --out and --plot if they exist")
+    fit.set_defaults(handler=run_fit)
+
+    optimal = commands.add_parser("optimal", help="compute-optimal parameters and tokens for a FLOP budget",
+                                  description="Compute-optimal parameters N and tokens D for C training FLOPs "
+                                              "(C = 6ND) under a fit (Hoffmann et al.'s published approach-3 "
+                                              "constants by default), beside Kaplan et al.'s allocation.")
+    optimal.add_argument("--compute", type=float, required=True, metavar="C", help="training FLOPs, e.g. 5.76e23")
+    optimal.add_argument("--fit", metavar="FIT.json", help="a fit written by llmlab scaling fit --out")
+    optimal.set_defaults(handler=run_optimal)
+
+
+def _with_error(name: str, value: float, errors: dict | None) -> str:
+    """`name = value ± error`, the error where there is one."""
+    error = (errors or {}).get(name)
+    return f"  {name:<8} = {value:.4g}" + (f" ± {error:.2g}" if error is not None else "")
+
+
+def run_fit(arguments: argparse.Namespace) -> None:
+    """Fit the law, print its constants (and approaches 1 and 2), and write --out and --plot."""
+    from llmlab.errors import ConfigError
+    from llmlab.scaling.fit import fit, read_points, write_fit
+
+    if arguments.starts is not None and arguments.starts < 1:
+        raise ConfigError(f"--starts is {arguments.starts}; it must be at least 1.")
+    for option in ("out", "plot"):
+        path = getattr(arguments, option)
+        if path is not None and not arguments.overwrite:
+            from pathlib import Path
+
+            if Path(path).exists():
+                raise ConfigError(f"{path} already exists; choose another --{option} or pass --overwrite.")
+    points = read_points(arguments.data)
+    result = fit(points, arguments.law, bootstrap=arguments.bootstrap, seed=arguments.seed, top=arguments.starts)
+    constants, errors = result["parameters"], result.get("standard_errors")
+    print(f"{arguments.law} fit to {result['rows']} rows (rms log residual {result['rms_log_residual']:.4f}):")
+    if arguments.law == "chinchilla":
+        for name in ("E", "A", "B", "alpha", "beta"):
+            print(_with_error(name, constants[name], errors))
+        for key in ("approach1", "approach2"):
+            found = result[key]
+            print(f"{key}: " + (f"N_opt ∝ C^{found['a']:.3f}, D_opt ∝ C^{found['b']:.3f} over "
+                                f"{len(found['budgets'])} budgets" if isinstance(found, dict) else found))
+    else:
+        print("  L(N) = (N_c/N)^alpha_N, L(D) = (D_c/D)^alpha_D:")
+        for name in ("alpha_N", "N_c", "alpha_D", "D_c"):
+            print(_with_error(name, constants[name], errors))
+        print("  joint L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D:")
+        for name in ("alpha_N", "alpha_D", "N_c", "D_c"):
+            print(_with_error(name, constants["joint"][name], (errors or {}).get("joint")))
+    if arguments.out:
+        write_fit(result, arguments.out, overwrite=arguments.overwrite)
+        print(f"wrote {arguments.out}")
+    if arguments.plot:
+        from llmlab.scaling.plots import plot_fit
+
+        plot_fit(points, result, arguments.plot, overwrite=arguments.overwrite)
+        print(f"wrote {arguments.plot}")
+
+
+def run_optimal(arguments: argparse.Namespace) -> None:
+    """Print the compute-optimal N, D and loss for --compute, and Kaplan's choice."""
+    from llmlab.scaling.fit import compute_optimal, read_fit
+
+    result = read_fit(arguments.fit) if arguments.fit else None
+    optimum = compute_optimal(arguments.compute, result)
+    source = "Hoffmann et al. 2022's published approach-3 fit" if result is None else \
+        f"the {optimum['law']} fit in {arguments.fit}"
+    kaplan = optimum["kaplan"]
+    print(f"compute C = {optimum['compute']:.3g} FLOPs, under {source}:")
+    print(f"  parameters N = {optimum['params']:.3g}, tokens D = {optimum['tokens']:.3g} "
+          f"({optimum['tokens_per_param']:.1f} tokens per parameter), predicted loss {optimum['loss']:.3f}")
+    print(f"Kaplan et al. 2020 (N = 1.3e9 · (C/PF-day)^0.73, Figure 14): N = {kaplan['params']:.3g}, "
+          f"D = {kaplan['tokens']:.3g} ({kaplan['tokens'] / kaplan['params']:.1f} tokens per parameter)")
