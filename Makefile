@@ -38,7 +38,7 @@ $(VENV_PYTHON):
 
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(VENV_PYTHON)
 	@$(call install_torch_without_gpu,$(VENV_PYTHON))
-	$(PIP) install -c $(LOCK) -e '.[train,plot]'
+	$(PIP) install -c $(LOCK) -e '.[data,train,plot]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(LOCK) | $(VENV_PYTHON)

@@ -13,6 +13,8 @@ Stage options carry the names of the standalone commands' options (`llmlab data 
 
 from __future__ import annotations
 
+import importlib.util
+
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -154,6 +156,9 @@ class PipelineRecipe:
             raise ConfigError(f"the recipe's workers must be at least 1, not {self.workers}.")
         if self.compression not in ("zstd", "gzip"):
             raise ConfigError(f"the recipe's compression must be zstd or gzip, not {self.compression!r}.")
+        if self.compression == "zstd" and importlib.util.find_spec("zstandard") is None:
+            raise ConfigError("the recipe's compression zstd needs the zstandard package (pip install "
+                              "'llmlab[data]'), or set compression: gzip.")
         kinds = [type(stage) for stage in self.stages]
         if DedupStage in kinds and (kinds.count(DedupStage) > 1 or kinds[-1] is not DedupStage):
             raise ConfigError("the recipe's dedup stage must come once, last: it runs across the whole corpus.")
