@@ -15,6 +15,7 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.compiled import StaticDecoder
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
@@ -60,7 +61,7 @@ class DecodeState:
     (decoder tokens, from the start token, for encoder-decoders)."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
-                 cache: str | None = "dynamic"):
+                 cache: str | None = "dynamic", compile: bool | str | Callable = False):
         config = model.config
         self.model, self.config = model, config
         batch, device = input_ids.shape[0], input_ids.device
@@ -75,16 +76,23 @@ class DecodeState:
             self.sequence, self.mask = input_ids, attention_mask
         if config.arch == "prefix_decoder":
             self.prefix = torch.full((batch,), input_ids.shape[1], dtype=torch.long, device=device)
+        if compile is not False and (cache != "static" or config.arch not in ("decoder", "prefix_decoder")):
+            raise ConfigError("compile needs cache=\"static\" and a decoder-only model.")
         self.cache = None if cache is None else _new_cache(model, cache, batch, self.sequence.shape[1] + max_new_tokens)
         self.fresh = True
+        self.compile, self.decoder = compile, None  # decode steps over a static cache: llmlab.infer.compiled
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
+        if self.decoder is not None:
+            return self.decoder(self.sequence[:, -1:])
         whole = self.fresh or self.cache is None
         ids = self.sequence if whole else self.sequence[:, -1:]
         inputs = self.model.prepare(ids, self.mask, prefix_lengths=self.prefix if whole else None, cache=self.cache,
                                     check_ids=False)
         hidden, _ = self.model.hidden(inputs, self.memory, self.memory_padding)
+        if self.fresh and isinstance(self.cache, StaticCache) and self.memory is None:
+            self.decoder = StaticDecoder(self.model, self.cache, self.mask, self.compile)
         self.fresh = False
         return self.model.logits(hidden, -1)
 
@@ -102,6 +110,8 @@ class DecodeState:
         self.memory, self.memory_padding = pick(self.memory), pick(self.memory_padding)
         if self.cache is not None:
             self.cache.reorder(rows)
+        if self.decoder is not None:
+            self.decoder.reorder(rows)
 
     def history(self) -> torch.Tensor:
         """Every row's tokens so far [batch, T], PAD where the prompt was padded."""
@@ -238,17 +248,19 @@ def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
 
 
 def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *, tokenizer=None,
-             cache: str = "dynamic", **changes) -> GenerationResult:
+             cache: str = "dynamic", compile: bool | str | Callable = False, **changes) -> GenerationResult:
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
-    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context."""
+    share one prefill; generation stops at an EOS id, a stop string, max_new_tokens or the model's context.
+    With cache="static", compile=True runs the decode step under torch.compile (CUDA graphs on a GPU); a string or
+    callable there is the torch.compile backend."""
     config, lists, steps, tokenizer = _prepare_request(model, prompts, config, changes, tokenizer)
     if config.num_beams > 1:
         raise ConfigError("Beam search (num_beams > 1) is not available yet; use num_beams=1.")
     pad = _pad_id(model, config)
     ids, mask = left_padded(lists, pad, model.device)
-    state = DecodeState(model, ids, mask, steps, cache)
+    state = DecodeState(model, ids, mask, steps, cache, compile)
     watch = StopWatch(tokenizer, config, len(lists) * config.n) if config.stop else None
     new, choices = decode(state, config, steps, config.n, _seeds(config, len(lists)), pad, watch)
     eos = () if config.ignore_eos else config.eos_token_ids
@@ -332,7 +344,7 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True, cache: str = "dynamic",
-                 **options) -> torch.Tensor:
+                 compile: bool | str | Callable = False, **options) -> torch.Tensor:
     """Model.generate's Hugging Face-style call on a (left-padded) batch: prompt + new tokens [batch, prompt + new]
     (decoder ids from the start token for encoder-decoders), rows that stopped filled with the pad token; options are
     other GenerationConfig fields."""
@@ -346,7 +358,7 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     if model.config.position in FIXED_CONTEXT_POSITIONS and length + max_new_tokens > model.config.max_seq_len:
         raise ConfigError(f"{length} prompt tokens plus max_new_tokens={max_new_tokens} exceed the model's "
                           f"max_seq_len {model.config.max_seq_len}.")
-    state = DecodeState(model, input_ids, attention_mask, max_new_tokens, cache if use_cache else None)
+    state = DecodeState(model, input_ids, attention_mask, max_new_tokens, cache if use_cache else None, compile)
     prompt = state.sequence
     new, _ = decode(state, config, max_new_tokens, pad=_pad_id(model, config), batch_generator=generator)
     return torch.cat([prompt, new], dim=1)
