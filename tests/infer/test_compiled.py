@@ -39,6 +39,9 @@ def test_decode_step_compiles_once_and_matches_eager(name):
     assert counter.frame_count == 1  # one graph for 19 decode steps: no recompilation from step to step
     again = generate(model, PROMPTS, max_new_tokens=20, ignore_eos=True, cache="static", compile=counter).tokens
     assert again == eager and counter.frame_count == 1  # same batch and capacity: the graph is reused
+    one = generate(model, PROMPTS[1], max_new_tokens=20, ignore_eos=True, cache="static", compile=counter).tokens
+    assert one == generate(model, PROMPTS[1], max_new_tokens=20, ignore_eos=True).tokens
+    assert counter.frame_count == 2  # a batch of one: one graph more, again for every step
 
 
 def test_compiled_tokens_equal_transformers(tmp_path):

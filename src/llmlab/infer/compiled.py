@@ -58,18 +58,20 @@ class StaticDecoder:
             self.key_padding = F.pad(padding, (0, cache.capacity - padding.shape[1]), value=True)
         self.compiled = bool(compile) or not isinstance(compile, bool)
         self.step = compile_step(device, compile) if self.compiled else _decode_one
-        self.started = False
+        self.ids = None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [batch, vocab] after writing ids [batch, 1] (each row's newest token) at each row's next slot."""
-        if not self.started and self.compiled and ids.device.type == "cuda":
-            # CUDA graphs replay fixed addresses: the cache and the per-row state are updated in place from here on
-            for tensor in (*self.cache.keys, *self.cache.values, self.cache.lengths, self.positions, self.key_padding):
-                if tensor is not None:
-                    torch._dynamo.mark_static_address(tensor)
-        self.started = True
-        ids = ids.contiguous()  # a column of the token history has its stride: one layout for every step
-        logits = self.step(self.model, self.cache, ids, self.positions, self.key_padding)
+        if self.ids is None:  # one buffer, one layout for every step (a column of the history has its stride)
+            self.ids = torch.empty(ids.shape, dtype=ids.dtype, device=ids.device)
+            if self.compiled and ids.device.type == "cuda":
+                # CUDA graphs replay fixed addresses: the cache and the per-row state are updated in place from here
+                for tensor in (*self.cache.keys, *self.cache.values, self.cache.lengths, self.positions,
+                               self.key_padding, self.ids):
+                    if tensor is not None:
+                        torch._dynamo.mark_static_address(tensor)
+        self.ids.copy_(ids)
+        logits = self.step(self.model, self.cache, self.ids, self.positions, self.key_padding)
         self.positions += 1
         return logits.clone() if self.compiled else logits  # a CUDA graph's output is overwritten by its next replay
 
