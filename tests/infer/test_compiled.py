@@ -42,6 +42,8 @@ def test_decode_step_compiles_once_and_matches_eager(name):
     one = generate(model, PROMPTS[1], max_new_tokens=20, ignore_eos=True, cache="static", compile=counter).tokens
     assert one == generate(model, PROMPTS[1], max_new_tokens=20, ignore_eos=True).tokens
     assert counter.frame_count == 2  # a batch of one: one graph more, again for every step
+    shorter = generate(model, PROMPTS, max_new_tokens=5, ignore_eos=True, cache="static", compile=counter).tokens
+    assert [row[:5] for row in eager] == shorter and counter.frame_count == 2  # capacity rounded up: the same graph
 
 
 def test_compiled_tokens_equal_transformers(tmp_path):

@@ -3,7 +3,8 @@
 Every step has the same shapes: one token per row, the cache's full capacity of key slots, the slots and positions
 per row as tensors (never Python ints), and the prompt's padding as a fixed [batch, capacity] mask; causality over the
 slots hides those not yet written. So the step compiles once for a whole generation (and for later ones of the same
-batch size and capacity), and on a GPU runs as a CUDA graph (mode="reduce-overhead").
+batch size and capacity, which is rounded up to a multiple of 256 slots), and on a GPU runs as a CUDA graph
+(mode="reduce-overhead").
 
     result = generate(model, prompts, cache="static", compile=True)
 """
@@ -28,6 +29,15 @@ def _decode_one(model, cache: StaticCache, ids: torch.Tensor, positions: torch.T
         inputs.attention = replace(inputs.attention, key_padding=key_padding)
     hidden, _ = model.hidden(inputs)
     return model.logits(hidden, -1)
+
+
+CAPACITY_MULTIPLE = 256  # static caches come in few sizes, so that calls of other lengths reuse the compiled step
+
+
+def compiled_capacity(model, needed: int) -> int:
+    """The static cache's capacity for a compiled step: needed slots rounded up, within the model's context."""
+    rounded = -(-needed // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
+    return max(needed, min(rounded, model.config.max_seq_len))
 
 
 def compile_step(device: torch.device, backend: bool | str | Callable = True) -> Callable:

@@ -15,7 +15,7 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache, StaticCache
-from llmlab.infer.compiled import StaticDecoder
+from llmlab.infer.compiled import StaticDecoder, compiled_capacity
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
@@ -78,7 +78,9 @@ class DecodeState:
             self.prefix = torch.full((batch,), input_ids.shape[1], dtype=torch.long, device=device)
         if compile is not False and (cache != "static" or config.arch not in ("decoder", "prefix_decoder")):
             raise ConfigError("compile needs cache=\"static\" and a decoder-only model.")
-        self.cache = None if cache is None else _new_cache(model, cache, batch, self.sequence.shape[1] + max_new_tokens)
+        capacity = self.sequence.shape[1] + max_new_tokens
+        capacity = capacity if compile is False else compiled_capacity(model, capacity)
+        self.cache = None if cache is None else _new_cache(model, cache, batch, capacity)
         self.fresh = True
         self.compile, self.decoder = compile, None  # decode steps over a static cache: llmlab.infer.compiled
 
