@@ -7,9 +7,10 @@ tokens over the whole call), time to first token (a call with max_new_tokens=1),
 transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight read once per
 token, over a bandwidth measured here by summing a 1 GiB tensor).
 
-Peak memory: on CPU each configuration runs once more in a child process of its own, which loads the model, warms up,
-resets the kernel's peak-RSS counter (/proc/self/clear_refs) and reports VmHWM minus the RSS before the call, i.e.
-what generation adds above the loaded weights; on a GPU, torch.cuda.max_memory_allocated minus the allocation before.
+Peak memory is what a call adds above the loaded models, the median over rounds: on CPU the kernel's peak-RSS counter
+is reset before each call (/proc/self/clear_refs) and VmHWM after it less VmRSS before it is reported, the script
+running under a fixed glibc mmap threshold so that freed blocks go back to the system between calls; on a GPU,
+torch.cuda.max_memory_allocated less the allocation before.
 
     python benchmarks/bench_generate.py                 # GPT-2 124M and LLaMA 370M, the full measurement
     python benchmarks/bench_generate.py --quick         # GPT-2 124M, 16 new tokens, one round
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from llmlab.infer.generate import generate_ids
+from llmlab.infer.config import GenerationConfig
+from llmlab.infer.generate import DecodeState, decode
 from llmlab.model import Model, presets
 from llmlab.model.hf import save_hf
 
@@ -66,54 +68,69 @@ def load_pair(directory: Path, device: str, impls: list[str]):
     return ours, theirs
 
 
-def call(impl: str, ours, theirs, ids, mask, new_tokens: int) -> torch.Tensor:
+class FirstToken:
+    """Notes when the first new token exists: transformers' streamer protocol (put: the prompt, then each step's
+    tokens) and llmlab's on_step callback."""
+
+    def __init__(self):
+        self.calls, self.at = 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+    def __call__(self, tokens) -> list:
+        if self.at is None:
+            self.at = time.perf_counter()
+        return []
+
+
+def call(impl: str, ours, theirs, ids, mask, new_tokens: int, first: FirstToken | None = None) -> torch.Tensor:
     """One greedy generation: prompt + new tokens [batch, T + new_tokens]."""
     with torch.no_grad():
         if IMPLS[impl] is None:
             return theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                   num_beams=1, pad_token_id=0)
-        return generate_ids(ours, ids, mask, max_new_tokens=new_tokens, ignore_eos=True, **IMPLS[impl])
+                                   num_beams=1, pad_token_id=0, streamer=first)
+        # generate_ids's own steps, with decode's on_step to time the first token
+        config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+        state = DecodeState(ours, ids, mask, new_tokens, **IMPLS[impl])
+        prompt = state.sequence
+        new, _ = decode(state, config, new_tokens, pad=0, on_step=first)
+        return torch.cat([prompt, new], dim=1)
 
 
-def timed(device: str, function) -> tuple[float, object]:
-    """Wall seconds of function() (device synchronised) and its result."""
-    if device != "cpu":
+def measured(device: str, function) -> tuple[float, float, object]:
+    """(wall seconds of function(), MiB of memory it added at its peak, its result).
+
+    CPU: the kernel's peak-RSS counter is reset first (/proc/self/clear_refs), and the peak is VmHWM after minus VmRSS
+    before; the script runs under a fixed glibc mmap threshold, so that large freed blocks go back to the system and
+    every call starts from the loaded model. GPU: torch.cuda.max_memory_allocated after minus allocated before."""
+    if device == "cpu":
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS") * 1024
+    else:
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     started = time.perf_counter()
     result = function()
     if device != "cpu":
         torch.cuda.synchronize()
-    return time.perf_counter() - started, result
+    elapsed = time.perf_counter() - started
+    peak = _status_kib("VmHWM") * 1024 if device == "cpu" else torch.cuda.max_memory_allocated()
+    return elapsed, (peak - before) / 2 ** 20, result
 
 
 def read_bandwidth(device: str) -> float:
     """Bytes/s of reading a 1 GiB float32 tensor (torch.sum), the best of five."""
     x = torch.ones(2 ** 28, device=device)
     x.sum()
-    best = min(timed(device, x.sum)[0] for _ in range(5))
+    best = min(measured(device, x.sum)[0] for _ in range(5))
     return x.numel() * x.element_size() / best
-
-
-def memory_child(directory: str, impl: str, batch: int, new_tokens: int, device: str, threads: int) -> None:
-    """Print, as JSON, the memory generation adds above the loaded model (run in a process of its own)."""
-    torch.set_num_threads(threads)
-    ours, theirs = load_pair(Path(directory), device, [impl])
-    model = theirs if ours is None else ours
-    ids, mask = prompts(batch, torch.Generator().manual_seed(0), model.config.vocab_size)
-    ids, mask = ids.to(device), None if mask is None else mask.to(device)
-    call(impl, ours, theirs, ids, mask, 2)  # warm-up (and compilation) outside the measurement
-    if device == "cpu":
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        before = _status_kib("VmRSS")
-        call(impl, ours, theirs, ids, mask, new_tokens)
-        added = (_status_kib("VmHWM") - before) * 1024
-    else:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        call(impl, ours, theirs, ids, mask, new_tokens)
-        added = torch.cuda.max_memory_allocated() - before
-    print(json.dumps({"added_bytes": added}))
 
 
 def _status_kib(field: str) -> int:
@@ -121,14 +138,6 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def peak_memory(directory: Path, impl: str, batch: int, new_tokens: int, device: str, threads: int) -> float:
-    """MiB generation adds above the loaded model, from a child process."""
-    output = subprocess.run([sys.executable, __file__, "--memory-child", str(directory), impl, str(batch),
-                             str(new_tokens), "--device", device, "--threads", str(threads)],
-                            capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])["added_bytes"] / 2 ** 20
 
 
 def main() -> None:
@@ -142,13 +151,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--memory-child", nargs=4, metavar=("DIR", "IMPL", "BATCH", "NEW"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     device, threads = arguments.device, arguments.threads
-    if arguments.memory_child:
-        directory, impl, batch, new_tokens = arguments.memory_child
-        return memory_child(directory, impl, int(batch), int(new_tokens), device, threads)
+    if device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # see measured(): run again under it
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     torch.set_num_threads(threads)  # both sides run in this process, with these threads
     models = (arguments.models or ("gpt2-124m" if arguments.quick else ",".join(MODELS))).split(",")
     impls = arguments.impls.split(",")
@@ -172,18 +178,22 @@ def main() -> None:
             for batch in batches:
                 ids, mask = prompts(batch, torch.Generator().manual_seed(batch), vocab)
                 ids, mask = ids.to(device), None if mask is None else mask.to(device)
-                outputs = {impl: call(impl, ours, theirs, ids, mask, 4) for impl in impls}  # warm-up, compilation
-                same = {impl: torch.equal(out, outputs.get("hf", out)) for impl, out in outputs.items()}
-                seconds = {impl: [] for impl in impls}
-                first = {impl: [] for impl in impls}
+                for impl in impls:
+                    call(impl, ours, theirs, ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
+                outputs = {}
+                seconds, first, memory = ({impl: [] for impl in impls} for _ in range(3))
                 for round_ in range(rounds):
                     order = impls if round_ % 2 == 0 else impls[::-1]  # alternate who goes first
                     for impl in order:
-                        first[impl].append(timed(device, lambda: call(impl, ours, theirs, ids, mask, 1))[0])
-                        elapsed, out = timed(device, lambda: call(impl, ours, theirs, ids, mask, new_tokens))
+                        marker = FirstToken()
+                        started = time.perf_counter()
+                        elapsed, added, out = measured(
+                            device, lambda: call(impl, ours, theirs, ids, mask, new_tokens, marker))
                         seconds[impl].append(elapsed)
-                        if impl != "hf" and "hf" in outputs:
-                            same[impl] = same[impl] and out.shape[1] == ids.shape[1] + new_tokens
+                        first[impl].append(marker.at - started)
+                        memory[impl].append(added)
+                        outputs.setdefault(impl, out)
+                same = {impl: torch.equal(out, outputs.get("hf", out)) for impl, out in outputs.items()}
                 for impl in impls:
                     row = {"model": name, "batch": batch, "impl": impl,
                            "tok_s": batch * new_tokens / statistics.median(seconds[impl]),
@@ -192,10 +202,9 @@ def main() -> None:
                         row["ratio"] = statistics.median(h / s for h, s in zip(seconds["hf"], seconds[impl]))
                         row["ratios"] = [h / s for h, s in zip(seconds["hf"], seconds[impl])]
                     if batch == 1:  # decode steps only: the prefill's time taken out
-                        decode = statistics.median(t - f for t, f in zip(seconds[impl], first[impl]))
-                        row["bw_frac"] = (new_tokens - 1) / decode * weight_bytes / bandwidth
-                    if not arguments.no_memory:
-                        row["mem_mib"] = peak_memory(directory, impl, batch, new_tokens, device, threads)
+                        decoding = statistics.median(t - f for t, f in zip(seconds[impl], first[impl]))
+                        row["bw_frac"] = (new_tokens - 1) / decoding * weight_bytes / bandwidth
+                    row["mem_mib"] = statistics.median(memory[impl])
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             del ours, theirs
