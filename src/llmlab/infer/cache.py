@@ -121,9 +121,16 @@ class StaticCache(_CrossAttentionStore):
         self.lengths = torch.minimum(self.lengths, torch.as_tensor(length, device=self.lengths.device))
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows in index, in that order (the batch size stays: index has one entry a row)."""
+        """Keep the batch rows in index, in that order (n samples of one prefill, beams); in place when the batch
+        size stays, so that the buffers keep their addresses for CUDA graphs."""
         for store in (self.keys, self.values):
             for layer, tensor in enumerate(store):
-                store[layer] = tensor.index_select(0, index)
-        self.lengths = self.lengths.index_select(0, index)
+                store[layer] = reindex_rows(tensor, index)
+        self.lengths = reindex_rows(self.lengths, index)
         self._reorder_cross(index)
+
+
+def reindex_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor's rows in index's order: written into tensor itself when the row count stays."""
+    rows = tensor.index_select(0, index)
+    return tensor.copy_(rows) if rows.shape == tensor.shape else rows

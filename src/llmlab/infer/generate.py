@@ -16,6 +16,7 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.compiled import StaticDecoder, compiled_capacity
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.paged import PagedCache
@@ -74,9 +75,11 @@ class DecodeState:
     (decoder tokens, from the start token, for encoder-decoders)."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
-                 cache: str | None = "dynamic", blank_positions: torch.Tensor | None = None):
+                 cache: str | None = "dynamic", blank_positions: torch.Tensor | None = None,
+                 compile: bool | str | Callable = False):
         """blank_positions [batch] makes it GLM blank infilling: each prompt ends with [sop] after part A, and the
-        new tokens take the position of their row's mask token, counting 1, 2, … in the second position row."""
+        new tokens take the position of their row's mask token, counting 1, 2, … in the second position row.
+        compile (with a static cache) runs the decode steps through llmlab.infer.compiled."""
         config = model.config
         self.model, self.config = model, config
         batch, device = input_ids.shape[0], input_ids.device
@@ -92,13 +95,23 @@ class DecodeState:
         if config.arch == "prefix_decoder":  # the prompt is bidirectional; GLM's closing [sop] already is part B
             prefix = input_ids.shape[1] - (blank_positions is not None)
             self.prefix = torch.full((batch,), prefix, dtype=torch.long, device=device)
-        self.cache = None if cache is None else _new_cache(model, cache, batch, self.sequence.shape[1] + max_new_tokens)
+        if compile is not False and (cache != "static" or config.arch not in ("decoder", "prefix_decoder")
+                                     or blank_positions is not None):
+            raise ConfigError("compile needs cache=\"static\" and a decoder-only model (GLM blank infilling aside).")
+        capacity = self.sequence.shape[1] + max_new_tokens
+        capacity = capacity if compile is False else compiled_capacity(model, capacity)
+        self.cache = None if cache is None else _new_cache(model, cache, batch, capacity)
         self.blank_positions = blank_positions
         self.prompt_length = self.sequence.shape[1]
         self.cached = 0  # how many of the tokens so far the cache holds
+        self.compile, self.decoder = compile, None  # compiled decode steps over a static cache: llmlab.infer.compiled
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
+        if self.decoder is not None:
+            logits = self.decoder(self.sequence[:, -1:])
+            self.cached = self.sequence.shape[1]
+            return logits
         return self.score(1)[:, 0]
 
     def score(self, count: int) -> torch.Tensor:
@@ -111,6 +124,8 @@ class DecodeState:
                                     cache=self.cache, check_ids=False)
         hidden, _ = self.model.hidden(inputs, self.memory, self.memory_padding)
         self.cached = self.sequence.shape[1]
+        if start == 0 and isinstance(self.cache, StaticCache) and self.memory is None and self.blank_positions is None:
+            self.decoder = StaticDecoder(self.model, self.cache, self.mask, self.compile)  # fixed-shape decode steps
         return self.model.logits(hidden[:, -count:])
 
     def _blank_positions(self, length: int) -> torch.Tensor:
@@ -142,6 +157,7 @@ class DecodeState:
         if self.cache is not None and self.cached > length:
             self.cache.truncate(length)
             self.cached = length
+            self.decoder = None  # its positions run one a step: the general path takes over after a rollback
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the given rows, in that order, repeated as often as they appear (n samples of one prefill, beams)."""
@@ -152,6 +168,8 @@ class DecodeState:
         self.memory, self.memory_padding = pick(self.memory), pick(self.memory_padding)
         if self.cache is not None:
             self.cache.reorder(rows)
+        if self.decoder is not None:
+            self.decoder.reorder(rows)
 
     def history(self) -> torch.Tensor:
         """Every row's tokens so far [batch, T], PAD where the prompt was padded."""
@@ -337,8 +355,8 @@ def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
 
 
 def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *, tokenizer=None,
-             cache: str = "dynamic", blank_tokens: BlankTokens | None = None, draft_model=None,
-             speculate_k: int = 4, **changes) -> GenerationResult:
+             cache: str = "dynamic", compile: bool | str | Callable = False, blank_tokens: BlankTokens | None = None,
+             draft_model=None, speculate_k: int = 4, **changes) -> GenerationResult:
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
     Batched prompts give exactly the tokens each gives alone (greedy, or sampled with a seed); n samples per prompt
@@ -346,7 +364,8 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
     model (2-D positions) fills the blank of each prompt's one mask token, up to [eop]. num_beams > 1 runs beam
     search (llmlab.infer.beam) and returns the n best hypotheses per prompt. With a draft_model, speculative
     decoding (llmlab.infer.speculative) gives the same greedy tokens, or samples of the same distribution, from
-    fewer forward passes of model, speculate_k draft tokens at a time."""
+    fewer forward passes of model, speculate_k draft tokens at a time. With cache="static", compile=True runs the
+    decode step under torch.compile (CUDA graphs on a GPU); a string or callable there is the compile backend."""
     if draft_model is not None:
         from llmlab.infer.speculative import speculative_generate  # it builds on this module
 
@@ -363,7 +382,7 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
         return generate_beams(model, lists, config, steps, tokenizer, cache)
     pad = _pad_id(model, config)
     ids, mask = left_padded(lists, pad, model.device)
-    state = DecodeState(model, ids, mask, steps, cache, _as_tensor(blanks, model.device))
+    state = DecodeState(model, ids, mask, steps, cache, _as_tensor(blanks, model.device), compile)
     watch = StopWatch(tokenizer, config, len(lists) * config.n) if config.stop else None
     new, choices = decode(state, config, steps, config.n, _seeds(config, len(lists)), pad, watch)
     eos = () if config.ignore_eos else config.eos_token_ids
@@ -454,7 +473,7 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True, cache: str = "dynamic",
-                 **options) -> torch.Tensor:
+                 compile: bool | str | Callable = False, **options) -> torch.Tensor:
     """Model.generate's Hugging Face-style call on a (left-padded) batch: prompt + new tokens [batch, prompt + new]
     (decoder ids from the start token for encoder-decoders), rows that stopped filled with the pad token; options are
     other GenerationConfig fields."""
@@ -468,7 +487,8 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     if model.config.position in FIXED_CONTEXT_POSITIONS and length + max_new_tokens > model.config.max_seq_len:
         raise ConfigError(f"{length} prompt tokens plus max_new_tokens={max_new_tokens} exceed the model's "
                           f"max_seq_len {model.config.max_seq_len}.")
-    state = DecodeState(model, input_ids, attention_mask, max_new_tokens, cache if use_cache else None)
+    state = DecodeState(model, input_ids, attention_mask, max_new_tokens, cache if use_cache else None,
+                        compile=compile)
     if config.num_beams > 1:
         from llmlab.infer.beam import generate_beam_ids
 

@@ -1,0 +1,223 @@
+"""Greedy generation: llmlab's generate_ids against transformers' generate on the same weights and prompts.
+
+Both load one random-weight checkpoint (llmlab writes it with save_hf, transformers reads it with from_pretrained),
+run with the same threads in one process, in alternating rounds: batch 1 (a 32-token prompt) and batch 8 (prompts of
+16 to 256 tokens, left-padded), 128 new tokens each, EOS ignored. Reported per implementation: tokens/s (all new
+tokens over the whole call), time to first token (a call with max_new_tokens=1), the median of the per-round ratios to
+transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight read once per
+token, over a bandwidth measured here by summing a 1 GiB tensor).
+
+Peak memory is what a call adds above the loaded models, the median over rounds: on CPU the kernel's peak-RSS counter
+is reset before each call (/proc/self/clear_refs) and VmHWM after it less VmRSS before it is reported, the script
+running under a fixed glibc mmap threshold so that freed blocks go back to the system between calls; on a GPU,
+torch.cuda.max_memory_allocated less the allocation before.
+
+    python benchmarks/bench_generate.py                 # GPT-2 124M and LLaMA 370M, the full measurement
+    python benchmarks/bench_generate.py --quick         # GPT-2 124M, 16 new tokens, one round
+    python benchmarks/bench_generate.py --device cuda --impls static,compiled,hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmlab.infer.config import GenerationConfig
+from llmlab.infer.generate import DecodeState, decode
+from llmlab.model import Model, presets
+from llmlab.model.hf import save_hf
+
+MODELS = {
+    "gpt2-124m": lambda: presets.gpt2("124m"),
+    # 24 layers × width 1024, SwiGLU 2816, untied head: 374M parameters
+    "llama-370m": lambda: presets.llama("7b", n_layers=24, d_model=1024, n_heads=16, d_ff=2816),
+}
+IMPLS = {  # name → llmlab's options (None: transformers)
+    "dynamic": dict(cache="dynamic"), "static": dict(cache="static"),
+    "compiled": dict(cache="static", compile=True), "hf": None,
+}
+
+
+def prompts(batch: int, generator: torch.Generator, vocab: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Left-padded ids and mask: one 32-token prompt, or `batch` prompts of lengths spread over 16..256."""
+    lengths = [32] if batch == 1 else torch.linspace(16, 256, batch).round().long().tolist()
+    longest = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), longest), generator=generator)
+    mask = (torch.arange(longest) >= torch.tensor([[longest - n] for n in lengths])).long()
+    return ids.masked_fill(mask == 0, 0), (None if batch == 1 else mask)
+
+
+def load_pair(directory: Path, device: str, impls: list[str]):
+    """(llmlab model, transformers model) from the checkpoint directory, each only if some impl needs it."""
+    import llmlab
+    from transformers import AutoModelForCausalLM
+
+    ours = llmlab.load(directory, device=device).eval() if any(IMPLS[i] is not None for i in impls) else None
+    theirs = None
+    if "hf" in impls:
+        theirs = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
+        theirs.generation_config.eos_token_id = None  # the same 128 tokens on both sides
+    return ours, theirs
+
+
+class FirstToken:
+    """Notes when the first new token exists: transformers' streamer protocol (put: the prompt, then each step's
+    tokens) and llmlab's on_step callback."""
+
+    def __init__(self):
+        self.calls, self.at = 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+    def __call__(self, tokens) -> list:
+        if self.at is None:
+            self.at = time.perf_counter()
+        return []
+
+
+def call(impl: str, ours, theirs, ids, mask, new_tokens: int, first: FirstToken | None = None) -> torch.Tensor:
+    """One greedy generation: prompt + new tokens [batch, T + new_tokens]."""
+    with torch.no_grad():
+        if IMPLS[impl] is None:
+            return theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                   num_beams=1, pad_token_id=0, streamer=first)
+        # generate_ids's own steps, with decode's on_step to time the first token
+        config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+        state = DecodeState(ours, ids, mask, new_tokens, **IMPLS[impl])
+        prompt = state.sequence
+        new, _ = decode(state, config, new_tokens, pad=0, on_step=first)
+        return torch.cat([prompt, new], dim=1)
+
+
+def measured(device: str, function) -> tuple[float, float, object]:
+    """(wall seconds of function(), MiB of memory it added at its peak, its result).
+
+    CPU: the kernel's peak-RSS counter is reset first (/proc/self/clear_refs), and the peak is VmHWM after minus VmRSS
+    before; the script runs under a fixed glibc mmap threshold, so that large freed blocks go back to the system and
+    every call starts from the loaded model. GPU: torch.cuda.max_memory_allocated after minus allocated before."""
+    if device == "cpu":
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS") * 1024
+    else:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    started = time.perf_counter()
+    result = function()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    peak = _status_kib("VmHWM") * 1024 if device == "cpu" else torch.cuda.max_memory_allocated()
+    return elapsed, (peak - before) / 2 ** 20, result
+
+
+def read_bandwidth(device: str) -> float:
+    """Bytes/s of reading a 1 GiB float32 tensor (torch.sum), the best of five."""
+    x = torch.ones(2 ** 28, device=device)
+    x.sum()
+    best = min(measured(device, x.sum)[0] for _ in range(5))
+    return x.numel() * x.element_size() / best
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def main() -> None:
+    """Measure every model × batch × implementation and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="GPT-2 only, 16 new tokens, one round")
+    parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--impls", default="static,compiled,hf", help=f"comma-separated, of {', '.join(IMPLS)}")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    arguments = parser.parse_args()
+    device, threads = arguments.device, arguments.threads
+    if device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # see measured(): run again under it
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
+    torch.set_num_threads(threads)  # both sides run in this process, with these threads
+    models = (arguments.models or ("gpt2-124m" if arguments.quick else ",".join(MODELS))).split(",")
+    impls = arguments.impls.split(",")
+    new_tokens = arguments.new_tokens or (16 if arguments.quick else 128)
+    rounds = arguments.rounds or (1 if arguments.quick else 2)
+    batches = [int(b) for b in arguments.batches.split(",")]
+    bandwidth = read_bandwidth(device)
+    print(f"device {device}, {threads} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s, {new_tokens} new tokens, "
+          f"{rounds} rounds")
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        reference = Model(MODELS[name]()).eval()
+        weight_bytes = sum(p.numel() * p.element_size() for p in reference.parameters())  # tied ones once
+        with tempfile.TemporaryDirectory() as temporary:
+            directory = Path(temporary) / name
+            save_hf(reference, directory)
+            del reference
+            ours, theirs = load_pair(directory, device, impls)
+            vocab = (ours or theirs).config.vocab_size
+            for batch in batches:
+                ids, mask = prompts(batch, torch.Generator().manual_seed(batch), vocab)
+                ids, mask = ids.to(device), None if mask is None else mask.to(device)
+                for impl in impls:
+                    call(impl, ours, theirs, ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
+                outputs = {}
+                seconds, first, memory = ({impl: [] for impl in impls} for _ in range(3))
+                for round_ in range(rounds):
+                    order = impls if round_ % 2 == 0 else impls[::-1]  # alternate who goes first
+                    for impl in order:
+                        marker = FirstToken()
+                        started = time.perf_counter()
+                        elapsed, added, out = measured(
+                            device, lambda: call(impl, ours, theirs, ids, mask, new_tokens, marker))
+                        seconds[impl].append(elapsed)
+                        first[impl].append(marker.at - started)
+                        memory[impl].append(added)
+                        outputs.setdefault(impl, out)
+                same = {impl: torch.equal(out, outputs.get("hf", out)) for impl, out in outputs.items()}
+                for impl in impls:
+                    row = {"model": name, "batch": batch, "impl": impl,
+                           "tok_s": batch * new_tokens / statistics.median(seconds[impl]),
+                           "ttft_ms": 1000 * statistics.median(first[impl]), "same": same[impl]}
+                    if "hf" in impls:
+                        row["ratio"] = statistics.median(h / s for h, s in zip(seconds["hf"], seconds[impl]))
+                        row["ratios"] = [h / s for h, s in zip(seconds["hf"], seconds[impl])]
+                    if batch == 1:  # decode steps only: the prefill's time taken out
+                        decoding = statistics.median(t - f for t, f in zip(seconds[impl], first[impl]))
+                        row["bw_frac"] = (new_tokens - 1) / decoding * weight_bytes / bandwidth
+                    row["mem_mib"] = statistics.median(memory[impl])
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            del ours, theirs
+    print()
+    print("| model | batch | impl | tokens/s | × transformers (per round) | TTFT ms | peak +MiB | of BW bound | "
+          "same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratios'])})" if "ratio" in r else "–"
+        print(f"| {r['model']} | {r['batch']} | {r['impl']} | {r['tok_s']:.1f} | {ratio} | {r['ttft_ms']:.0f} | "
+              f"{r.get('mem_mib', float('nan')):.0f} | "
+              f"{'–' if 'bw_frac' not in r else format(r['bw_frac'], '.0%')} | {r['same']} |")
+
+
+if __name__ == "__main__":
+    main()
