@@ -55,7 +55,8 @@ def test_greedy_batch_equals_transformers(name, tmp_path):
     reference = as_transformers(model, tmp_path)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     expected = hf_generate(reference, PROMPTS, 10, pad, model.config.eos_token_id)
-    assert generate(model, PROMPTS, max_new_tokens=10).tokens == expected
+    for cache in ("dynamic", "static", "paged"):
+        assert generate(model, PROMPTS, max_new_tokens=10, cache=cache).tokens == expected, cache
 
 
 @pytest.mark.parametrize("options", [dict(repetition_penalty=1.8), dict(no_repeat_ngram_size=2),
@@ -150,6 +151,21 @@ def test_stop_strings_end_the_text_and_the_tokens(text_model):
     kept = generate(text_model, "The cat", max_new_tokens=24, ignore_eos=True, stop=[stop],
                     include_stop_str_in_output=True)
     assert kept.text[0] == text[: text.index(stop) + len(stop)]
+
+
+def test_stop_strings_end_where_transformers_ends(text_model, tmp_path):
+    text = generate(text_model, "The cat", max_new_tokens=24, ignore_eos=True).text[0]
+    stops = [text[9:12], text[15:17]]
+    save_hf(text_model, tmp_path)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=text_model.tokenizer)
+    ids = torch.tensor([text_model.tokenizer.encode("The cat").ids])
+    with torch.no_grad():
+        out = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                                 do_sample=False, stop_strings=stops, tokenizer=tokenizer, eos_token_id=None,
+                                 pad_token_id=0)
+    ours = generate(text_model, "The cat", max_new_tokens=24, ignore_eos=True, stop=stops)
+    assert ours.tokens[0] == out[0, ids.shape[1]:].tolist() and ours.finish_reasons == ["stop"]
 
 
 def test_stream_pieces_join_to_the_generated_text(text_model):
