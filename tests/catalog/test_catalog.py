@@ -6,7 +6,7 @@ import json
 import pytest
 
 from llmlab import catalog
-from llmlab.cli.main import main
+from tests.cli_run import run_cli
 from tests.model.test_presets import PUBLISHED
 
 # the model column of each table in the survey (survey-models.md), in its order
@@ -91,17 +91,10 @@ def test_computed_columns_by_hand(rows):
     assert switch["active_parameters"] < switch["parameters"]  # one expert of eight runs per token
 
 
-def run(arguments, capsys):
-    try:
-        code = main(arguments)
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_prints_a_markdown_table(capsys):
-    code, out, _ = run(["catalog", "--family", "bloom"], capsys)
+    code, out, _ = run_cli(["catalog", "--family", "bloom"], capsys)
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("| model | size |") and lines[1].startswith("|---|")
     assert sum(line.startswith("| BLOOM |") for line in lines) == 6
@@ -110,7 +103,7 @@ def test_cli_prints_a_markdown_table(capsys):
 
 
 def test_cli_json_open_only(capsys):
-    code, out, _ = run(["catalog", "--open", "--format", "json"], capsys)
+    code, out, _ = run_cli(["catalog", "--open", "--format", "json"], capsys)
     data = json.loads(out)
     assert code == 0 and data and all(row["open_weights"] for row in data)
     names = {row["model"] for row in data}
@@ -118,11 +111,11 @@ def test_cli_json_open_only(capsys):
 
 
 def test_cli_family_matches_a_preset_name(capsys):
-    code, out, _ = run(["catalog", "--family", "llama", "--format", "json"], capsys)
+    code, out, _ = run_cli(["catalog", "--family", "llama", "--format", "json"], capsys)
     names = {row["model"] for row in json.loads(out)}
     assert code == 0 and {"LLaMA", "Llama 2", "Alpaca"} <= names and "OPT" not in names
 
 
 def test_cli_unknown_family_is_one_sentence(capsys):
-    code, _, err = run(["catalog", "--family", "nosuch"], capsys)
+    code, _, err = run_cli(["catalog", "--family", "nosuch"], capsys)
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1 and "'nosuch'" in err

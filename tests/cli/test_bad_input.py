@@ -7,18 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.cli.main import main
+from tests.cli_run import run_cli
 
 TINY = str(Path(__file__).parents[2] / "recipes" / "tiny.yaml")
 
 
 def run(arguments: list[str], capsys) -> tuple[int, str]:
-    """main's exit code (argparse's too) and what it wrote to stderr; an unexpected exception fails the test."""
-    try:
-        code = main(arguments)
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
+    """main's exit code (argparse's too) and what it wrote to stderr."""
+    code, _, error = run_cli(arguments, capsys)
+    return code, error
 
 
 def one_error(code: int, error: str, *named: str) -> None:

@@ -15,7 +15,7 @@ import torch
 
 import llmlab
 import llmlab.infer.chat as chat
-from llmlab.cli.main import main
+from tests.cli_run import run_cli
 from llmlab.data.tokenizer import END_OF_TEXT, PAD, train_tokenizer
 from llmlab.infer.generate import Piece, generate
 from llmlab.model import Model, presets
@@ -62,14 +62,6 @@ def model(checkpoint):
     return llmlab.load(checkpoint)
 
 
-def run(arguments, capsys):
-    """main's exit code, stdout and stderr."""
-    try:
-        code = main(arguments)
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 OPTIONS = [
@@ -88,7 +80,7 @@ OPTIONS = [
 @pytest.mark.parametrize("streamed", [False, True])
 def test_generate_prints_what_the_library_generates(checkpoint, model, capsys, options, fields, streamed):
     expected = generate(model, "The cat", max_new_tokens=24, **fields).text[0]
-    code, out, _ = run(["generate", str(checkpoint), "The cat", "--max-new-tokens", "24", *options,
+    code, out, _ = run_cli(["generate", str(checkpoint), "The cat", "--max-new-tokens", "24", *options,
                         *(["--stream"] if streamed else [])], capsys)
     assert code == 0 and out == expected + "\n"
 
@@ -96,7 +88,7 @@ def test_generate_prints_what_the_library_generates(checkpoint, model, capsys, o
 @pytest.mark.parametrize("streamed", [False, True])
 def test_several_samples_are_printed_under_headers(checkpoint, model, capsys, streamed):
     expected = generate(model, "The cat", max_new_tokens=12, do_sample=True, temperature=1.0, seed=5, n=3).text
-    code, out, _ = run(["generate", str(checkpoint), "The cat", "--max-new-tokens", "12", "--temperature", "1",
+    code, out, _ = run_cli(["generate", str(checkpoint), "The cat", "--max-new-tokens", "12", "--temperature", "1",
                         "--seed", "5", "--n", "3", *(["--stream"] if streamed else [])], capsys)
     assert code == 0
     assert out == "".join(f"--- sample {k + 1} of 3 ---\n{text}\n" for k, text in enumerate(expected))
@@ -110,9 +102,9 @@ def test_generate_wraps_the_prompt_in_the_chat_template(tmp_path, capsys):
     reference = transformers.PreTrainedTokenizerFast(tokenizer_object=model.tokenizer, chat_template=CHATML)
     ids = reference.apply_chat_template([{"role": "user", "content": "The cat"}], add_generation_prompt=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    code, out, _ = run(["generate", str(directory), "The cat", "--max-new-tokens", "10"], capsys)
+    code, out, _ = run_cli(["generate", str(directory), "The cat", "--max-new-tokens", "10"], capsys)
     assert code == 0 and out == generate(model, ids, max_new_tokens=10).text[0] + "\n"
-    code, out, _ = run(["generate", str(directory), "The cat", "--max-new-tokens", "10", "--no-chat-template"], capsys)
+    code, out, _ = run_cli(["generate", str(directory), "The cat", "--max-new-tokens", "10", "--no-chat-template"], capsys)
     assert code == 0 and out == generate(model, "The cat", max_new_tokens=10).text[0] + "\n"
 
 
@@ -125,7 +117,7 @@ def test_generate_wraps_the_prompt_in_the_chat_template(tmp_path, capsys):
     (["--repetition-penalty", "0"], "repetition_penalty"),
 ])
 def test_bad_option_values_exit_2_with_one_line(checkpoint, capsys, options, named):
-    code, out, err = run(["generate", str(checkpoint), "The cat", *options], capsys)
+    code, out, err = run_cli(["generate", str(checkpoint), "The cat", *options], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and named in err
 
@@ -133,20 +125,20 @@ def test_bad_option_values_exit_2_with_one_line(checkpoint, capsys, options, nam
 def test_a_model_without_tokenizer_is_one_sentence(tmp_path, capsys):
     llmlab.save(Model(presets.llama("tiny")), tmp_path / "bare")
     for command in ("generate", "chat"):
-        code, out, err = run([command, str(tmp_path / "bare"), *(["hi"] if command == "generate" else [])], capsys)
+        code, out, err = run_cli([command, str(tmp_path / "bare"), *(["hi"] if command == "generate" else [])], capsys)
         assert code == 2 and out == ""
         assert err == f"error: {tmp_path / 'bare'} has no tokenizer.json, which is needed to turn text into tokens " \
                       f"and back.\n"
 
 
 def test_sampling_options_without_sampling_get_a_note(checkpoint, capsys):
-    code, _, err = run(["generate", str(checkpoint), "The cat", "--max-new-tokens", "2", "--top-p", "0.5"], capsys)
+    code, _, err = run_cli(["generate", str(checkpoint), "The cat", "--max-new-tokens", "2", "--top-p", "0.5"], capsys)
     assert code == 0 and err == "note: --top-p applies only when sampling; add --temperature T with T > 0.\n"
 
 
 def chat_through_stdin(arguments, lines, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
-    return run(["chat", *arguments], capsys)
+    return run_cli(["chat", *arguments], capsys)
 
 
 def test_chat_keeps_the_conversation(checkpoint, monkeypatch, capsys):

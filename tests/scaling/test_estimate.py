@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from llmlab.cli.main import main
+from tests.cli_run import run_cli
 from llmlab.model import Model, presets
 from llmlab.objectives.losses import language_model_loss
 from llmlab.scaling import estimate as est
@@ -117,21 +117,14 @@ def test_generation_peak_within_ten_percent_of_measured(kv_heads):
     assert abs(estimated - measured) / measured <= 0.10, (measured, estimated)
 
 
-def run(arguments, capsys):
-    try:
-        code = main(arguments)
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_estimate_preset_json(capsys):
-    code, out, _ = run(["estimate", "llama:7b", "--seq-len", "2048", "--shards", "8", "--format", "json"], capsys)
+    code, out, _ = run_cli(["estimate", "llama:7b", "--seq-len", "2048", "--shards", "8", "--format", "json"], capsys)
     data = json.loads(out)
     assert code == 0 and data["parameters"] == 6_738_415_616 and data["shards"] == 8
     assert set(data["training_memory"]["sharded"]) == {"zero-0", "zero-1", "zero-2", "zero-3"}
-    code, out, _ = run(["estimate", "gpt2", "--activation-checkpointing", "--optimizer", "adafactor"], capsys)
+    code, out, _ = run_cli(["estimate", "gpt2", "--activation-checkpointing", "--optimizer", "adafactor"], capsys)
     assert code == 0 and "124" in out and "FLOPs per token" in out
 
 
@@ -146,7 +139,7 @@ def test_cli_estimate_reads_only_a_checkpoints_config(tmp_path, capsys):
     (hf / "config.json").write_text(json.dumps(family_for(config).config_to_hf(config)))  # no weights at all
     expected = Model(config).num_parameters()
     for directory in (tmp_path / "native", hf):
-        code, out, _ = run(["estimate", str(directory), "--format", "json"], capsys)
+        code, out, _ = run_cli(["estimate", str(directory), "--format", "json"], capsys)
         assert code == 0 and json.loads(out)["parameters"] == expected
 
 
@@ -163,5 +156,5 @@ def test_cli_estimate_reads_only_a_checkpoints_config(tmp_path, capsys):
 ])
 def test_cli_bad_input_is_one_sentence(arguments, named, tmp_path, capsys):
     arguments = [str(tmp_path) if a == "EMPTY" else a for a in arguments]
-    code, _, err = run(["estimate", *arguments], capsys)
+    code, _, err = run_cli(["estimate", *arguments], capsys)
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1 and named in err, err
