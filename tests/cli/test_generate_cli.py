@@ -104,7 +104,8 @@ def test_generate_wraps_the_prompt_in_the_chat_template(tmp_path, capsys):
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     code, out, _ = run_cli(["generate", str(directory), "The cat", "--max-new-tokens", "10"], capsys)
     assert code == 0 and out == generate(model, ids, max_new_tokens=10).text[0] + "\n"
-    code, out, _ = run_cli(["generate", str(directory), "The cat", "--max-new-tokens", "10", "--no-chat-template"], capsys)
+    code, out, _ = run_cli(["generate", str(directory), "The cat", "--max-new-tokens", "10", "--no-chat-template"],
+                           capsys)
     assert code == 0 and out == generate(model, "The cat", max_new_tokens=10).text[0] + "\n"
 
 
