@@ -13,10 +13,7 @@ import sys
 import torch
 
 from llmlab.model import Model, presets
-from llmlab.objectives.losses import language_model_loss
-from llmlab.scaling.estimate import inference_memory, measure_peak_bytes, training_memory
-from llmlab.train.loop import enable_activation_checkpointing
-from llmlab.train.optim import build_optimizer
+from llmlab.scaling.estimate import inference_memory, measure_peak_bytes, run_training_steps, training_memory
 
 # (label, preset, overrides, batch, seq_len, optimizer, activation checkpointing)
 TRAINING = [
@@ -41,23 +38,6 @@ GENERATION = [
 ]
 
 
-def train_steps(config, batch, seq_len, optimizer, checkpointing, steps=2):
-    """Build the model and optimiser, then run `steps` steps as Trainer.train_step does (fp32, fused AdamW)."""
-    torch.manual_seed(0)
-    model = Model(config).train()
-    if checkpointing:
-        enable_activation_checkpointing(model)
-    opt = build_optimizer(model, optimizer, lr=1e-4, weight_decay=0.1)
-    for _ in range(steps):
-        ids = torch.randint(0, config.vocab_size, (batch, seq_len))
-        opt.zero_grad(set_to_none=True)
-        summed, count, _ = language_model_loss(model, {"input_ids": ids, "labels": ids})
-        (summed / count).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def generate(config, batch, prompt, new):
     """Build the model and generate greedily with the dynamic cache (float32)."""
     torch.manual_seed(0)
@@ -70,7 +50,7 @@ def rows():
     """(kind, label, command-line shape, measured MiB, estimated MiB, error %) for every configuration."""
     for label, name, overrides, batch, seq_len, optimizer, checkpointing in TRAINING:
         config = presets.get(name, "tiny", max_seq_len=1024, **overrides)
-        measured, _ = measure_peak_bytes(lambda: train_steps(config, batch, seq_len, optimizer, checkpointing))
+        measured, _ = measure_peak_bytes(lambda: run_training_steps(config, batch, seq_len, optimizer, checkpointing))
         estimated = training_memory(config, seq_len, batch, "fp32", optimizer, checkpointing).peak
         yield "train", label, f"B={batch} T={seq_len} {optimizer}", measured, estimated
     for label, name, overrides, batch, prompt, new in GENERATION:

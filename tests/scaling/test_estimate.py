@@ -8,10 +8,8 @@ import torch
 
 from tests.cli_run import run_cli
 from llmlab.model import Model, presets
-from llmlab.objectives.losses import language_model_loss
 from llmlab.scaling import estimate as est
-from llmlab.train.loop import enable_activation_checkpointing, training_flops_per_token
-from llmlab.train.optim import build_optimizer
+from llmlab.train.loop import training_flops_per_token
 
 
 def test_flops_per_token_by_hand():
@@ -75,21 +73,6 @@ def test_measure_peak_bytes_sees_a_known_allocation():
 SMALL = dict(n_layers=2, d_model=128, n_heads=4, d_ff=512, vocab_size=512, max_seq_len=256)
 
 
-def train_two_steps(config, batch, seq_len, optimizer, checkpointing):
-    torch.manual_seed(0)
-    model = Model(config).train()
-    if checkpointing:
-        enable_activation_checkpointing(model)
-    opt = build_optimizer(model, optimizer, lr=1e-4, weight_decay=0.1)
-    for _ in range(2):
-        ids = torch.randint(0, config.vocab_size, (batch, seq_len))
-        opt.zero_grad(set_to_none=True)
-        summed, count, _ = language_model_loss(model, {"input_ids": ids, "labels": ids})
-        (summed / count).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-
 @pytest.mark.parametrize(("name", "overrides", "optimizer", "checkpointing"), [
     ("gpt2", {}, "adamw", False),
     ("gpt2", {}, "adamw", True),
@@ -98,7 +81,7 @@ def train_two_steps(config, batch, seq_len, optimizer, checkpointing):
 ])
 def test_training_peak_within_ten_percent_of_measured(name, overrides, optimizer, checkpointing):
     config = presets.get(name, "tiny", **{**SMALL, **overrides})
-    measured, _ = est.measure_peak_bytes(lambda: train_two_steps(config, 8, 128, optimizer, checkpointing))
+    measured, _ = est.measure_peak_bytes(lambda: est.run_training_steps(config, 8, 128, optimizer, checkpointing))
     estimated = est.training_memory(config, 128, 8, "fp32", optimizer, checkpointing).peak
     assert abs(estimated - measured) / measured <= 0.10, (measured, estimated)
 

@@ -355,3 +355,27 @@ def measure_peak_bytes(function) -> tuple[int, object]:
         live += nbytes
         peak = max(peak, live)
     return peak, result
+
+
+def run_training_steps(config: ModelConfig, batch: int, seq_len: int, optimizer: str = "adamw",
+                       checkpointing: bool = False, steps: int = 2) -> None:
+    """The workload whose peak training_memory estimates: build the model and optimiser, then run steps fp32 steps
+    on random ids as Trainer.train_step does (loss, backward, clipping, optimiser step)."""
+    from llmlab.model.transformer import Model
+    from llmlab.objectives.losses import language_model_loss
+    from llmlab.train.loop import enable_activation_checkpointing  # train/ builds on scaling/: imported on use
+    from llmlab.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = Model(config).train()
+    if checkpointing:
+        enable_activation_checkpointing(model)
+    opt = build_optimizer(model, optimizer, lr=1e-4, weight_decay=0.1)
+    for _ in range(steps):
+        ids = torch.randint(0, config.vocab_size, (batch, seq_len))
+        opt.zero_grad(set_to_none=True)
+        summed, count, _ = language_model_loss(model, {"input_ids": ids, "labels": ids})
+        (summed / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    opt.zero_grad(set_to_none=True)
