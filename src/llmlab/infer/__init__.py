@@ -7,4 +7,5 @@ from llmlab.infer.generate import BlankTokens, GenerationResult, Piece, generate
 from llmlab.infer.paged import BlockAllocator, PagedCache
 
 __all__ = ["AsyncEngine", "BlankTokens", "BlockAllocator", "DynamicCache", "Engine", "EngineFullError",
-           "GenerationConfig", "GenerationResult", "PagedCache", "Piece", "RequestOutput", "StaticCache", "generate", "stream"]
+           "GenerationConfig", "GenerationResult", "PagedCache", "Piece", "RequestOutput", "StaticCache", "generate",
+           "stream"]
