@@ -193,3 +193,4 @@ def test_setup_without_torchrun_is_a_no_op(monkeypatch):
 
 if __name__ == "__main__":
     worker(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    distributed.end_process(0)

@@ -43,6 +43,12 @@ def _command_parsers(parser: argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; a user error prints `error: <message>` to stderr and returns exit code 2."""
+    code = _run(argv)
+    distributed = sys.modules.get("llmlab.train.distributed")  # imported only by commands that may join a group
+    return code if distributed is None else distributed.end_process(code)
+
+
+def _run(argv: list[str] | None) -> int:
     arguments, unknown = build_parser().parse_known_args(argv)
     if unknown:  # said by the subcommand's parser, with its usage
         arguments.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")

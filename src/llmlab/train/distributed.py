@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from functools import partial
@@ -23,6 +24,7 @@ from llmlab.errors import ConfigError
 
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_joined = False  # whether this process has joined a process group (setup)
 
 
 def launched_by_torchrun() -> bool:
@@ -43,13 +45,30 @@ def setup(backend: str | None = None) -> bool:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend)
+    global _joined
+    _joined = True
     return True
 
 
 def teardown() -> None:
-    """Leave the process group (a no-op when none is up)."""
+    """Leave the process group once every rank is done with it (a no-op when none is up)."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> int:
+    """Return code, or, in a process that joined a process group, end it now with that exit code.
+
+    torch keeps a gloo process group alive in C++ after destroy_process_group once DDP or FSDP has used it (torch
+    2.13), and its worker threads may still be releasing a finished collective's tensors when the interpreter shuts
+    down; taking the GIL then aborts the process ("terminate called without an active exception"), turning a finished
+    run into a failed one. So a torchrun worker skips interpreter shutdown, after flushing its output."""
+    if not _joined:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_distributed() -> bool:
