@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
 from llmlab.infer.chat import PLAIN_STOP, ChatTemplate, chat_prompt_ids
 from llmlab.infer.generate import resolve_config
 from llmlab.serve.errors import RETRY_AFTER_SECONDS, APIError, bad_request, install_error_handlers, logger
@@ -96,8 +99,6 @@ class Service:
 
     async def respond(self, request, submission: Submission, answer: Answer, stream: bool, include_usage: bool):
         """Run a submission: the whole answer as JSON, or a stream of server-sent events ending in [DONE]."""
-        from fastapi.responses import JSONResponse, Response, StreamingResponse
-
         run = Run(self.async_engine, submission, answer.id)
         if not stream:
             finals = await cancel_on_disconnect(request, run_whole(run))
@@ -141,9 +142,6 @@ async def started(run: Run) -> bool:
 def create_app(async_engine, settings: ServeSettings):
     """The FastAPI application serving async_engine's model; its lifespan starts the engine and, at shutdown, lets
     the running requests finish (drain)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-
     service = Service(async_engine, settings)
 
     @contextlib.asynccontextmanager

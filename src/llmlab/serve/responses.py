@@ -8,6 +8,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from llmlab.data.tokenizer import decode_bytes
+from llmlab.infer.detokenize import REPLACEMENT
 from llmlab.serve.params import Submission
 
 
@@ -22,18 +24,34 @@ def sse(data) -> str:
 
 
 class TokenStrings:
-    """Each token's own text (tokenizer.decode of it alone), remembered: what logprobs report per token."""
+    """Each token's own text, remembered: what logprobs report per token. A token ending inside a character is
+    written as OpenAI writes it, "bytes:\\xe2\\x80", so that different tokens never share one string."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.known: dict[int, str] = {}
+        self.known: dict[int, tuple[str, bytes]] = {}
+
+    def _entry(self, token: int) -> tuple[str, bytes]:
+        entry = self.known.get(token)
+        if entry is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            raw = text.encode("utf-8")
+            if REPLACEMENT in text:
+                raw = decode_bytes(self.tokenizer, [token])
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
+            entry = self.known[token] = (text, raw)
+        return entry
 
     def __call__(self, token: int) -> str:
         """The text of one token."""
-        text = self.known.get(token)
-        if text is None:
-            text = self.known[token] = self.tokenizer.decode([token], skip_special_tokens=False)
-        return text
+        return self._entry(token)[0]
+
+    def bytes(self, token: int) -> list[int]:
+        """The UTF-8 bytes of one token."""
+        return list(self._entry(token)[1])
 
 
 def _sorted(top: dict[int, float]) -> list[tuple[int, float]]:
@@ -108,8 +126,7 @@ class Answer:
 
     def _chat_logprobs(self, tokens: list[int], logprobs: list, tops: list) -> dict:
         def entry(token, logprob):
-            text = self.strings(token)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+            return {"token": self.strings(token), "logprob": logprob, "bytes": self.strings.bytes(token)}
 
         return {"content": [{**entry(token, logprob), "top_logprobs": [entry(*item) for item in _sorted(top or {})]}
                             for token, logprob, top in zip(tokens, logprobs, tops)]}
