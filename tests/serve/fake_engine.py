@@ -87,7 +87,7 @@ class FakeAsyncEngine:
         self.engine = FakeEngine(model, tokenizer)
         self.step_seconds = step_seconds
         self.full = False  # set by a test: every request is refused as by a full queue
-        self.started, self.aborted, self.finished, self.configs = [], [], [], []
+        self.started, self.aborted, self.finished, self.configs, self.prompts = [], [], [], [], []
         self.running = False
         self.ids = itertools.count()
 
@@ -103,6 +103,7 @@ class FakeAsyncEngine:
         request_id = request_id or str(next(self.ids))
         self.started.append(request_id)
         self.configs.append(config)
+        self.prompts.append(list(prompt_ids))
         model, tokenizer = self.engine.model, self.engine.tokenizer
         arrival = time.monotonic()
         steps = config.max_new_tokens if max_new_tokens is None else max_new_tokens
