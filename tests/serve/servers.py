@@ -24,6 +24,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 START_SECONDS = 120
+SERVE_COMMAND = [sys.executable, "-m", "llmlab", "serve"]
 API_KEY = "test-key"
 
 
@@ -80,7 +81,7 @@ def app_server(app):
 def cli_server(checkpoint: Path, *options: str, env: dict | None = None):
     """Run `llmlab serve CHECKPOINT` as a subprocess; yields (base URL, the process)."""
     port = free_port()
-    command = [sys.executable, "-m", "llmlab", "serve", str(checkpoint), "--port", str(port), *options]
+    command = [*SERVE_COMMAND, str(checkpoint), "--port", str(port), *options]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

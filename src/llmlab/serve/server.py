@@ -4,6 +4,7 @@ let the running ones finish, then exit."""
 from __future__ import annotations
 
 import os
+import signal
 
 from llmlab.errors import ConfigError
 from llmlab.serve.app import ServeSettings, create_app
@@ -19,6 +20,9 @@ def _draining_server(config, service):
         def handle_exit(self, sig, frame):
             service.draining = True
             super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", [])
+            if sig == signal.SIGTERM and sig in captured:  # uvicorn re-raises it after draining; a drained exit is 0
+                captured.remove(sig)
 
     return DrainingServer(config)
 
