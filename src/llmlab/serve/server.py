@@ -36,7 +36,6 @@ def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
 
     import llmlab
     from llmlab.infer.chat import read_chat_template, require_tokenizer
-    from llmlab.infer.engine import AsyncEngine, Engine
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}.")
@@ -44,6 +43,8 @@ def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
     model = llmlab.load(model_path)
     tokenizer = require_tokenizer(model, model_path)
     context = max_model_len if max_model_len is not None else model.config.max_seq_len
+    from llmlab.infer.engine import AsyncEngine, Engine  # after the checks, which need no engine
+
     engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=context,
                     kv_cache_tokens=kv_cache_tokens, max_waiting=max_waiting)
     name = served_model_name or str(model_path)
