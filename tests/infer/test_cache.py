@@ -287,3 +287,21 @@ def test_running_out_of_blocks_is_one_sentence_naming_the_pool_and_changes_nothi
     assert cache.block_tables == tables and cache.num_free_blocks == 1
     write(cache, dense, ["b"], 4, generator)  # what fits still does
     check_blocks(cache, dense)
+
+
+def test_registered_blocks_stay_findable_when_free_until_the_pool_needs_them():
+    allocator = BlockAllocator(num_blocks=4, block_size=2)
+    a, b, c = allocator.allocate(3)
+    allocator.register(a, "key-a")
+    allocator.register(b, "key-b")
+    allocator.register(c, "key-a")  # a key keeps its first block
+    assert allocator.lookup("key-a") == a and allocator.num_cached == 2
+    allocator.free([b, a, c])
+    assert allocator.num_free == 4 and allocator.lookup("key-b") == b
+    assert allocator.fork([a]) == [a] and allocator.ref_count(a) == 1 and allocator.num_free == 3  # taken back
+    # never-registered blocks go first (c, then the fourth), then registered ones, least recently freed first (b)
+    assert sorted(allocator.allocate(2)) == sorted([c, 3])
+    assert allocator.allocate(1) == [b] and allocator.lookup("key-b") is None
+    allocator.free([b])
+    with pytest.raises(ValueError, match="free"):
+        allocator.register(b, "key-b")

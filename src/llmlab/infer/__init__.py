@@ -1,9 +1,11 @@
-"""Utilisation (survey §6): key/value caches, token choice, generate and stream."""
+"""Utilisation (survey §6): key/value caches, token choice, generate and stream, and the serving engine."""
 
 from llmlab.infer.cache import DynamicCache, StaticCache
 from llmlab.infer.config import GenerationConfig
+from llmlab.infer.engine import AsyncEngine, Engine, EngineFullError, RequestOutput
 from llmlab.infer.generate import BlankTokens, GenerationResult, Piece, generate, stream
 from llmlab.infer.paged import BlockAllocator, PagedCache
 
-__all__ = ["BlankTokens", "BlockAllocator", "DynamicCache", "GenerationConfig", "GenerationResult", "PagedCache", "Piece",
-           "StaticCache", "generate", "stream"]
+__all__ = ["AsyncEngine", "BlankTokens", "BlockAllocator", "DynamicCache", "Engine", "EngineFullError",
+           "GenerationConfig", "GenerationResult", "PagedCache", "Piece", "RequestOutput", "StaticCache", "generate",
+           "stream"]

@@ -16,7 +16,7 @@ before each forward call chooses the sequences that form its rows:
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 
 import torch
@@ -28,59 +28,97 @@ SeqId = Hashable
 
 
 class BlockAllocator:
-    """The free blocks of a pool and a reference count per block, so that sequences can share blocks."""
+    """The free blocks of a pool and a reference count per block, so that sequences can share blocks.
+
+    Prefix caching: a full block may be registered under a key of its contents and of everything before it. A
+    registered block that nobody holds any more keeps its contents and can be found by its key and taken again, until
+    the pool runs out of never-registered blocks and hands it out anew (least recently freed first)."""
 
     def __init__(self, num_blocks: int, block_size: int):
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"A block pool needs at least one block of one token, not {num_blocks} × {block_size}.")
         self.num_blocks, self.block_size = num_blocks, block_size
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: the lowest-numbered block is handed out first
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # registered blocks nobody holds, oldest first
         self._refs = [0] * num_blocks
+        self._key_of: dict[int, Hashable] = {}
+        self._block_of: dict[Hashable, int] = {}
 
     @property
     def num_free(self) -> int:
-        """How many blocks no sequence holds."""
-        return len(self._free)
+        """How many blocks no sequence holds (registered ones that may still be found by their key included)."""
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def num_cached(self) -> int:
+        """How many blocks are registered under a key (held or not)."""
+        return len(self._key_of)
 
     def can_allocate(self, count: int) -> bool:
         """Whether count blocks are free."""
-        return count <= len(self._free)
+        return count <= self.num_free
 
     def check(self, count: int) -> None:
         """Raise CacheFullError, naming the pool's size, unless count blocks are free."""
-        if count > len(self._free):
-            raise CacheFullError(f"The paged cache is full: {count} more blocks are needed but only {len(self._free)} "
+        if count > self.num_free:
+            raise CacheFullError(f"The paged cache is full: {count} more blocks are needed but only {self.num_free} "
                                  f"of its {self.num_blocks} blocks of {self.block_size} tokens are free.")
 
     def allocate(self, count: int) -> list[int]:
-        """Take count free blocks (each with one reference); CacheFullError when fewer are free."""
+        """Take count free blocks (each with one reference), registered ones last; CacheFullError when fewer are
+        free."""
         self.check(count)
-        blocks = [self._free.pop() for _ in range(count)]
-        for block in blocks:
+        blocks = []
+        for _ in range(count):
+            if self._free:
+                block = self._free.pop()
+            else:
+                block, _ = self._evictable.popitem(last=False)
+                del self._block_of[self._key_of.pop(block)]
             self._refs[block] = 1
+            blocks.append(block)
         return blocks
 
     def fork(self, blocks: Iterable[int]) -> list[int]:
-        """Share blocks with one more holder (a forked or prefix-sharing sequence): one more reference each."""
+        """Share blocks with one more holder (a forked or prefix-sharing sequence): one more reference each; a
+        registered block nobody held is taken back from the free blocks."""
         blocks = list(blocks)
         for block in blocks:
             if self._refs[block] == 0:
-                raise ValueError(f"Block {block} is free and cannot be shared.")
+                if block not in self._evictable:
+                    raise ValueError(f"Block {block} is free and cannot be shared.")
+                del self._evictable[block]
             self._refs[block] += 1
         return blocks
 
     def free(self, blocks: Iterable[int]) -> None:
-        """Drop one reference to each block; a block nobody holds returns to the pool."""
+        """Drop one reference to each block; a block nobody holds returns to the pool (kept findable when
+        registered)."""
         for block in blocks:
             if self._refs[block] == 0:
                 raise ValueError(f"Block {block} is already free.")
             self._refs[block] -= 1
             if self._refs[block] == 0:
-                self._free.append(block)
+                if block in self._key_of:
+                    self._evictable[block] = None
+                else:
+                    self._free.append(block)
 
     def ref_count(self, block: int) -> int:
         """How many sequences hold the block (0: free)."""
         return self._refs[block]
+
+    def register(self, block: int, key: Hashable) -> None:
+        """Make a full, held block findable by key (its tokens and its prefix's); a key or block already registered
+        keeps its first registration."""
+        if self._refs[block] == 0:
+            raise ValueError(f"Block {block} is free; only a held block can be registered.")
+        if key not in self._block_of and block not in self._key_of:
+            self._block_of[key], self._key_of[block] = block, key
+
+    def lookup(self, key: Hashable) -> int | None:
+        """The block registered under key, held or not, if the pool still has it."""
+        return self._block_of.get(key)
 
 
 class PagedCache:
@@ -149,8 +187,9 @@ class PagedCache:
         self._cross[child] = list(self._cross[parent])
 
     def free_sequence(self, seq_id: SeqId) -> None:
-        """Forget a sequence: its blocks lose a reference (and return to the pool when nobody else holds them)."""
-        self.allocator.free(self.block_tables.pop(seq_id))
+        """Forget a sequence: its blocks lose a reference (and return to the pool when nobody else holds them), last
+        block first, so that a prefix cache gives up a prompt's tail before its head."""
+        self.allocator.free(reversed(self.block_tables.pop(seq_id)))
         del self.lengths[seq_id], self._cross[seq_id]
         if seq_id in self.batch:
             self.set_batch([s for s in self.batch if s != seq_id])
