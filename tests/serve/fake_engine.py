@@ -10,59 +10,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmlab.errors import LlmlabError
+from llmlab.infer.engine import EngineFullError, EngineStats, PromptLogprob, RequestOutput, SequenceOutput
 from llmlab.infer.generate import decoded_text, generate
-
-
-class EngineFullError(LlmlabError):
-    """The fake's stand-in for the engine's full queue."""
-
-
-@dataclass
-class PromptLogprob:
-    logprob: float
-    top: dict[int, float]
-
-
-@dataclass
-class SequenceOutput:
-    index: int
-    token_ids: list[int]
-    text: str
-    logprobs: list[float] | None
-    top_logprobs: list[dict[int, float]] | None
-    finish_reason: str | None
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    prompt_token_ids: list[int]
-    prompt_logprobs: list | None
-    outputs: list[SequenceOutput]
-    finished: bool
-    arrival_time: float | None = None
-    first_token_time: float | None = None
-    finish_time: float | None = None
-
-
-@dataclass
-class EngineStats:
-    waiting: int = 0
-    running: int = 0
-    kv_blocks_used: int = 0
-    kv_blocks_total: int = 64
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
-    generated_tokens: int = 0
-    preemptions: int = 0
 
 
 @dataclass
 class FakeEngine:
     model: object
     tokenizer: object
-    counters: EngineStats = field(default_factory=EngineStats)
+    counters: EngineStats = field(default_factory=lambda: EngineStats(0, 0, 0, 64, 0, 0, 0, 0))
 
     def stats(self) -> EngineStats:
         return self.counters

@@ -53,6 +53,7 @@ class Service:
         self.vocab_size = self.model.config.vocab_size
         self.base = resolve_config(self.model, None, {})  # the checkpoint's defaults and EOS ids
         self.checkpoint_defaults = getattr(self.model, "generation_config", None) is not None
+        self.max_num_seqs = getattr(engine, "max_num_seqs", None)
         self.metrics = Metrics(engine)
         self.created = int(time.time())
         self.draining = False
@@ -65,6 +66,13 @@ class Service:
         if model is not None and model != self.settings.model_name:
             raise APIError(404, f"The model '{model}' does not exist; this server serves "
                                 f"'{self.settings.model_name}'.", "model", "model_not_found")
+
+    def fits(self, submission: Submission) -> Submission:
+        """Refuse more samples per prompt than the engine runs at once."""
+        if self.max_num_seqs is not None and submission.config.n > self.max_num_seqs:
+            raise bad_request(f"n={submission.config.n} samples exceed the server's max_num_seqs of "
+                              f"{self.max_num_seqs}.", "n")
+        return submission
 
     def model_card(self) -> dict:
         """The served model as /v1/models lists it."""
@@ -82,8 +90,8 @@ class Service:
         """The engine submission and the answer builder of a completion request."""
         self.admit(body.model)
         prompts, texts = completion_prompts(body.prompt, self.tokenizer, self.vocab_size)
-        submission = completion_submission(body, prompts, self.base, self.checkpoint_defaults,
-                                           self.settings.max_model_len)
+        submission = self.fits(completion_submission(body, prompts, self.base, self.checkpoint_defaults,
+                                                     self.settings.max_model_len))
         return submission, Answer(submission, self.settings.model_name, self.tokenizer, chat=False, echo=body.echo,
                                   prompt_texts=texts, logprobs=body.logprobs is not None)
 
@@ -92,8 +100,8 @@ class Service:
         self.admit(body.model)
         prompt = self.conversation_ids(body.messages)
         extra_stop = PLAIN_STOP if self.settings.chat_template is None else ()
-        submission = chat_submission(body, prompt, self.base, self.checkpoint_defaults, self.settings.max_model_len,
-                                     extra_stop)
+        submission = self.fits(chat_submission(body, prompt, self.base, self.checkpoint_defaults,
+                                               self.settings.max_model_len, extra_stop))
         return submission, Answer(submission, self.settings.model_name, self.tokenizer, chat=True,
                                   logprobs=body.logprobs)
 

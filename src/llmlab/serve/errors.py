@@ -9,6 +9,7 @@ import logging
 import re
 
 from llmlab.errors import LlmlabError
+from llmlab.infer.engine import EngineFullError
 
 logger = logging.getLogger("llmlab.serve")
 
@@ -49,7 +50,7 @@ def from_llmlab_error(error: LlmlabError) -> APIError:
     """The API error of an error llmlab raised for a request: the queue being full is 503 with Retry-After, any
     other is a bad request (a GenerationConfig field renamed to the request's name for it)."""
     message = str(error)
-    if type(error).__name__ == "EngineFullError":
+    if isinstance(error, EngineFullError):
         return APIError(503, message, code="engine_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     match = re.search(r"GenerationConfig\.(\w+)", message)
     if match is None:

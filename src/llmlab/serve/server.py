@@ -36,19 +36,17 @@ def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
 
     import llmlab
     from llmlab.infer.chat import read_chat_template, require_tokenizer
+    from llmlab.infer.engine import AsyncEngine, Engine
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}.")
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     model = llmlab.load(model_path)
     tokenizer = require_tokenizer(model, model_path)
-    context = max_model_len if max_model_len is not None else model.config.max_seq_len
-    from llmlab.infer.engine import AsyncEngine, Engine  # after the checks, which need no engine
-
-    engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=context,
+    engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                     kv_cache_tokens=kv_cache_tokens, max_waiting=max_waiting)
     name = served_model_name or str(model_path)
-    settings = ServeSettings(name, context, read_chat_template(model_path), api_key)
+    settings = ServeSettings(name, engine.max_model_len, read_chat_template(model_path), api_key)
     app = create_app(AsyncEngine(engine), settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=None)
