@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -79,23 +80,29 @@ def app_server(app):
 
 @contextlib.contextmanager
 def cli_server(checkpoint: Path, *options: str, env: dict | None = None):
-    """Run `llmlab serve CHECKPOINT` as a subprocess; yields (base URL, the process)."""
+    """Run `llmlab serve CHECKPOINT` as a subprocess, its output to a file (a pipe nobody reads would fill up and
+    stall it); yields (base URL, the process)."""
     port = free_port()
     command = [*SERVE_COMMAND, str(checkpoint), "--port", str(port), *options]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(base, lambda: process.poll() is None)
-        yield base, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
             try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                wait_until_healthy(base, lambda: process.poll() is None)
+            except AssertionError as error:
+                log.seek(0)
+                raise AssertionError(f"{error}; its output:\n{log.read()[-4000:]}") from None
+            yield base, process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def post(base: str, path: str, body: bytes | dict | str, key: str | None = API_KEY,
