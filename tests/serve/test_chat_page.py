@@ -10,7 +10,7 @@ import pytest
 import llmlab
 from llmlab.infer.chat import read_chat_template
 from tests.serve.fake_engine import FakeAsyncEngine
-from tests.serve.servers import API_KEY, app_server, tiny_checkpoint
+from tests.serve.servers import API_KEY, app_server, cli_server, tiny_checkpoint
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from llmlab.serve import ServeSettings, create_app  # noqa: E402
@@ -22,11 +22,17 @@ pytestmark = pytest.mark.skipif(BROWSER is None or DRIVER is None,
 WAIT_SECONDS = 60
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+@pytest.fixture(scope="module", params=["test double", "llmlab serve"])
+def served(request, tmp_path_factory):
+    """(base URL, the test double or None, the tokenizer): the double's steps are slow enough to watch a reply grow,
+    and `llmlab serve` runs the real engine."""
     directory = tiny_checkpoint(tmp_path_factory.mktemp("page") / "model")
     model = llmlab.load(directory)
-    engine = FakeAsyncEngine(model, model.tokenizer, step_seconds=0.1)  # slow enough to watch the reply grow
+    if request.param == "llmlab serve":
+        with cli_server(directory, "--served-model-name", "tiny", "--api-key", API_KEY) as (base, _):
+            yield base, None, model.tokenizer
+        return
+    engine = FakeAsyncEngine(model, model.tokenizer, step_seconds=0.1)
     settings = ServeSettings("tiny", model.config.max_seq_len, read_chat_template(directory), API_KEY)
     with app_server(create_app(engine, settings)) as base:
         yield base, engine, model.tokenizer
@@ -76,12 +82,13 @@ def test_a_reply_streams_in_and_a_second_turn_keeps_the_conversation(served, bro
 
     base, engine, tokenizer = served
     browser.get(f"{base}/")
+    browser.execute_script("localStorage.clear()")
     type_into(browser, "api-key", API_KEY)
     type_into(browser, "temperature", "0")
     type_into(browser, "max-tokens", "12")
     type_into(browser, "message", "hello there", enter=True)
-    # part of the reply is on the page while it is still streaming
-    wait_for(lambda: [r for r in replies(browser, ".streaming") if r.text.strip()], "show part of a reply")
+    if engine is not None:  # part of the reply is on the page while it is still streaming
+        wait_for(lambda: [r for r in replies(browser, ".streaming") if r.text.strip()], "show part of a reply")
     first = wait_for(lambda: replies(browser, ".done"), "finish the reply")[0].text
     assert first.strip()
     stats = browser.find_element(By.ID, "stats").text
@@ -91,6 +98,7 @@ def test_a_reply_streams_in_and_a_second_turn_keeps_the_conversation(served, bro
     wait_for(lambda: len(replies(browser, ".done")) == 2, "finish the second reply")
     users = [element.text for element in browser.find_elements(By.CSS_SELECTOR, ".message.user")]
     assert users == ["hello there", "and now?"]
-    conversation = tokenizer.decode(engine.prompts[-1], skip_special_tokens=False)
-    assert conversation.index("hello there") < conversation.index(first.strip()) < conversation.index("and now?")
+    if engine is not None:  # the second turn's prompt holds the whole conversation
+        conversation = tokenizer.decode(engine.prompts[-1], skip_special_tokens=False)
+        assert conversation.index("hello there") < conversation.index(first.strip()) < conversation.index("and now?")
     assert not browser.find_elements(By.CSS_SELECTOR, ".message.error")
