@@ -102,6 +102,8 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     save_model(model, tokenizer, out_dir, overwrite)
     plot_curves(run_dir)
     say(f"Done in {time.perf_counter() - started:.0f}s.")
+    say(f"Serve it behind an OpenAI-compatible API, with a chat page at http://127.0.0.1:8000/: "
+        f"llmlab serve {out_dir}  (needs the serve extra: pip install -e '.[serve]')")
     return losses
 
 
