@@ -1,1 +1,9 @@
-"""Evaluation (survey §7): scoring text under a model, metrics and tasks."""
+"""Evaluation (survey §7): scoring text under a model, metrics and tasks.
+
+Where lm-evaluation-harness is installed, importing this package registers the lm-eval model "llmlab"
+(llmlab.evaluate.harness)."""
+
+import importlib.util
+
+if importlib.util.find_spec("lm_eval") is not None:
+    from llmlab.evaluate import harness  # noqa: F401  (registers the model)

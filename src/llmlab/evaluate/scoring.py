@@ -32,15 +32,16 @@ Request = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
 
 def _fit(context: Sequence[int], continuation: Sequence[int], limit: int, index: int) -> tuple[tuple, tuple]:
-    """The request cut to the model's context from the left, as lm-eval does: at least one context token is kept."""
+    """The request cut from the left so that the model reads at most limit tokens (the last one is only predicted),
+    as lm-eval does."""
     if not continuation:
         raise ConfigError(f"Request {index} has an empty continuation; there is nothing to score.")
     if not context:
         raise ConfigError(f"Request {index} has an empty context; begin it with a BOS or end-of-text token.")
-    if len(continuation) >= limit:
-        raise ConfigError(f"Request {index}'s continuation has {len(continuation)} tokens, more than the "
-                          f"{limit - 1} the model's context of {limit} leaves after one context token.")
-    keep = limit - len(continuation)
+    if len(continuation) > limit:
+        raise ConfigError(f"Request {index}'s continuation has {len(continuation)} tokens, more than the model's "
+                          f"context of {limit}.")
+    keep = limit + 1 - len(continuation)
     return tuple(context[-keep:]), tuple(continuation)
 
 
