@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmlab.errors import ConfigError, DataError
-from llmlab.evaluate.execution import (ExecutionLimits, evaluate_samples, read_problems, run_program,
-                                       run_programs)
+from llmlab.evaluate.execution import (ExecutionLimits, ExecutionResult, evaluate_samples, humaneval_pass_at_k,
+                                       read_problems, run_program, run_programs)
 
 from .shared import shared_data
 
@@ -163,3 +163,15 @@ def test_bad_input_is_one_sentence(tmp_path):
         read_problems(tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match="'nope'"):
         evaluate_samples({}, [{"task_id": "nope", "completion": ""}], progress=False)
+
+
+def test_humaneval_pass_at_k_counts_per_task():
+    def result(passed):
+        return ExecutionResult("passed" if passed else "failed", "", 0, None, "", "", None, 0.0)
+
+    samples = [{"task_id": "a"}] * 3 + [{"task_id": "b"}] * 3
+    results = [result(p) for p in (True, False, False, True, True, False)]
+    scores = humaneval_pass_at_k(samples, results, ks=(1, 2, 4))
+    assert set(scores) == {"pass@1", "pass@2"}  # 4 > the 3 samples per task
+    assert scores["pass@1"].value == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert scores["pass@2"].value == pytest.approx(((1 - 1 / 3) + 1.0) / 2)  # a: 1 − C(2,2)/C(3,2); b: n − c < k

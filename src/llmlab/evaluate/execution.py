@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
+from .metrics import Aggregate, mean_pass_at_k
 
 _RUNNER = Path(__file__).with_name("_runner.py")
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -315,3 +316,17 @@ def evaluate_samples(problems: dict[str, dict], samples: Iterable[dict], limits:
             raise DataError(f"Sample {i} ({task_id}) has no string field 'completion'.")
         programs.append(humaneval_program(problems[task_id], sample["completion"]))
     return run_programs(programs, limits, **kwargs)
+
+
+def humaneval_pass_at_k(samples: Sequence[dict], results: Sequence[ExecutionResult], ks: Iterable[int] = (1, 10, 100)
+                        ) -> dict[str, Aggregate]:
+    """pass@k over tasks from samples and their results, for each k that every task has samples enough for."""
+    if len(samples) != len(results):
+        raise ConfigError(f"Got {len(samples)} samples but {len(results)} results.")
+    counts: dict[str, list[int]] = {}
+    for sample, result in zip(samples, results):
+        n_c = counts.setdefault(sample["task_id"], [0, 0])
+        n_c[0] += 1
+        n_c[1] += result.passed
+    n, c = zip(*counts.values()) if counts else ((), ())
+    return {f"pass@{k}": mean_pass_at_k(n, c, k) for k in ks if n and min(n) >= k}
