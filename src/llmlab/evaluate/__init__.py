@@ -1,4 +1,5 @@
-"""Evaluation (survey §7): scoring text under a model, metrics and tasks.
+"""Evaluation (survey §7): scoring text under a model, metrics, answer extraction and the execution of generated
+code.
 
 Where lm-evaluation-harness is installed, importing this package registers the lm-eval model "llmlab"
 (llmlab.evaluate.harness)."""
