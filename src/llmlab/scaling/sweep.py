@@ -19,8 +19,8 @@ from llmlab.errors import ConfigError
 from llmlab.scaling.fit import FLOPS_PER_PARAMETER_TOKEN, MIN_POINTS, Points, fit, read_run, write_fit
 from llmlab.train.recipe import Recipe
 
-# name → (d_model, n_layers, n_heads): width and depth grown together, heads about 16 wide, each size about 1.4–1.9×
-# the parameters of the one before (with a 512-token vocabulary and tied embeddings: 12k … 4.6M parameters)
+# name → (d_model, n_layers, n_heads): width and depth grown together, heads about 16 wide, each size 1.4–1.9× the
+# parameters of the one before (LLaMA blocks, a 512-token vocabulary and tied embeddings: 12k … 4.9M parameters)
 SIZES = {
     "16x1": (16, 1, 1), "24x1": (24, 1, 1), "32x1": (32, 1, 2), "32x2": (32, 2, 2), "40x2": (40, 2, 2),
     "48x2": (48, 2, 3), "64x2": (64, 2, 4), "64x3": (64, 3, 4), "80x3": (80, 3, 5), "96x3": (96, 3, 6),
@@ -128,25 +128,29 @@ def plan(recipe: Recipe, budgets: Iterable[float], sizes: Iterable[str] | None =
     tokens_per_step = recipe.data.batch_size * recipe.data.seq_len * recipe.train.grad_accum
     grid = []
     for budget in sorted(set(budgets)):
-        row = []
+        row, (low, high) = [], TOKENS_PER_PARAMETER
         for size, params in sorted(counts.items(), key=lambda item: item[1]):
             tokens = budget / (FLOPS_PER_PARAMETER_TOKEN * params)
             steps = round(tokens / tokens_per_step)
-            low, high = TOKENS_PER_PARAMETER
             if steps >= MIN_STEPS and (sizes is not None or low <= tokens / params <= high):
                 row += [GridPoint(budget, size, seed, params, steps, tokens_per_step) for seed in seeds]
         if not row:
             smallest = min(counts, key=counts.get)
-            window = "" if sizes is not None else " within {:g}–{:g} tokens per parameter".format(*TOKENS_PER_PARAMETER)
+            window = "" if sizes is not None else f" within {low:g}–{high:g} tokens per parameter"
             raise ConfigError(
                 f"--budgets: {budget:.3g} FLOPs leaves no size a run of at least {MIN_STEPS} steps of "
                 f"{tokens_per_step} tokens{window} (the smallest size, {smallest}, would train "
                 f"{budget / (FLOPS_PER_PARAMETER_TOKEN * counts[smallest]) / tokens_per_step:.1f} steps).")
         grid += row
-    if len(grid) < MIN_POINTS["chinchilla"] or len({point.size for point in grid}) < 2:
-        raise ConfigError(f"--budgets and --sizes give {len(grid)} runs of {len({p.size for p in grid})} sizes; the "
-                          f"Chinchilla fit needs at least {MIN_POINTS['chinchilla']} runs of two or more sizes.")
     return grid
+
+
+def check_fittable(grid: list[GridPoint]) -> None:
+    """Refuse a grid too small for the Chinchilla fit, before anything is trained."""
+    sizes = len({point.size for point in grid})
+    if len(grid) < MIN_POINTS["chinchilla"] or sizes < 2:
+        raise ConfigError(f"--budgets and --sizes give {len(grid)} runs of {sizes} sizes; the Chinchilla fit needs "
+                          f"at least {MIN_POINTS['chinchilla']} runs of two or more sizes.")
 
 
 def run_recipe(recipe: Recipe, point: GridPoint, data_source: str) -> Recipe:
@@ -233,7 +237,7 @@ def sweep(recipe: Recipe, budgets: Iterable[float], out: str | os.PathLike, size
     out = Path(out)
     seeds = list(seeds) if seeds is not None else [recipe.train.seed]
     sizes = list(sizes) if sizes is not None else None
-    plan(recipe, budgets, sizes, seeds)  # bad input is refused before anything is written
+    check_fittable(plan(recipe, budgets, sizes, seeds))  # bad input is refused before anything is written
     check_out_directory(out, recipe)
     source, vocab_size = prepare_data(recipe, out, progress)
     grid = plan(recipe, budgets, sizes, seeds, vocab_size)
