@@ -142,7 +142,7 @@ def test_an_out_that_holds_other_files_or_another_sweep_is_refused_untouched(fin
     assert code == 2 and "holds files but no sweep.json" in error and snapshot(mine) == {"notes.txt": b"mine"}
     (tmp_path / "file").write_text("mine")
     code, _, error = sweep(tmp_path / "file", capsys)
-    assert code == 2 and "is a file" in error
+    assert code == 2 and "is a file, not a directory of runs" in error
     before = snapshot(finished_sweep)
     code, _, error = sweep(finished_sweep, capsys, "train.lr=1e-3")
-    assert code == 2 and "holds a sweep of another recipe" in error and snapshot(finished_sweep) == before
+    assert code == 2 and "holds runs of another recipe" in error and snapshot(finished_sweep) == before

@@ -169,50 +169,6 @@ def _recipe_json(recipe: Recipe) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(recipe)))
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write text to path atomically."""
-    from llmlab.data.shards import atomic_path
-
-    with atomic_path(path) as staging:
-        staging.write_text(text)
-
-
-def check_out_directory(out: Path, recipe: Recipe) -> None:
-    """Refuse an out that is a file, a non-empty directory that is no sweep, or a sweep of another recipe."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a sweep directory; choose another --out.")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / PLAN_FILE).is_file():
-        raise ConfigError(f"--out {out} already holds files but no {PLAN_FILE}; choose a new or empty directory.")
-    from llmlab.errors import DataError
-    from llmlab.files import read_json_object
-
-    previous = read_json_object(out / PLAN_FILE, DataError).get("recipe")
-    if previous != _recipe_json(recipe):
-        raise ConfigError(f"--out {out} holds a sweep of another recipe ({out / PLAN_FILE}); rerun it with the same "
-                          f"recipe and overrides to resume it, or choose another --out.")
-
-
-def prepare_data(recipe: Recipe, out: Path, progress: bool) -> tuple[str, int]:
-    """The sweep's data source (the bundled corpus tokenized once into out/data, or the recipe's shard directory)
-    and its vocabulary size."""
-    from llmlab.data.tokenizer import objective_special_tokens
-    from llmlab.train.data import BUNDLED, bundled_shards, open_sources, shard_tokenizer
-    from llmlab.train.pretrain import data_model_fields
-
-    data = recipe.data
-    if data.sources:
-        raise ConfigError("a sweep trains on one data.source (the bundled corpus or a shard directory), "
-                          "not on data.sources.")
-    source = data.source
-    if source == BUNDLED:
-        source = str(bundled_shards(out / DATA_DIRECTORY, data.vocab_size, data.max_chars,
-                                    objective_special_tokens(recipe.objective_name), progress=progress).directory)
-    shards = open_sources(dataclasses.replace(data, source=source))[0].stream
-    return source, data_model_fields(recipe, shard_tokenizer(shards), shards)["vocab_size"]
-
-
 def _points_csv(grid: list[GridPoint], rows: list[dict]) -> str:
     """The sweep's rows as CSV: params, tokens, flops (the budget), loss, and the run's size, seed, steps and name."""
     buffer = io.StringIO()
@@ -232,21 +188,21 @@ def sweep(recipe: Recipe, budgets: Iterable[float], out: str | os.PathLike, size
     from tqdm.auto import tqdm
 
     from llmlab.scaling.plots import plot_fit
-    from llmlab.train.pretrain import FINAL_DIRECTORY, pretrain
+    from llmlab.train.runs import check_out_directory, is_finished, shared_data, train_unless_finished, write_text
 
     out = Path(out)
     seeds = list(seeds) if seeds is not None else [recipe.train.seed]
     sizes = list(sizes) if sizes is not None else None
     check_fittable(plan(recipe, budgets, sizes, seeds))  # bad input is refused before anything is written
-    check_out_directory(out, recipe)
-    source, vocab_size = prepare_data(recipe, out, progress)
+    check_out_directory(out, PLAN_FILE, "recipe", _recipe_json(recipe))
+    source, vocab_size = shared_data(recipe, out / DATA_DIRECTORY, progress)
     grid = plan(recipe, budgets, sizes, seeds, vocab_size)
     description = [{**dataclasses.asdict(point), "name": point.name, "tokens": point.tokens} for point in grid]
-    _write_text(out / PLAN_FILE, json.dumps({"recipe": _recipe_json(recipe), "vocab_size": vocab_size,
+    write_text(out / PLAN_FILE, json.dumps({"recipe": _recipe_json(recipe), "vocab_size": vocab_size,
                                              "runs": description}, indent=2) + "\n")
     flops = [FLOPS_PER_PARAMETER_TOKEN * point.params * point.tokens for point in grid]
     runs = [out / RUNS_DIRECTORY / point.name for point in grid]
-    finished = [(run / FINAL_DIRECTORY / "llmlab.json").is_file() for run in runs]
+    finished = [is_finished(run) for run in runs]
     bar = tqdm(total=sum(flops), initial=sum(f for f, done in zip(flops, finished) if done), unit="FLOP",
                unit_scale=True, desc="sweep", disable=not progress)
     with bar:
@@ -259,13 +215,13 @@ def sweep(recipe: Recipe, budgets: Iterable[float], out: str | os.PathLike, size
             def advance(step: int, loss: float, start=start, per_step=run_flops / point.steps) -> None:
                 bar.update(start + (step + 1) * per_step - bar.n)
 
-            pretrain(run_recipe(recipe, point, source), run, resume=True, progress=False, on_step=advance)
+            train_unless_finished(run_recipe(recipe, point, source), run, on_step=advance)
     rows = [read_run(run) for run in runs]
     points = Points(np.array([row["params"] for row in rows], dtype=float),
                     np.array([point.tokens for point in grid], dtype=float),
                     np.array([row["loss"] for row in rows], dtype=float),
                     np.array([point.budget for point in grid], dtype=float))  # the IsoFLOP budget groups the runs
-    _write_text(out / POINTS_FILE, _points_csv(grid, rows))
+    write_text(out / POINTS_FILE, _points_csv(grid, rows))
     result = fit(points, "chinchilla", top=starts)
     write_fit(result, out / FIT_FILE, overwrite=True)
     plot_fit(points, result, out / PLOT_FILE, overwrite=True)

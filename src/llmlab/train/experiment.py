@@ -1,0 +1,149 @@
+"""Experiments: one recipe trained in named variants (lists of `section.field=value` overrides) × seeds, each an
+ordinary resumable run directory, compared by held-out loss and divergence in a table and a figure."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from llmlab.errors import ConfigError
+
+PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
+FIELDS = ("recipe", "title", "seeds", "variants")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A recipe file, its variants (name → overrides) and the seeds every variant is trained with."""
+
+    recipe: str
+    variants: dict[str, list[str]]
+    seeds: list[int]
+    title: str = ""
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read an experiment YAML file (recipe: a path relative to it; variants: name → list of overrides; seeds)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"the experiment {path} cannot be read ({error.strerror}).") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the experiment {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    if not isinstance(data, dict) or "recipe" not in data or "variants" not in data:
+        raise ConfigError(f"the experiment {path} must be a mapping with recipe, variants and seeds.")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"the experiment {path} has no field {unknown[0]!r} (known: {', '.join(FIELDS)}).")
+    variants, seeds = data["variants"], data.get("seeds", [0, 1, 2])
+    if not isinstance(variants, dict) or not variants or not all(
+            isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum() and isinstance(overrides, list)
+            and all(isinstance(item, str) for item in overrides) for name, overrides in variants.items()):
+        raise ConfigError(f"the experiment {path}: variants must map names (letters, digits, - and _) to lists of "
+                          f"section.field=value overrides.")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) and seed >= 0 for seed in seeds):
+        raise ConfigError(f"the experiment {path}: seeds must be a list of non-negative whole numbers.")
+    return Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds, str(data.get("title", "")))
+
+
+def final_metrics(run_dir: Path) -> dict:
+    """A finished run's last held-out loss, first and last logged training loss, and skipped steps."""
+    from llmlab.train.plot import read_metrics
+
+    records = read_metrics(run_dir)
+    losses = [record for record in records if record.get("loss") is not None]
+    evaluations = [record["eval_loss"] for record in records if record.get("eval_loss") is not None]
+    eval_loss = evaluations[-1] if evaluations else math.nan
+    first, last = losses[0]["loss"], losses[-1]["loss"]
+    return {"eval_loss": eval_loss, "first_loss": first, "final_loss": last,
+            "skipped_steps": losses[-1].get("skipped_steps", 0),
+            "diverged": not (math.isfinite(eval_loss) and math.isfinite(last)) or last >= first}
+
+
+def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: bool = True) -> list[dict]:
+    """Train every variant × seed into out/runs/<variant>-s<seed> (skipping finished runs, resuming the others),
+    write out/results.csv and out/results.png, and return the rows."""
+    from tqdm.auto import tqdm
+
+    from llmlab.train.recipe import load_recipe
+    from llmlab.train.runs import check_out_directory, is_finished, shared_data, train_unless_finished, write_text
+
+    out = Path(out)
+    recipes = {(name, seed): load_recipe(experiment.recipe, [*overrides, f"train.seed={seed}"])
+               for name, overrides in experiment.variants.items() for seed in experiment.seeds}
+    spec = dataclasses.asdict(experiment)
+    check_out_directory(out, PLAN_FILE, "experiment", spec)
+    write_text(out / PLAN_FILE, json.dumps({"experiment": spec}, indent=2) + "\n")
+    for key, recipe in recipes.items():  # the bundled corpus tokenized once per tokenization the variants ask for
+        data = recipe.data
+        name = f"data-{recipe.objective_name}-{data.vocab_size}-{data.max_chars or 'all'}"
+        source = shared_data(recipe, out / name, progress)[0]
+        recipes[key] = dataclasses.replace(recipe, data=dataclasses.replace(data, source=source))
+    runs = {key: out / RUNS_DIRECTORY / f"{key[0]}-s{key[1]}" for key in recipes}
+    total = sum(recipe.train.steps for recipe in recipes.values())
+    done = sum(recipes[key].train.steps for key, run in runs.items() if is_finished(run))
+    with tqdm(total=total, initial=done, unit="step", desc="experiment", disable=not progress) as bar:
+        for key, recipe in recipes.items():
+            start = bar.n
+            bar.set_postfix_str(runs[key].name)
+            advance = lambda step, loss, start=start: bar.update(start + step + 1 - bar.n)  # noqa: E731
+            train_unless_finished(recipe, runs[key], advance)
+    rows = [{"variant": name, "seed": seed, **final_metrics(runs[name, seed]),
+             "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"} for name, seed in recipes]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / RESULTS_FILE, buffer.getvalue())
+    plot_results(experiment, rows, runs, out / PLOT_FILE)
+    return rows
+
+
+def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path) -> None:
+    """Held-out loss against step per variant (each seed faint, their mean bold) and each variant's final held-out
+    loss per seed, into out (PNG), atomically."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plotting needs the matplotlib package (pip install 'llmlab[plot]').") from None
+    from llmlab.data.shards import atomic_path
+    from llmlab.train.plot import read_metrics
+
+    figure = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
+    curves, finals = figure.subplots(1, 2)
+    names = list(experiment.variants)
+    for index, name in enumerate(names):
+        colour = f"C{index % 10}"
+        series = []
+        for seed in experiment.seeds:
+            records = [r for r in read_metrics(runs[name, seed]) if r.get("eval_loss") is not None]
+            steps, losses = [r["step"] for r in records], [r["eval_loss"] for r in records]
+            curves.plot(steps, losses, color=colour, alpha=0.3, linewidth=0.8)
+            series.append((steps, losses))
+        if series and all(steps == series[0][0] for steps, _ in series):
+            mean = [sum(values) / len(values) for values in zip(*(losses for _, losses in series))]
+            curves.plot(series[0][0], mean, color=colour, linewidth=2, label=name)
+        mine = [row for row in rows if row["variant"] == name]
+        finals.plot([index] * len(mine), [row["eval_loss"] for row in mine], "o", color=colour, alpha=0.7)
+        finals.plot([index], [sum(row["eval_loss"] for row in mine) / len(mine)], "_", color="black", markersize=20)
+        diverged = sum(row["diverged"] for row in mine)
+        if diverged:
+            finals.annotate(f"{diverged} diverged", (index, max(row["eval_loss"] for row in mine)), fontsize=7)
+    curves.set(xlabel="step", ylabel="held-out loss", title="held-out loss (seeds faint, mean bold)")
+    curves.legend(fontsize=8)
+    curves.grid(alpha=0.3)
+    finals.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    finals.set(ylabel="final held-out loss", title=f"final held-out loss, {len(experiment.seeds)} seeds (— mean)")
+    finals.grid(alpha=0.3, axis="y")
+    if experiment.title:
+        figure.suptitle(experiment.title)
+    with atomic_path(out) as staging:
+        figure.savefig(staging, format="png")

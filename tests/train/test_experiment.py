@@ -1,0 +1,87 @@
+"""`llmlab experiment`: variants × seeds as run directories, their results, resume, divergence, bad files."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmlab.cli.main import main
+from llmlab.train.experiment import final_metrics
+from tests.cli_run import run_cli
+
+TINY = str(Path(__file__).parents[2] / "recipes" / "tiny.yaml")
+SMALL = ["data.max_chars=60000", "data.vocab_size=512", "data.seq_len=32", "data.batch_size=4", "model.d_model=32",
+         "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2", "model.d_ff=64", "train.steps=6",
+         "train.warmup=1", "train.eval_every=3", "train.eval_batches=2", "train.log_every=1",
+         "train.checkpoint_every=3", "train.sample_every=0"]  # fmt: skip
+
+
+def write_experiment(directory: Path, **fields) -> Path:
+    data = {"recipe": TINY, "seeds": [0, 1],
+            "variants": {"dense": SMALL, "moe-2": [*SMALL, "model.n_experts=2"]}, **fields}
+    path = directory / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("experiment")
+    out = directory / "out"
+    assert main(["experiment", str(write_experiment(directory)), "--out", str(out), "--no-progress"]) == 0
+    return directory, out
+
+
+def test_every_variant_and_seed_is_a_run_and_a_row(finished):
+    _, out = finished
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert [(row["variant"], row["seed"]) for row in rows] == [("dense", "0"), ("dense", "1"), ("moe-2", "0"),
+                                                               ("moe-2", "1")]
+    for row in rows:
+        run = out / row["run"]
+        config = json.loads((run / "final" / "llmlab.json").read_text())["config"]
+        assert config["n_experts"] == (2 if row["variant"] == "moe-2" else 0)
+        evaluations = [json.loads(line)["eval_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                       if "eval_loss" in line]
+        assert len(evaluations) == 2 and float(row["eval_loss"]) == pytest.approx(evaluations[-1])
+    weights = {row["seed"]: (out / row["run"] / "final" / "model.safetensors").read_bytes() for row in rows
+               if row["variant"] == "dense"}
+    assert weights["0"] != weights["1"]  # the seed reaches the initialisation
+    assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_rerun_trains_nothing_again(finished, capsys):
+    directory, out = finished
+    before = snapshot(out / "runs")
+    code, printed, _ = run_cli(["experiment", str(directory / "experiment.yaml"), "--out", str(out),
+                                "--no-progress"], capsys)
+    assert code == 0 and "moe-2" in printed and snapshot(out / "runs") == before
+
+
+@pytest.mark.parametrize("losses, diverged", [([5.0, 4.0, 3.5], False), ([5.0, 9.0, 6.0], True),
+                                              ([5.0, 4.0, float("nan")], True)])
+def test_a_run_diverged_when_its_last_loss_is_not_below_its_first(tmp_path, losses, diverged):
+    records = [{"step": 10 * (index + 1), "loss": loss, "skipped_steps": 0} for index, loss in enumerate(losses)]
+    records.append({"step": 30, "eval_loss": 4.2})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    found = final_metrics(tmp_path)
+    assert found["diverged"] is diverged and found["eval_loss"] == 4.2 and found["first_loss"] == 5.0
+
+
+@pytest.mark.parametrize("fields, said", [
+    ({"runs": 3}, "has no field 'runs'"),
+    ({"variants": {"a b": []}}, "variants must map names"),
+    ({"variants": {"a": "model.d_model=32"}}, "variants must map names"),
+    ({"seeds": [0, -1]}, "seeds must be a list of non-negative whole numbers"),
+    ({"variants": {"a": ["model.no_such_field=1"]}}, "names no field of model"),
+])
+def test_a_bad_experiment_file_is_one_sentence_and_exit_2(tmp_path, capsys, fields, said):
+    code, _, error = run_cli(["experiment", str(write_experiment(tmp_path, **fields)), "--out",
+                              str(tmp_path / "out")], capsys)
+    assert code == 2 and said in error and error.count("\n") == 1 and not (tmp_path / "out").exists()
