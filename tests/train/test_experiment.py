@@ -85,3 +85,26 @@ def test_a_bad_experiment_file_is_one_sentence_and_exit_2(tmp_path, capsys, fiel
     code, _, error = run_cli(["experiment", str(write_experiment(tmp_path, **fields)), "--out",
                               str(tmp_path / "out")], capsys)
     assert code == 2 and said in error and error.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_held_out_loss_at_other_lengths_is_the_mean_cross_entropy_of_those_windows(finished):
+    import torch
+
+    import llmlab
+    from llmlab.data.mixture import Mixture
+    from llmlab.train.data import open_sources
+    from llmlab.train.experiment import held_out_loss_at
+    from llmlab.train.recipe import load_recipe
+
+    _, out = finished
+    run = out / "runs" / "dense-s0"
+    recipe = load_recipe(TINY, [*SMALL, f"data.source={out / 'data-causal-512-60000'}"])
+    model = llmlab.load(run / "final").eval()
+    for length in (32, 48):
+        windows = Mixture(open_sources(recipe.data), length, 0, recipe.data.held_out_fraction, split="held_out")
+        count = min(64, len(windows)) // 4 * 4
+        ids = torch.from_numpy(windows.samples(0, count)).long()
+        with torch.no_grad():  # written out: next-token cross-entropy over every window's positions
+            logits = model(ids).logits[:, :-1]
+            reference = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        assert held_out_loss_at(run, recipe, length) == pytest.approx(float(reference), rel=1e-5)

@@ -30,5 +30,12 @@ def run(arguments: argparse.Namespace) -> None:
         losses = [row["eval_loss"] for row in mine]
         print(f"{name:<16} {sum(losses) / len(losses):>20.4f}  {' '.join(f'{loss:.4f}' for loss in losses):<32} "
               f"{sum(row['diverged'] for row in mine)}/{len(mine)}")
+    if experiment.eval_lengths:
+        print(f"{'variant':<16} " + " ".join(f"{f'loss@{length}':>10}" for length in experiment.eval_lengths)
+              + "  (mean over seeds)")
+        for name in experiment.variants:
+            mine = [row for row in rows if row["variant"] == name]
+            print(f"{name:<16} " + " ".join(f"{sum(row[f'loss_at_{length}'] for row in mine) / len(mine):>10.4f}"
+                                            for length in experiment.eval_lengths))
     for name in (RESULTS_FILE, PLOT_FILE):
         print(f"wrote {arguments.out}/{name}")

@@ -1,5 +1,6 @@
 """Experiments: one recipe trained in named variants (lists of `section.field=value` overrides) × seeds, each an
-ordinary resumable run directory, compared by held-out loss and divergence in a table and a figure."""
+ordinary resumable run directory, compared by held-out loss and divergence (and, with eval_lengths, held-out loss at
+other sequence lengths than the training one) in a table and a figure."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import math
 import os
 from pathlib import Path
 
+import torch
 import yaml
 
 from llmlab.errors import ConfigError
 
 PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
-FIELDS = ("recipe", "title", "seeds", "variants")
+FIELDS = ("recipe", "title", "seeds", "variants", "eval_lengths")
+LENGTH_EVAL_WINDOWS = 64  # held-out windows per length (fewer where the held-out split holds fewer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Experiment:
     variants: dict[str, list[str]]
     seeds: list[int]
     title: str = ""
+    eval_lengths: list[int] = dataclasses.field(default_factory=list)
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:
@@ -51,7 +55,37 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
                           f"section.field=value overrides.")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) and seed >= 0 for seed in seeds):
         raise ConfigError(f"the experiment {path}: seeds must be a list of non-negative whole numbers.")
-    return Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds, str(data.get("title", "")))
+    lengths = data.get("eval_lengths", [])
+    if not isinstance(lengths, list) or not all(isinstance(length, int) and length > 1 for length in lengths):
+        raise ConfigError(f"the experiment {path}: eval_lengths must be a list of sequence lengths above 1.")
+    return Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds, str(data.get("title", "")),
+                      lengths)
+
+
+@torch.no_grad()
+def held_out_loss_at(run_dir: Path, recipe, seq_len: int) -> float:
+    """The final model's mean cross-entropy on held-out windows of seq_len tokens (up to LENGTH_EVAL_WINDOWS of them,
+    the recipe's held-out split cut into windows of that length), for evaluating past the training length."""
+    import llmlab
+    from llmlab.data.mixture import Mixture
+    from llmlab.objectives.losses import language_model_loss
+    from llmlab.train.data import held_out_batches, open_sources
+    from llmlab.train.pretrain import FINAL_DIRECTORY, build_objective
+
+    model = llmlab.load(run_dir / FINAL_DIRECTORY).eval()
+    data = recipe.data
+    mixture = Mixture(open_sources(data), seq_len, data.seed, data.held_out_fraction, split="held_out")
+    windows = min(LENGTH_EVAL_WINDOWS, len(mixture))
+    if windows == 0:
+        raise ConfigError(f"the held-out split holds no window of {seq_len} tokens; lower eval_lengths or raise "
+                          f"data.held_out_fraction.")
+    batch_size = min(data.batch_size, windows)
+    objective = build_objective(recipe, model.tokenizer, model.config)
+    total = count = 0.0
+    for batch in held_out_batches(mixture, objective, windows // batch_size, batch_size, data.seed):
+        _, labelled, metrics = language_model_loss(model, batch)
+        total, count = total + float(metrics["cross_entropy"]), count + float(labelled)
+    return total / count
 
 
 def final_metrics(run_dir: Path) -> dict:
@@ -79,7 +113,8 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
     out = Path(out)
     recipes = {(name, seed): load_recipe(experiment.recipe, [*overrides, f"train.seed={seed}"])
                for name, overrides in experiment.variants.items() for seed in experiment.seeds}
-    spec = dataclasses.asdict(experiment)
+    # what the runs depend on (evaluation lengths do not change them) must match a rerun's
+    spec = {key: value for key, value in dataclasses.asdict(experiment).items() if key != "eval_lengths"}
     check_out_directory(out, PLAN_FILE, "experiment", spec)
     write_text(out / PLAN_FILE, json.dumps({"experiment": spec}, indent=2) + "\n")
     for key, recipe in recipes.items():  # the bundled corpus tokenized once per tokenization the variants ask for
@@ -97,7 +132,9 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
             advance = lambda step, loss, start=start: bar.update(start + step + 1 - bar.n)  # noqa: E731
             train_unless_finished(recipe, runs[key], advance)
     rows = [{"variant": name, "seed": seed, **final_metrics(runs[name, seed]),
-             "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"} for name, seed in recipes]
+             **{f"loss_at_{length}": held_out_loss_at(runs[name, seed], recipes[name, seed], length)
+                for length in experiment.eval_lengths}, "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"}
+            for name, seed in recipes]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -117,8 +154,9 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
     from llmlab.data.shards import atomic_path
     from llmlab.train.plot import read_metrics
 
-    figure = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
-    curves, finals = figure.subplots(1, 2)
+    lengths = experiment.eval_lengths
+    figure = Figure(figsize=(16 if lengths else 11, 4.4), dpi=100, layout="constrained")
+    curves, finals, *by_length = figure.subplots(1, 3 if lengths else 2)
     names = list(experiment.variants)
     for index, name in enumerate(names):
         colour = f"C{index % 10}"
@@ -134,6 +172,9 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
         mine = [row for row in rows if row["variant"] == name]
         finals.plot([index] * len(mine), [row["eval_loss"] for row in mine], "o", color=colour, alpha=0.7)
         finals.plot([index], [sum(row["eval_loss"] for row in mine) / len(mine)], "_", color="black", markersize=20)
+        if by_length:
+            means = [sum(row[f"loss_at_{length}"] for row in mine) / len(mine) for length in lengths]
+            by_length[0].plot(lengths, means, "o-", color=colour, label=name)
         diverged = sum(row["diverged"] for row in mine)
         if diverged:
             finals.annotate(f"{diverged} diverged", (index, max(row["eval_loss"] for row in mine)), fontsize=7)
@@ -143,6 +184,12 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
     finals.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     finals.set(ylabel="final held-out loss", title=f"final held-out loss, {len(experiment.seeds)} seeds (— mean)")
     finals.grid(alpha=0.3, axis="y")
+    if by_length:
+        by_length[0].set(xscale="log", xlabel="evaluation length (tokens)", ylabel="held-out cross-entropy",
+                         title="held-out loss by evaluation length (mean of seeds)")
+        by_length[0].set_xticks(lengths, [str(length) for length in lengths])
+        by_length[0].legend(fontsize=8)
+        by_length[0].grid(alpha=0.3)
     if experiment.title:
         figure.suptitle(experiment.title)
     with atomic_path(out) as staging:
