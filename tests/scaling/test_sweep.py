@@ -146,3 +146,8 @@ def test_an_out_that_holds_other_files_or_another_sweep_is_refused_untouched(fin
     before = snapshot(finished_sweep)
     code, _, error = sweep(finished_sweep, capsys, "train.lr=1e-3")
     assert code == 2 and "holds runs of another recipe" in error and snapshot(finished_sweep) == before
+
+
+def test_a_bad_override_is_named_and_nothing_is_written(tmp_path, capsys):
+    code, _, error = sweep(tmp_path / "grid", capsys, "train.stpes=3")
+    assert code == 2 and "the override 'train.stpes=3'" in error and not (tmp_path / "grid").exists()

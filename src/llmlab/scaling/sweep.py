@@ -184,13 +184,13 @@ def sweep(recipe: Recipe, budgets: Iterable[float], out: str | os.PathLike, size
           seeds: Iterable[int] | None = None, progress: bool = True, starts: int | None = 100) -> dict:
     """Train the IsoFLOP grid of the recipe into out/runs (skipping finished runs, resuming unfinished ones from their
     newest checkpoint), then fit Chinchilla's law to the final held-out losses and write out/points.csv,
-    out/fit.json and out/fit.png; returns the fit."""
+    out/fit.json and out/fit.png; returns the fit (L-BFGS from the `starts` best grid starts, as llmlab scaling fit)."""
     from tqdm.auto import tqdm
 
     from llmlab.scaling.plots import plot_fit
     from llmlab.train.runs import check_out_directory, is_finished, shared_data, train_unless_finished, write_text
 
-    out = Path(out)
+    out, budgets = Path(out), list(budgets)
     seeds = list(seeds) if seeds is not None else [recipe.train.seed]
     sizes = list(sizes) if sizes is not None else None
     check_fittable(plan(recipe, budgets, sizes, seeds))  # bad input is refused before anything is written
