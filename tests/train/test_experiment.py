@@ -108,3 +108,22 @@ def test_held_out_loss_at_other_lengths_is_the_mean_cross_entropy_of_those_windo
             logits = model(ids).logits[:, :-1]
             reference = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         assert held_out_loss_at(run, recipe, length) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_a_rerun_may_add_variants_but_not_change_one(finished, tmp_path, capsys):
+    import shutil
+
+    directory, trained = finished
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = snapshot(out / "runs")
+    changed = write_experiment(tmp_path, variants={"dense": [*SMALL, "train.lr=1e-4"]})
+    code, _, error = run_cli(["experiment", str(changed), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "holds runs of the variant dense" in error and snapshot(out / "runs") == before
+    added = write_experiment(tmp_path, variants={"dense": SMALL, "wide": [*SMALL, "model.d_ff=128"]})
+    code, printed, _ = run_cli(["experiment", str(added), "--out", str(out), "--no-progress"], capsys)
+    assert code == 0 and "wide" in printed
+    after = snapshot(out / "runs")
+    assert {name: data for name, data in after.items() if name.startswith("dense")} == \
+        {name: data for name, data in before.items() if name.startswith("dense")}
+    assert (out / "runs" / "wide-s1" / "final" / "llmlab.json").is_file()

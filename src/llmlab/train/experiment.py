@@ -102,9 +102,23 @@ def final_metrics(run_dir: Path) -> dict:
             "diverged": not (math.isfinite(eval_loss) and math.isfinite(last)) or last >= first}
 
 
+def check_variants(plan_file: Path, experiment: Experiment) -> None:
+    """Refuse a rerun that gives a variant already trained other overrides (variants and seeds may be added)."""
+    if not plan_file.is_file():
+        return
+    from llmlab.errors import DataError
+    from llmlab.files import read_json_object
+
+    trained = read_json_object(plan_file, DataError).get("variants") or {}
+    for name, overrides in experiment.variants.items():
+        if name in trained and trained[name] != overrides:
+            raise ConfigError(f"--out {plan_file.parent} holds runs of the variant {name} with the overrides "
+                              f"{trained[name]}, not {overrides}; rename the variant or choose another --out.")
+
+
 def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: bool = True) -> list[dict]:
-    """Train every variant × seed into out/runs/<variant>-s<seed> (skipping finished runs, resuming the others),
-    write out/results.csv and out/results.png, and return the rows."""
+    """Train every variant × seed into out/runs/<variant>-s<seed> (skipping finished runs, resuming the others; a
+    rerun may add variants and seeds), write out/results.csv and out/results.png, and return the rows."""
     from tqdm.auto import tqdm
 
     from llmlab.train.recipe import load_recipe
@@ -113,10 +127,9 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
     out = Path(out)
     recipes = {(name, seed): load_recipe(experiment.recipe, [*overrides, f"train.seed={seed}"])
                for name, overrides in experiment.variants.items() for seed in experiment.seeds}
-    # what the runs depend on (evaluation lengths do not change them) must match a rerun's
-    spec = {key: value for key, value in dataclasses.asdict(experiment).items() if key != "eval_lengths"}
-    check_out_directory(out, PLAN_FILE, "experiment", spec)
-    write_text(out / PLAN_FILE, json.dumps({"experiment": spec}, indent=2) + "\n")
+    check_out_directory(out, PLAN_FILE, "recipe", experiment.recipe)
+    check_variants(out / PLAN_FILE, experiment)
+    write_text(out / PLAN_FILE, json.dumps(dataclasses.asdict(experiment), indent=2) + "\n")
     for key, recipe in recipes.items():  # the bundled corpus tokenized once per tokenization the variants ask for
         data = recipe.data
         name = f"data-{recipe.objective_name}-{data.vocab_size}-{data.max_chars or 'all'}"
@@ -188,6 +201,7 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
         by_length[0].set(xscale="log", xlabel="evaluation length (tokens)", ylabel="held-out cross-entropy",
                          title="held-out loss by evaluation length (mean of seeds)")
         by_length[0].set_xticks(lengths, [str(length) for length in lengths])
+        by_length[0].minorticks_off()
         by_length[0].legend(fontsize=8)
         by_length[0].grid(alpha=0.3)
     if experiment.title:
