@@ -80,6 +80,7 @@ def test_a_run_diverged_when_its_last_loss_is_not_below_its_first(tmp_path, loss
     ({"variants": {"a": "model.d_model=32"}}, "variants must map names"),
     ({"seeds": [0, -1]}, "seeds must be a list of non-negative whole numbers"),
     ({"variants": {"a": ["model.no_such_field=1"]}}, "names no field of model"),
+    ({"x": "train.lr", "variants": {"a-lr1e-3": ["train.lr=1e-3"], "b": []}}, "the variant b does not set it once"),
 ])
 def test_a_bad_experiment_file_is_one_sentence_and_exit_2(tmp_path, capsys, fields, said):
     code, _, error = run_cli(["experiment", str(write_experiment(tmp_path, **fields)), "--out",
@@ -127,3 +128,20 @@ def test_a_rerun_may_add_variants_but_not_change_one(finished, tmp_path, capsys)
     assert {name: data for name, data in after.items() if name.startswith("dense")} == \
         {name: data for name, data in before.items() if name.startswith("dense")}
     assert (out / "runs" / "wide-s1" / "final" / "llmlab.json").is_file()
+
+
+def test_variants_are_grouped_by_name_without_the_value_of_x(tmp_path):
+    from llmlab.train.experiment import load_experiment
+
+    variants = {"post-lr1e-3": ["model.norm_placement=post", "train.lr=1e-3"], "pre-lr3e-2": ["train.lr=3e-2"]}
+    experiment = load_experiment(write_experiment(tmp_path, x="train.lr", variants=variants))
+    assert [experiment.group(name) for name in variants] == ["post-lr", "pre-lr"]
+    assert [experiment.x_value(name) for name in variants] == [1e-3, 3e-2]
+
+
+def test_an_experiment_drawn_against_x_writes_its_figure(tmp_path, capsys):
+    variants = {"a-lr1e-3": [*SMALL, "train.lr=1e-3"], "a-lr1e-2": [*SMALL, "train.lr=1e-2"]}
+    path = write_experiment(tmp_path, x="train.lr", variants=variants, seeds=[0])
+    code, printed, _ = run_cli(["experiment", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == 0 and "a-lr1e-2" in printed
+    assert (tmp_path / "out" / "results.png").read_bytes().startswith(b"\x89PNG")

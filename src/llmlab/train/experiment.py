@@ -18,7 +18,7 @@ import yaml
 from llmlab.errors import ConfigError
 
 PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
-FIELDS = ("recipe", "title", "seeds", "variants", "eval_lengths")
+FIELDS = ("recipe", "title", "seeds", "variants", "eval_lengths", "x")
 LENGTH_EVAL_WINDOWS = 64  # held-out windows per length (fewer where the held-out split holds fewer)
 
 
@@ -31,6 +31,16 @@ class Experiment:
     seeds: list[int]
     title: str = ""
     eval_lengths: list[int] = dataclasses.field(default_factory=list)
+    x: str | None = None  # an override's key (e.g. train.lr): final losses are drawn against its value
+
+    def x_value(self, name: str) -> float:
+        """The value variant name gives the key x (every variant sets it once, to a positive number)."""
+        return float(next(item for item in self.variants[name] if item.startswith(f"{self.x}=")).partition("=")[2])
+
+    def group(self, name: str) -> str:
+        """The line a variant belongs to when drawn against x: its name without x's value (post-lr1e-3: post-lr)."""
+        value = next(item for item in self.variants[name] if item.startswith(f"{self.x}=")).partition("=")[2]
+        return name.replace(value, "").strip("-_") or name
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:
@@ -58,8 +68,18 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     lengths = data.get("eval_lengths", [])
     if not isinstance(lengths, list) or not all(isinstance(length, int) and length > 1 for length in lengths):
         raise ConfigError(f"the experiment {path}: eval_lengths must be a list of sequence lengths above 1.")
-    return Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds, str(data.get("title", "")),
-                      lengths)
+    experiment = Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds,
+                            str(data.get("title", "")), lengths, data.get("x"))
+    if experiment.x is not None:
+        for name, overrides in variants.items():
+            values = [item.partition("=")[2] for item in overrides if item.startswith(f"{experiment.x}=")]
+            try:
+                if len(values) != 1 or float(values[0]) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"the experiment {path}: x is {experiment.x}, but the variant {name} does not set "
+                                  f"it once to a positive number.") from None
+    return experiment
 
 
 @torch.no_grad()
@@ -158,8 +178,9 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
 
 
 def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path) -> None:
-    """Held-out loss against step per variant (each seed faint, their mean bold) and each variant's final held-out
-    loss per seed, into out (PNG), atomically."""
+    """Held-out loss against step per variant (each seed faint, their mean bold), each variant's final held-out loss
+    per seed (against x, one line per group of variants, when the experiment names x) and with eval_lengths the
+    loss against evaluation length, into out (PNG), atomically."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -171,8 +192,12 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
     figure = Figure(figsize=(16 if lengths else 11, 4.4), dpi=100, layout="constrained")
     curves, finals, *by_length = figure.subplots(1, 3 if lengths else 2)
     names = list(experiment.variants)
+    group_of = experiment.group if experiment.x else (lambda name: name)  # drawn against x: one line per group
+    groups, labelled = list(dict.fromkeys(map(group_of, names))), set()
     for index, name in enumerate(names):
-        colour = f"C{index % 10}"
+        group = group_of(name)
+        colour, first = f"C{groups.index(group) % 10}", group not in labelled
+        labelled.add(group)
         series = []
         for seed in experiment.seeds:
             records = [r for r in read_metrics(runs[name, seed]) if r.get("eval_loss") is not None]
@@ -181,21 +206,34 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
             series.append((steps, losses))
         if series and all(steps == series[0][0] for steps, _ in series):
             mean = [sum(values) / len(values) for values in zip(*(losses for _, losses in series))]
-            curves.plot(series[0][0], mean, color=colour, linewidth=2, label=name)
+            curves.plot(series[0][0], mean, color=colour, linewidth=2, label=group if first else None)
         mine = [row for row in rows if row["variant"] == name]
-        finals.plot([index] * len(mine), [row["eval_loss"] for row in mine], "o", color=colour, alpha=0.7)
-        finals.plot([index], [sum(row["eval_loss"] for row in mine) / len(mine)], "_", color="black", markersize=20)
+        where = experiment.x_value(name) if experiment.x else index
+        finals.plot([where] * len(mine), [row["eval_loss"] for row in mine], "o", color=colour, alpha=0.7)
+        if not experiment.x:
+            finals.plot([index], [sum(row["eval_loss"] for row in mine) / len(mine)], "_", color="black",
+                        markersize=20)
         if by_length:
             means = [sum(row[f"loss_at_{length}"] for row in mine) / len(mine) for length in lengths]
             by_length[0].plot(lengths, means, "o-", color=colour, label=name)
         diverged = sum(row["diverged"] for row in mine)
         if diverged:
-            finals.annotate(f"{diverged} diverged", (index, max(row["eval_loss"] for row in mine)), fontsize=7)
+            finals.annotate(f"{diverged} diverged", (where, max(row["eval_loss"] for row in mine)), fontsize=7)
+    for index, group in enumerate(groups if experiment.x else ()):  # the mean of the seeds along x, per group
+        members = sorted((name for name in names if group_of(name) == group), key=experiment.x_value)
+        means = [sum(row["eval_loss"] for row in rows if row["variant"] == name) / len(experiment.seeds)
+                 for name in members]
+        finals.plot([experiment.x_value(name) for name in members], means, "-", color=f"C{index % 10}", label=group)
     curves.set(xlabel="step", ylabel="held-out loss", title="held-out loss (seeds faint, mean bold)")
     curves.legend(fontsize=8)
     curves.grid(alpha=0.3)
-    finals.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    finals.set(ylabel="final held-out loss", title=f"final held-out loss, {len(experiment.seeds)} seeds (— mean)")
+    if experiment.x:
+        finals.set(xscale="log", xlabel=experiment.x)
+        finals.legend(fontsize=8)
+    else:
+        finals.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    finals.set(ylabel="final held-out loss", title=f"final held-out loss, {len(experiment.seeds)} seeds "
+                                                 f"({'lines' if experiment.x else '—'}: their mean)")
     finals.grid(alpha=0.3, axis="y")
     if by_length:
         by_length[0].set(xscale="log", xlabel="evaluation length (tokens)", ylabel="held-out cross-entropy",
