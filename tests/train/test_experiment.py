@@ -64,10 +64,12 @@ def test_a_rerun_trains_nothing_again(finished, capsys):
     assert code == 0 and "moe-2" in printed and snapshot(out / "runs") == before
 
 
-@pytest.mark.parametrize("losses, diverged", [([5.0, 4.0, 3.5], False), ([5.0, 9.0, 6.0], True),
-                                              ([5.0, 4.0, float("nan")], True)])
-def test_a_run_diverged_when_its_last_loss_is_not_below_its_first(tmp_path, losses, diverged):
-    records = [{"step": 10 * (index + 1), "loss": loss, "skipped_steps": 0} for index, loss in enumerate(losses)]
+@pytest.mark.parametrize("losses, skipped, diverged", [([5.0, 4.0, 3.5], 0, False), ([5.0, 9.0, 6.0], 0, True),
+                                                       ([5.0, 4.0, float("nan")], 0, True), ([5.0, 4.0, 3.5], 2, True)])
+def test_a_run_diverged_when_its_last_loss_is_not_below_its_first_or_steps_were_skipped(tmp_path, losses, skipped,
+                                                                                         diverged):
+    records = [{"step": 10 * (index + 1), "loss": loss, "skipped_steps": skipped if index == len(losses) - 1 else 0}
+               for index, loss in enumerate(losses)]
     records.append({"step": 30, "eval_loss": 4.2})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     found = final_metrics(tmp_path)
@@ -145,3 +147,16 @@ def test_an_experiment_drawn_against_x_writes_its_figure(tmp_path, capsys):
     code, printed, _ = run_cli(["experiment", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
     assert code == 0 and "a-lr1e-2" in printed
     assert (tmp_path / "out" / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_shared_overrides_reach_every_variant_and_may_not_change_on_a_rerun(tmp_path, capsys):
+    variants = {"a": SMALL, "b": [*SMALL, "model.d_ff=128"]}
+    path = write_experiment(tmp_path, variants=variants, seeds=[0], overrides=["model.norm_eps=0.0001", "model.d_ff=96"])
+    out = tmp_path / "out"
+    assert run_cli(["experiment", str(path), "--out", str(out), "--no-progress"], capsys)[0] == 0
+    configs = {name: json.loads((out / "runs" / f"{name}-s0" / "final" / "llmlab.json").read_text())["config"]
+               for name in variants}
+    assert [(c["norm_eps"], c["d_ff"]) for c in configs.values()] == [(1e-4, 64), (1e-4, 128)]  # a variant's own win
+    changed = write_experiment(tmp_path, variants=variants, seeds=[0], overrides=["model.norm_eps=0.001"])
+    code, _, error = run_cli(["experiment", str(changed), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "trained with the overrides" in error

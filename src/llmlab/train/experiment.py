@@ -18,7 +18,7 @@ import yaml
 from llmlab.errors import ConfigError
 
 PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
-FIELDS = ("recipe", "title", "seeds", "variants", "eval_lengths", "x")
+FIELDS = ("recipe", "title", "seeds", "variants", "overrides", "eval_lengths", "x")
 LENGTH_EVAL_WINDOWS = 64  # held-out windows per length (fewer where the held-out split holds fewer)
 
 
@@ -32,6 +32,7 @@ class Experiment:
     title: str = ""
     eval_lengths: list[int] = dataclasses.field(default_factory=list)
     x: str | None = None  # an override's key (e.g. train.lr): final losses are drawn against its value
+    overrides: list[str] = dataclasses.field(default_factory=list)  # applied to every variant, before its own
 
     def x_value(self, name: str) -> float:
         """The value variant name gives the key x (every variant sets it once, to a positive number)."""
@@ -68,8 +69,11 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     lengths = data.get("eval_lengths", [])
     if not isinstance(lengths, list) or not all(isinstance(length, int) and length > 1 for length in lengths):
         raise ConfigError(f"the experiment {path}: eval_lengths must be a list of sequence lengths above 1.")
+    shared = data.get("overrides", [])
+    if not isinstance(shared, list) or not all(isinstance(item, str) for item in shared):
+        raise ConfigError(f"the experiment {path}: overrides must be a list of section.field=value overrides.")
     experiment = Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds,
-                            str(data.get("title", "")), lengths, data.get("x"))
+                            str(data.get("title", "")), lengths, data.get("x"), shared)
     if experiment.x is not None:
         for name, overrides in variants.items():
             values = [item.partition("=")[2] for item in overrides if item.startswith(f"{experiment.x}=")]
@@ -109,7 +113,8 @@ def held_out_loss_at(run_dir: Path, recipe, seq_len: int) -> float:
 
 
 def final_metrics(run_dir: Path) -> dict:
-    """A finished run's last held-out loss, first and last logged training loss, and skipped steps."""
+    """A finished run's last held-out loss, first and last logged training loss, skipped steps, and whether it
+    diverged: a non-finite or not falling loss, or steps the trainer skipped for a non-finite loss or a spike."""
     from llmlab.train.plot import read_metrics
 
     records = read_metrics(run_dir)
@@ -119,7 +124,8 @@ def final_metrics(run_dir: Path) -> dict:
     first, last = losses[0]["loss"], losses[-1]["loss"]
     return {"eval_loss": eval_loss, "first_loss": first, "final_loss": last,
             "skipped_steps": losses[-1].get("skipped_steps", 0),
-            "diverged": not (math.isfinite(eval_loss) and math.isfinite(last)) or last >= first}
+            "diverged": not (math.isfinite(eval_loss) and math.isfinite(last)) or last >= first
+            or losses[-1].get("skipped_steps", 0) > 0}
 
 
 def check_variants(plan_file: Path, experiment: Experiment) -> None:
@@ -129,7 +135,11 @@ def check_variants(plan_file: Path, experiment: Experiment) -> None:
     from llmlab.errors import DataError
     from llmlab.files import read_json_object
 
-    trained = read_json_object(plan_file, DataError).get("variants") or {}
+    plan = read_json_object(plan_file, DataError)
+    if plan.get("overrides", []) != experiment.overrides:
+        raise ConfigError(f"--out {plan_file.parent} holds runs trained with the overrides {plan.get('overrides', [])} "
+                          f"for every variant, not {experiment.overrides}; choose another --out.")
+    trained = plan.get("variants") or {}
     for name, overrides in experiment.variants.items():
         if name in trained and trained[name] != overrides:
             raise ConfigError(f"--out {plan_file.parent} holds runs of the variant {name} with the overrides "
@@ -145,7 +155,8 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
     from llmlab.train.runs import check_out_directory, is_finished, shared_data, train_unless_finished, write_text
 
     out = Path(out)
-    recipes = {(name, seed): load_recipe(experiment.recipe, [*overrides, f"train.seed={seed}"])
+    recipes = {(name, seed): load_recipe(experiment.recipe, [*experiment.overrides, *overrides,
+                                                             f"train.seed={seed}"])
                for name, overrides in experiment.variants.items() for seed in experiment.seeds}
     check_out_directory(out, PLAN_FILE, "recipe", experiment.recipe)
     check_variants(out / PLAN_FILE, experiment)
