@@ -130,6 +130,11 @@ def test_a_rerun_may_add_variants_but_not_change_one(finished, tmp_path, capsys)
     assert {name: data for name, data in after.items() if name.startswith("dense")} == \
         {name: data for name, data in before.items() if name.startswith("dense")}
     assert (out / "runs" / "wide-s1" / "final" / "llmlab.json").is_file()
+    dropped = write_experiment(tmp_path, variants={"wide": [*SMALL, "model.d_ff=128"]})
+    assert run_cli(["experiment", str(dropped), "--out", str(out), "--no-progress"], capsys)[0] == 0
+    changed = write_experiment(tmp_path, variants={"dense": [*SMALL, "train.lr=1e-4"]})
+    code, _, error = run_cli(["experiment", str(changed), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "holds runs of the variant dense" in error  # remembered while left out
 
 
 def test_variants_are_grouped_by_name_without_the_value_of_x(tmp_path):

@@ -128,10 +128,11 @@ def final_metrics(run_dir: Path) -> dict:
             or losses[-1].get("skipped_steps", 0) > 0}
 
 
-def check_variants(plan_file: Path, experiment: Experiment) -> None:
-    """Refuse a rerun that gives a variant already trained other overrides (variants and seeds may be added)."""
+def check_variants(plan_file: Path, experiment: Experiment) -> dict[str, list[str]]:
+    """Refuse a rerun that gives a variant already trained other overrides (variants and seeds may be added);
+    return the variants trained so far."""
     if not plan_file.is_file():
-        return
+        return {}
     from llmlab.errors import DataError
     from llmlab.files import read_json_object
 
@@ -144,6 +145,7 @@ def check_variants(plan_file: Path, experiment: Experiment) -> None:
         if name in trained and trained[name] != overrides:
             raise ConfigError(f"--out {plan_file.parent} holds runs of the variant {name} with the overrides "
                               f"{trained[name]}, not {overrides}; rename the variant or choose another --out.")
+    return trained
 
 
 def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: bool = True) -> list[dict]:
@@ -159,8 +161,9 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
                                                              f"train.seed={seed}"])
                for name, overrides in experiment.variants.items() for seed in experiment.seeds}
     check_out_directory(out, PLAN_FILE, "recipe", experiment.recipe)
-    check_variants(out / PLAN_FILE, experiment)
-    write_text(out / PLAN_FILE, json.dumps(dataclasses.asdict(experiment), indent=2) + "\n")
+    trained = check_variants(out / PLAN_FILE, experiment)  # kept in the plan even when this rerun leaves them out
+    plan = {**dataclasses.asdict(experiment), "variants": {**trained, **experiment.variants}}
+    write_text(out / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
     for key, recipe in recipes.items():  # the bundled corpus tokenized once per tokenization the variants ask for
         data = recipe.data
         name = f"data-{recipe.objective_name}-{data.vocab_size}-{data.max_chars or 'all'}"
