@@ -165,3 +165,15 @@ def test_shared_overrides_reach_every_variant_and_may_not_change_on_a_rerun(tmp_
     changed = write_experiment(tmp_path, variants=variants, seeds=[0], overrides=["model.norm_eps=0.001"])
     code, _, error = run_cli(["experiment", str(changed), "--out", str(out), "--no-progress"], capsys)
     assert code == 2 and "trained with the overrides" in error
+
+
+@pytest.mark.parametrize("name", ["positions", "norms", "norms-noclip", "moe"])
+def test_the_shipped_experiments_load_and_every_variant_builds(name):
+    from llmlab.train.experiment import load_experiment
+    from llmlab.train.recipe import load_recipe
+
+    experiment = load_experiment(Path(__file__).parents[2] / "recipes" / "experiments" / f"{name}.yaml")
+    assert len(experiment.seeds) >= 3
+    for overrides in experiment.variants.values():
+        recipe = load_recipe(experiment.recipe, [*experiment.overrides, *overrides])
+        recipe.model_config(vocab_size=recipe.data.vocab_size)  # a ModelConfig that validates
