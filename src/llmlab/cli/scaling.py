@@ -1,4 +1,5 @@
-"""`llmlab scaling fit DATA... --law chinchilla|kaplan` and `llmlab scaling optimal --compute C`: scaling laws."""
+"""`llmlab scaling fit DATA... --law chinchilla|kaplan`, `llmlab scaling optimal --compute C` and
+`llmlab scaling sweep RECIPE.yaml --budgets C1,C2,... --out DIR`: scaling laws."""
 
 from __future__ import annotations
 
@@ -38,6 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     optimal.add_argument("--compute", type=float, required=True, metavar="C", help="training FLOPs, e.g. 5.76e23")
     optimal.add_argument("--fit", metavar="FIT.json", help="a fit written by llmlab scaling fit --out")
     optimal.set_defaults(handler=run_optimal)
+
+    from llmlab.cli.pretrain import _OverridesAnywhere
+
+    sweep = commands.add_parser("sweep", help="train an IsoFLOP grid of small models and fit Chinchilla's law",
+                                description="For each compute budget C and model size N, pretrain the recipe's model "
+                                            "at that size on D = C/(6N) tokens (each a resumable run directory "
+                                            "under DIR/runs; a rerun skips finished runs and resumes the others), "
+                                            "then fit Chinchilla's law (approaches 1-3) to the held-out losses and "
+                                            "write DIR/points.csv, DIR/fit.json and DIR/fit.png.")
+    sweep.__class__ = _OverridesAnywhere  # recipe overrides, as llmlab pretrain takes them
+    sweep.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe whose model is resized (see recipes/)")
+    sweep.add_argument("--budgets", required=True, metavar="C1,C2,...", help="training FLOPs, e.g. 6e10,2e11,6e11")
+    sweep.add_argument("--sizes", metavar="S1,S2,...",
+                       help="model sizes (WIDTHxLAYERS names of llmlab.scaling.sweep.SIZES, e.g. 32x2,48x2) for every "
+                            "budget (default: each budget's sizes with 2 to 200 tokens per parameter)")
+    sweep.add_argument("--seeds", metavar="S1,S2,...", help="train every grid point once per seed (default: "
+                                                            "the recipe's train.seed)")
+    sweep.add_argument("--out", required=True, metavar="DIR", help="the sweep directory (new, or a sweep to resume)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("overrides", nargs="*", metavar="section.field=value", help="recipe fields to override")
+    sweep.set_defaults(handler=run_sweep)
 
 
 def _with_error(name: str, value: float, errors: dict | None) -> str:
@@ -102,3 +124,29 @@ def run_optimal(arguments: argparse.Namespace) -> None:
           f"({optimum['tokens_per_param']:.1f} tokens per parameter), predicted loss {optimum['loss']:.3f}")
     print(f"Kaplan et al. 2020 (N = 1.3e9 · (C/PF-day)^0.73, Figure 14): N = {kaplan['params']:.3g}, "
           f"D = {kaplan['tokens']:.3g} ({kaplan['tokens'] / kaplan['params']:.1f} tokens per parameter)")
+
+
+def run_sweep(arguments: argparse.Namespace) -> None:
+    """Train the grid, fit it, and print the fitted law and its compute-optimal exponents beside the papers'."""
+    from llmlab.scaling.sweep import FIT_FILE, PLOT_FILE, POINTS_FILE, parse_budgets, parse_seeds, parse_sizes, sweep
+    from llmlab.train.recipe import load_recipe
+
+    budgets = parse_budgets(arguments.budgets)
+    sizes = parse_sizes(arguments.sizes) if arguments.sizes is not None else None
+    seeds = parse_seeds(arguments.seeds) if arguments.seeds is not None else None
+    recipe = load_recipe(arguments.recipe, arguments.overrides)
+    result = sweep(recipe, budgets, arguments.out, sizes, seeds, progress=not arguments.no_progress)
+    constants = result["parameters"]
+    print(f"chinchilla fit to {result['rows']} runs (rms log residual {result['rms_log_residual']:.4f}):")
+    for name in ("E", "A", "B", "alpha", "beta"):
+        print(_with_error(name, constants[name], None))
+    exponent = constants["beta"] / (constants["alpha"] + constants["beta"])
+    print(f"approach3: N_opt ∝ C^{exponent:.3f}, D_opt ∝ C^{1 - exponent:.3f}")
+    for key in ("approach1", "approach2"):
+        found = result[key]
+        print(f"{key}: " + (f"N_opt ∝ C^{found['a']:.3f}, D_opt ∝ C^{found['b']:.3f} over "
+                            f"{len(found['budgets'])} budgets" if isinstance(found, dict) else found))
+    print("published: Hoffmann et al. 2022 N_opt ∝ C^0.50 (approaches 1, 2; 0.46 approach 3), "
+          "Kaplan et al. 2020 N_opt ∝ C^0.73")
+    for name in (POINTS_FILE, FIT_FILE, PLOT_FILE):
+        print(f"wrote {arguments.out}/{name}")

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,8 +42,8 @@ def deterministic_algorithms(enabled: bool):
         torch.use_deterministic_algorithms(previous)
 
 
-def build_model(recipe: Recipe, tokenizer, shards: TokenShards) -> Model:
-    """The recipe's model, sized to the tokenizer's vocabulary (or the shards'), initialised from train.seed."""
+def data_model_fields(recipe: Recipe, tokenizer, shards: TokenShards) -> dict:
+    """The ModelConfig fields the data decides: the tokenizer's vocabulary (or the shards') and its special tokens."""
     if tokenizer is not None:
         fields = {"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": tokenizer.token_to_id(PAD)}
         end_of_text = tokenizer.token_to_id(END_OF_TEXT)
@@ -50,6 +51,12 @@ def build_model(recipe: Recipe, tokenizer, shards: TokenShards) -> Model:
         fields, end_of_text = {"vocab_size": recipe.model.get("vocab_size", shards.vocab_size)}, shards.eos_token_id
     if end_of_text is not None:
         fields.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
+    return fields
+
+
+def build_model(recipe: Recipe, tokenizer, shards: TokenShards) -> Model:
+    """The recipe's model, sized to the tokenizer's vocabulary (or the shards'), initialised from train.seed."""
+    fields = data_model_fields(recipe, tokenizer, shards)
     config = recipe.model_config(**fields)
     if config.arch == "encoder_decoder" and config.pad_token_id is not None:
         config = recipe.model_config(**fields, decoder_start_token_id=config.pad_token_id)
@@ -137,11 +144,12 @@ def greedy_sampler(tokenizer, prompt: str, max_new_tokens: int):
     return sample
 
 
-def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> Path:
+def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+             on_step: Callable[[int, float], None] | None = None) -> Path:
     """Train the recipe's model into out_dir (checkpoints/step-N, metrics.jsonl, final/); return the final directory.
 
     With resume, training continues from the newest complete checkpoint (from scratch when there is none);
-    without, out_dir must not already hold a run.
+    without, out_dir must not already hold a run. on_step(step index, loss) is called after every step.
     """
     run_dir = Path(out_dir)
     checkpoints, final = run_dir / CHECKPOINTS_DIRECTORY, run_dir / FINAL_DIRECTORY
@@ -177,7 +185,8 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     if tokenizer is not None and model.config.arch != "encoder" and model.config.position != "glm2d":
         sampler = greedy_sampler(tokenizer, recipe.train.sample_prompt, recipe.train.sample_tokens)
     trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, progress=progress,
-                      description="pretrain", sampler=sampler, tokenizer_file=first.tokenizer_file)
+                      description="pretrain", sampler=sampler, tokenizer_file=first.tokenizer_file,
+                      on_step=on_step)
     if resume and latest is None:
         trainer.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
     if latest is not None:

@@ -1,0 +1,262 @@
+"""Experiments: one recipe trained in named variants (lists of `section.field=value` overrides) × seeds, each an
+ordinary resumable run directory, compared by held-out loss and divergence (and, with eval_lengths, held-out loss at
+other sequence lengths than the training one) in a table and a figure."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from llmlab.errors import ConfigError
+
+PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
+FIELDS = ("recipe", "title", "seeds", "variants", "overrides", "eval_lengths", "x")
+LENGTH_EVAL_WINDOWS = 64  # held-out windows per length (fewer where the held-out split holds fewer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A recipe file, its variants (name → overrides) and the seeds every variant is trained with."""
+
+    recipe: str
+    variants: dict[str, list[str]]
+    seeds: list[int]
+    title: str = ""
+    eval_lengths: list[int] = dataclasses.field(default_factory=list)
+    x: str | None = None  # an override's key (e.g. train.lr): final losses are drawn against its value
+    overrides: list[str] = dataclasses.field(default_factory=list)  # applied to every variant, before its own
+
+    def x_value(self, name: str) -> float:
+        """The value variant name gives the key x (every variant sets it once, to a positive number)."""
+        return float(next(item for item in self.variants[name] if item.startswith(f"{self.x}=")).partition("=")[2])
+
+    def group(self, name: str) -> str:
+        """The line a variant belongs to when drawn against x: its name without x's value (post-lr1e-3: post-lr)."""
+        value = next(item for item in self.variants[name] if item.startswith(f"{self.x}=")).partition("=")[2]
+        return name.replace(value, "").strip("-_") or name
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read an experiment YAML file (recipe: a path relative to it; variants: name → list of overrides; seeds)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"the experiment {path} cannot be read ({error.strerror}).") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the experiment {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    if not isinstance(data, dict) or "recipe" not in data or "variants" not in data:
+        raise ConfigError(f"the experiment {path} must be a mapping with recipe, variants and seeds.")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"the experiment {path} has no field {unknown[0]!r} (known: {', '.join(FIELDS)}).")
+    variants, seeds = data["variants"], data.get("seeds", [0, 1, 2])
+    if not isinstance(variants, dict) or not variants or not all(
+            isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum() and isinstance(overrides, list)
+            and all(isinstance(item, str) for item in overrides) for name, overrides in variants.items()):
+        raise ConfigError(f"the experiment {path}: variants must map names (letters, digits, - and _) to lists of "
+                          f"section.field=value overrides.")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) and seed >= 0 for seed in seeds):
+        raise ConfigError(f"the experiment {path}: seeds must be a list of non-negative whole numbers.")
+    lengths = data.get("eval_lengths", [])
+    if not isinstance(lengths, list) or not all(isinstance(length, int) and length > 1 for length in lengths):
+        raise ConfigError(f"the experiment {path}: eval_lengths must be a list of sequence lengths above 1.")
+    shared = data.get("overrides", [])
+    if not isinstance(shared, list) or not all(isinstance(item, str) for item in shared):
+        raise ConfigError(f"the experiment {path}: overrides must be a list of section.field=value overrides.")
+    experiment = Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds,
+                            str(data.get("title", "")), lengths, data.get("x"), shared)
+    if experiment.x is not None:
+        for name, overrides in variants.items():
+            values = [item.partition("=")[2] for item in overrides if item.startswith(f"{experiment.x}=")]
+            try:
+                if len(values) != 1 or float(values[0]) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"the experiment {path}: x is {experiment.x}, but the variant {name} does not set "
+                                  f"it once to a positive number.") from None
+    return experiment
+
+
+@torch.no_grad()
+def held_out_loss_at(run_dir: Path, recipe, seq_len: int) -> float:
+    """The final model's mean cross-entropy on held-out windows of seq_len tokens (up to LENGTH_EVAL_WINDOWS of them,
+    the recipe's held-out split cut into windows of that length), for evaluating past the training length."""
+    import llmlab
+    from llmlab.data.mixture import Mixture
+    from llmlab.objectives.losses import language_model_loss
+    from llmlab.train.data import held_out_batches, open_sources
+    from llmlab.train.pretrain import FINAL_DIRECTORY, build_objective
+
+    model = llmlab.load(run_dir / FINAL_DIRECTORY).eval()
+    data = recipe.data
+    mixture = Mixture(open_sources(data), seq_len, data.seed, data.held_out_fraction, split="held_out")
+    windows = min(LENGTH_EVAL_WINDOWS, len(mixture))
+    if windows == 0:
+        raise ConfigError(f"the held-out split holds no window of {seq_len} tokens; lower eval_lengths or raise "
+                          f"data.held_out_fraction.")
+    batch_size = min(data.batch_size, windows)
+    objective = build_objective(recipe, model.tokenizer, model.config)
+    total = count = 0.0
+    for batch in held_out_batches(mixture, objective, windows // batch_size, batch_size, data.seed):
+        _, labelled, metrics = language_model_loss(model, batch)
+        total, count = total + float(metrics["cross_entropy"]), count + float(labelled)
+    return total / count
+
+
+def final_metrics(run_dir: Path) -> dict:
+    """A finished run's last held-out loss, first and last logged training loss, skipped steps, and whether it
+    diverged: a non-finite or not falling loss, or steps the trainer skipped for a non-finite loss or a spike."""
+    from llmlab.train.plot import read_metrics
+
+    records = read_metrics(run_dir)
+    losses = [record for record in records if record.get("loss") is not None]
+    evaluations = [record["eval_loss"] for record in records if record.get("eval_loss") is not None]
+    eval_loss = evaluations[-1] if evaluations else math.nan
+    first, last = losses[0]["loss"], losses[-1]["loss"]
+    return {"eval_loss": eval_loss, "first_loss": first, "final_loss": last,
+            "skipped_steps": losses[-1].get("skipped_steps", 0),
+            "diverged": not (math.isfinite(eval_loss) and math.isfinite(last)) or last >= first
+            or losses[-1].get("skipped_steps", 0) > 0}
+
+
+def check_variants(plan_file: Path, experiment: Experiment) -> dict[str, list[str]]:
+    """Refuse a rerun that gives a variant already trained other overrides (variants and seeds may be added);
+    return the variants trained so far."""
+    if not plan_file.is_file():
+        return {}
+    from llmlab.errors import DataError
+    from llmlab.files import read_json_object
+
+    plan = read_json_object(plan_file, DataError)
+    if plan.get("overrides", []) != experiment.overrides:
+        raise ConfigError(f"--out {plan_file.parent} holds runs trained with the overrides {plan.get('overrides', [])} "
+                          f"for every variant, not {experiment.overrides}; choose another --out.")
+    trained = plan.get("variants") or {}
+    for name, overrides in experiment.variants.items():
+        if name in trained and trained[name] != overrides:
+            raise ConfigError(f"--out {plan_file.parent} holds runs of the variant {name} with the overrides "
+                              f"{trained[name]}, not {overrides}; rename the variant or choose another --out.")
+    return trained
+
+
+def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: bool = True) -> list[dict]:
+    """Train every variant × seed into out/runs/<variant>-s<seed> (skipping finished runs, resuming the others; a
+    rerun may add variants and seeds), write out/results.csv and out/results.png, and return the rows."""
+    from tqdm.auto import tqdm
+
+    from llmlab.train.recipe import load_recipe
+    from llmlab.train.runs import check_out_directory, is_finished, shared_data, train_unless_finished, write_text
+
+    out = Path(out)
+    recipes = {(name, seed): load_recipe(experiment.recipe, [*experiment.overrides, *overrides,
+                                                             f"train.seed={seed}"])
+               for name, overrides in experiment.variants.items() for seed in experiment.seeds}
+    check_out_directory(out, PLAN_FILE, "recipe", experiment.recipe)
+    trained = check_variants(out / PLAN_FILE, experiment)  # kept in the plan even when this rerun leaves them out
+    plan = {**dataclasses.asdict(experiment), "variants": {**trained, **experiment.variants}}
+    write_text(out / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
+    for key, recipe in recipes.items():  # the bundled corpus tokenized once per tokenization the variants ask for
+        data = recipe.data
+        name = f"data-{recipe.objective_name}-{data.vocab_size}-{data.max_chars or 'all'}"
+        source = shared_data(recipe, out / name, progress)[0]
+        recipes[key] = dataclasses.replace(recipe, data=dataclasses.replace(data, source=source))
+    runs = {key: out / RUNS_DIRECTORY / f"{key[0]}-s{key[1]}" for key in recipes}
+    total = sum(recipe.train.steps for recipe in recipes.values())
+    done = sum(recipes[key].train.steps for key, run in runs.items() if is_finished(run))
+    with tqdm(total=total, initial=done, unit="step", desc="experiment", disable=not progress) as bar:
+        for key, recipe in recipes.items():
+            start = bar.n
+            bar.set_postfix_str(runs[key].name)
+            advance = lambda step, loss, start=start: bar.update(start + step + 1 - bar.n)  # noqa: E731
+            train_unless_finished(recipe, runs[key], advance)
+    rows = [{"variant": name, "seed": seed, **final_metrics(runs[name, seed]),
+             **{f"loss_at_{length}": held_out_loss_at(runs[name, seed], recipes[name, seed], length)
+                for length in experiment.eval_lengths}, "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"}
+            for name, seed in recipes]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / RESULTS_FILE, buffer.getvalue())
+    plot_results(experiment, rows, runs, out / PLOT_FILE)
+    return rows
+
+
+def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path) -> None:
+    """Held-out loss against step per variant (each seed faint, their mean bold), each variant's final held-out loss
+    per seed (against x, one line per group of variants, when the experiment names x) and with eval_lengths the
+    loss against evaluation length, into out (PNG), atomically."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plotting needs the matplotlib package (pip install 'llmlab[plot]').") from None
+    from llmlab.data.shards import atomic_path
+    from llmlab.train.plot import read_metrics
+
+    lengths = experiment.eval_lengths
+    figure = Figure(figsize=(16 if lengths else 11, 4.4), dpi=100, layout="constrained")
+    curves, finals, *by_length = figure.subplots(1, 3 if lengths else 2)
+    names = list(experiment.variants)
+    group_of = experiment.group if experiment.x else (lambda name: name)  # drawn against x: one line per group
+    groups, labelled = list(dict.fromkeys(map(group_of, names))), set()
+    for index, name in enumerate(names):
+        group = group_of(name)
+        colour, first = f"C{groups.index(group) % 10}", group not in labelled
+        labelled.add(group)
+        series = []
+        for seed in experiment.seeds:
+            records = [r for r in read_metrics(runs[name, seed]) if r.get("eval_loss") is not None]
+            steps, losses = [r["step"] for r in records], [r["eval_loss"] for r in records]
+            curves.plot(steps, losses, color=colour, alpha=0.3, linewidth=0.8)
+            series.append((steps, losses))
+        if series and all(steps == series[0][0] for steps, _ in series):
+            mean = [sum(values) / len(values) for values in zip(*(losses for _, losses in series))]
+            curves.plot(series[0][0], mean, color=colour, linewidth=2, label=group if first else None)
+        mine = [row for row in rows if row["variant"] == name]
+        where = experiment.x_value(name) if experiment.x else index
+        finals.plot([where] * len(mine), [row["eval_loss"] for row in mine], "o", color=colour, alpha=0.7)
+        if not experiment.x:
+            finals.plot([index], [sum(row["eval_loss"] for row in mine) / len(mine)], "_", color="black",
+                        markersize=20)
+        if by_length:
+            means = [sum(row[f"loss_at_{length}"] for row in mine) / len(mine) for length in lengths]
+            by_length[0].plot(lengths, means, "o-", color=colour, label=name)
+        diverged = sum(row["diverged"] for row in mine)
+        if diverged:
+            finals.annotate(f"{diverged} diverged", (where, max(row["eval_loss"] for row in mine)), fontsize=7)
+    for index, group in enumerate(groups if experiment.x else ()):  # the mean of the seeds along x, per group
+        members = sorted((name for name in names if group_of(name) == group), key=experiment.x_value)
+        means = [sum(row["eval_loss"] for row in rows if row["variant"] == name) / len(experiment.seeds)
+                 for name in members]
+        finals.plot([experiment.x_value(name) for name in members], means, "-", color=f"C{index % 10}", label=group)
+    curves.set(xlabel="step", ylabel="held-out loss", title="held-out loss (seeds faint, mean bold)")
+    curves.legend(fontsize=8)
+    curves.grid(alpha=0.3)
+    if experiment.x:
+        finals.set(xscale="log", xlabel=experiment.x)
+        finals.legend(fontsize=8)
+    else:
+        finals.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    finals.set(ylabel="final held-out loss", title=f"final held-out loss, {len(experiment.seeds)} seeds "
+                                                 f"({'lines' if experiment.x else '—'}: their mean)")
+    finals.grid(alpha=0.3, axis="y")
+    if by_length:
+        by_length[0].set(xscale="log", xlabel="evaluation length (tokens)", ylabel="held-out cross-entropy",
+                         title="held-out loss by evaluation length (mean of seeds)")
+        by_length[0].set_xticks(lengths, [str(length) for length in lengths])
+        by_length[0].minorticks_off()
+        by_length[0].legend(fontsize=8)
+        by_length[0].grid(alpha=0.3)
+    if experiment.title:
+        figure.suptitle(experiment.title)
+    with atomic_path(out) as staging:
+        figure.savefig(staging, format="png")
