@@ -13,7 +13,7 @@ from tests.serve.fake_engine import FakeAsyncEngine
 from tests.serve.servers import API_KEY, app_server, cli_server, tiny_checkpoint
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from llmlab.serve import ServeSettings, create_app  # noqa: E402
+from llmlab.infer.serve import ServeSettings, create_app  # noqa: E402
 
 BROWSER, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(BROWSER is None or DRIVER is None,

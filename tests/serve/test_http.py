@@ -14,7 +14,7 @@ from tests.serve.fake_engine import FakeAsyncEngine
 from tests.serve.servers import API_KEY, app_server, get, post, tiny_checkpoint
 
 openai = pytest.importorskip("openai")
-from llmlab.serve import ServeSettings, create_app  # noqa: E402  (after the extras are known to be there)
+from llmlab.infer.serve import ServeSettings, create_app  # noqa: E402  (after the extras are known to be there)
 
 NAME = "tiny"
 CONTEXT = 64

@@ -42,7 +42,7 @@ def run_serve(arguments: argparse.Namespace) -> None:
     if missing:
         raise ConfigError(f"llmlab serve needs the serve extra ({', '.join(missing)} missing); "
                           f"install it with `pip install 'llmlab[serve]'`.")
-    from llmlab.serve import serve
+    from llmlab.infer.serve import serve
 
     serve(arguments.model, host=arguments.host, port=arguments.port, api_key=arguments.api_key,
           served_model_name=arguments.served_model_name, max_num_seqs=arguments.max_num_seqs,

@@ -13,15 +13,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from llmlab.infer.chat import PLAIN_STOP, ChatTemplate, chat_prompt_ids
 from llmlab.infer.generate import resolve_config
-from llmlab.serve.errors import RETRY_AFTER_SECONDS, APIError, bad_request, install_error_handlers, logger
-from llmlab.serve.metrics import Metrics
-from llmlab.serve.middleware import DEFAULT_MAX_BODY_BYTES, GuardMiddleware
-from llmlab.serve.params import (Submission, chat_submission, check_token_ids, completion_prompts,
+from llmlab.infer.serve.errors import RETRY_AFTER_SECONDS, APIError, bad_request, install_error_handlers, logger
+from llmlab.infer.serve.metrics import Metrics
+from llmlab.infer.serve.middleware import DEFAULT_MAX_BODY_BYTES, GuardMiddleware
+from llmlab.infer.serve.params import (Submission, chat_submission, check_token_ids, completion_prompts,
                                  completion_submission)
-from llmlab.serve.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest, DetokenizeRequest,
+from llmlab.infer.serve.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest, DetokenizeRequest,
                                    TokenizeRequest)
-from llmlab.serve.responses import Answer, sse
-from llmlab.serve.runner import Run, cancel_on_disconnect
+from llmlab.infer.serve.responses import Answer, sse
+from llmlab.infer.serve.runner import Run, cancel_on_disconnect
 
 CHAT_PAGE = "static/chat.html"
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection; nobody reads it
@@ -40,7 +40,7 @@ class ServeSettings:
 
 def chat_page() -> str:
     """The chat page's HTML (one file, no external resources)."""
-    return resources.files("llmlab.serve").joinpath(CHAT_PAGE).read_text(encoding="utf-8")
+    return resources.files("llmlab.infer.serve").joinpath(CHAT_PAGE).read_text(encoding="utf-8")
 
 
 class Service:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from llmlab.errors import LlmlabError
 from llmlab.infer.config import GenerationConfig
-from llmlab.serve.errors import bad_request, from_llmlab_error
-from llmlab.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from llmlab.infer.serve.errors import bad_request, from_llmlab_error
+from llmlab.infer.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for completions; chat defaults to the context left
 OPENAI_TEMPERATURE = 1.0  # OpenAI's default when neither the request nor the checkpoint chooses

@@ -11,7 +11,7 @@ import re
 from llmlab.errors import LlmlabError
 from llmlab.infer.engine import EngineFullError
 
-logger = logging.getLogger("llmlab.serve")
+logger = logging.getLogger("llmlab.infer.serve")
 
 RETRY_AFTER_SECONDS = 1
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from llmlab.serve.params import Submission
+from llmlab.infer.serve.params import Submission
 
 _END = object()
 

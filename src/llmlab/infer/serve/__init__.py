@@ -6,7 +6,7 @@
 
 Needs the serve extra: pip install 'llmlab[serve]'."""
 
-from llmlab.serve.app import ServeSettings, create_app
-from llmlab.serve.server import serve
+from llmlab.infer.serve.app import ServeSettings, create_app
+from llmlab.infer.serve.server import serve
 
 __all__ = ["ServeSettings", "create_app", "serve"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 
-from llmlab.serve.errors import APIError
+from llmlab.infer.serve.errors import APIError
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # far above a prompt filling a long context as token ids
 DRAIN_BYTES = 64 * 1024 * 1024  # read (and drop) this much of a body too large, so that the client reads the 413

@@ -7,7 +7,7 @@ import os
 import signal
 
 from llmlab.errors import ConfigError
-from llmlab.serve.app import ServeSettings, create_app
+from llmlab.infer.serve.app import ServeSettings, create_app
 
 API_KEY_VARIABLE = "LLMLAB_API_KEY"
 

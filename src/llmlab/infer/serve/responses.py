@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from llmlab.data.tokenizer import decode_bytes
 from llmlab.infer.detokenize import REPLACEMENT
-from llmlab.serve.params import Submission
+from llmlab.infer.serve.params import Submission
 
 
 def new_id(prefix: str) -> str:
