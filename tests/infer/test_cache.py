@@ -305,3 +305,21 @@ def test_registered_blocks_stay_findable_when_free_until_the_pool_needs_them():
     allocator.free([b])
     with pytest.raises(ValueError, match="free"):
         allocator.register(b, "key-b")
+
+
+def test_a_decode_batch_keeps_its_gathered_keys_and_matches_recomputation(model):
+    cache = PagedCache.for_model(model, num_blocks=32, block_size=4)
+    a, b = Sequence(model, cache, "a", prompt(5, 2)), Sequence(model, cache, "b", prompt(9, 3))
+    decode_together(model, cache, [a, b], 2)
+    mirror = cache._mirror  # built by the first one-token step of the batch, then written to in place
+    decode_together(model, cache, [a, b], 5)
+    assert cache._mirror is mirror and mirror.batch == ("a", "b")
+    assert mirror.lengths == (cache.lengths["a"], cache.lengths["b"])
+    c = Sequence(model, cache, "c", prompt(3, 4))  # a prefill of another sequence leaves the mirror alone
+    assert cache._mirror is mirror
+    decode_together(model, cache, [a, b, c], 4)  # a new batch: gathered again
+    assert cache._mirror.batch == ("a", "b", "c")
+    cache.free_sequence("b")
+    assert cache._mirror is None
+    for sequence, new in ((a, 12), (b, 12), (c, 5)):
+        assert torch.equal(sequence.tokens, alone(model, sequence.ids[None], new)), sequence.id

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,16 @@ class BlockAllocator:
         return self._block_of.get(key)
 
 
+@dataclass
+class _Mirror:
+    """A batch's keys/values gathered once: per layer [2, batch, kv_heads, capacity, head_dim], rows at lengths."""
+
+    batch: tuple
+    lengths: tuple
+    capacity: int
+    layers: list
+
+
 class PagedCache:
     """Keys and values in a pool of blocks [num_blocks, kv_heads, block_size, head_dim] per layer (views of one
     tensor), found through per-sequence block tables; the rows of a forward call are the sequences set_batch chose."""
@@ -143,7 +154,10 @@ class PagedCache:
         self._cross_batch: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self._version = 0  # bumped whenever a batch row's block table changes
         self._table: tuple | None = None  # ((version, width), the batch's table, its gather rows)
-        self._step: tuple[torch.Tensor, ...] | None = None  # (write blocks, write offsets, gather rows, key_count)
+        self._step: tuple | None = None  # (write blocks, write offsets, gather rows, key_count, slots, mirror use)
+        # the last one-token batch's keys/values as gathered, kept while its rows only grow by one-token steps, so
+        # that a decode step writes its token there too instead of gathering every row again
+        self._mirror: _Mirror | None = None
 
     @classmethod
     def for_model(cls, model, num_blocks: int, block_size: int = 16, dtype: torch.dtype | None = None) -> "PagedCache":
@@ -190,6 +204,8 @@ class PagedCache:
         """Forget a sequence: its blocks lose a reference (and return to the pool when nobody else holds them), last
         block first, so that a prefix cache gives up a prompt's tail before its head."""
         self.allocator.free(reversed(self.block_tables.pop(seq_id)))
+        if self._mirror is not None and seq_id in self._mirror.batch:
+            self._mirror = None
         del self.lengths[seq_id], self._cross[seq_id]
         if seq_id in self.batch:
             self.set_batch([s for s in self.batch if s != seq_id])
@@ -278,26 +294,58 @@ class PagedCache:
         slots = torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device)
         on_pool = slots.to(table.device)
         blocks = table.gather(1, on_pool // self.block_size).flatten()  # each new token's block and offset in it
-        self._step = (blocks, (on_pool % self.block_size).flatten(), rows, key_count)
+        self._step = (blocks, (on_pool % self.block_size).flatten(), rows, key_count, slots,
+                      self._mirror_use(lengths, new_tokens, key_count))
         return slots, key_count
+
+    def _mirror_use(self, lengths: list[int], new_tokens: int, key_count: int) -> str | None:
+        """"append" when the mirror holds this batch as it is now, "build" for a one-token batch at least as large
+        as the mirror's whose mirror fits in the pool's size, else None; a mirror this batch's rows outdate goes."""
+        mirror, batch = self._mirror, tuple(self.batch)
+        if mirror is not None and mirror.batch == batch and mirror.lengths == tuple(lengths) \
+                and key_count <= mirror.capacity and new_tokens == 1:
+            return "append"
+        if mirror is not None and not set(batch).isdisjoint(mirror.batch):
+            self._mirror = None
+        capacity = -(-(key_count + 4 * self.block_size) // self.block_size) * self.block_size
+        fits = len(batch) * capacity <= self.num_blocks * self.block_size
+        if new_tokens == 1 and fits and (self._mirror is None or len(batch) >= len(self._mirror.batch)):
+            return "build"  # (a smaller one-token step, such as an encoder-decoder's start token, keeps the mirror)
+        return None
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values [batch, kv_heads, new, head_dim] at the slots slots() gave (positions) into the rows'
         blocks; return the rows' keys/values [batch, kv_heads, key_count, head_dim] gathered through their tables."""
-        blocks, offsets, rows, key_count = self._step
+        blocks, offsets, rows, key_count, slots, mirror_use = self._step
         pool = self.pool[layer]  # [2, num_blocks, kv_heads, block_size, head_dim]
         batch, heads, _, dim = keys.shape
         new = torch.stack([keys, values], 2).transpose(1, 3).reshape(-1, 2, heads, dim)  # [batch × new, 2, heads, dim]
         pool[:, blocks, :, offsets] = new.to(pool.dtype)
+        if mirror_use == "append":
+            mirrored = self._mirror.layers[layer]  # [2, batch, heads, capacity, dim]
+            index = slots.to(pool.device)[:, None, :, None].expand(batch, heads, -1, dim)
+            mirrored[0].scatter_(2, index, keys.to(pool.dtype))
+            mirrored[1].scatter_(2, index, values.to(pool.dtype))
+            return mirrored[0, :, :, :key_count], mirrored[1, :, :, :key_count]
         # the (block, head) rows of the batch's tables, in the order [batch, heads, blocks]: one gather, keys contiguous
         gathered = pool.view(2, -1, pool.shape[3] * dim).index_select(1, rows).view(2, batch, heads, -1, dim)
+        if mirror_use == "build":
+            if layer == 0:
+                lengths = tuple(self.lengths[s] for s in self.batch)
+                capacity = -(-(key_count + 4 * self.block_size) // self.block_size) * self.block_size
+                self._mirror = _Mirror(tuple(self.batch), lengths, capacity, [None] * len(self.keys))
+            mirrored = gathered.new_zeros(2, batch, heads, self._mirror.capacity, dim)
+            mirrored[:, :, :, :key_count] = gathered[:, :, :, :key_count]
+            self._mirror.layers[layer] = mirrored
         return gathered[0, :, :, :key_count], gathered[1, :, :, :key_count]
 
     def advance(self, new_tokens: int) -> None:
         """Every row has written new_tokens more slots."""
         for seq_id in self.batch:
             self.lengths[seq_id] += new_tokens
+        if self._step is not None and self._step[5] is not None and self._mirror is not None:
+            self._mirror.lengths = tuple(self.lengths[s] for s in self.batch)
         self._step = None
 
     def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
