@@ -105,3 +105,13 @@ def test_an_empty_recipe_is_refused(tmp_path):
     (tmp_path / "empty.yaml").write_text("# to be written\n")
     with pytest.raises(ConfigError, match="empty.yaml is empty"):
         load_recipe(tmp_path / "empty.yaml")
+
+
+def test_model_fields_take_their_types_as_data_and_train_fields_do(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: {preset: llama, size: tiny, norm_eps: 1e-4}\n")  # YAML 1.1 reads 1e-4 as a string
+    recipe = load_recipe(path, ["model.dropout=1e-1"])
+    assert recipe.model["norm_eps"] == 1e-4 and recipe.model["dropout"] == 0.1
+    assert recipe.model_config(vocab_size=64).norm_eps == 1e-4
+    with pytest.raises(ConfigError, match="model.norm_eps"):
+        load_recipe(path, ["model.norm_eps=small"])

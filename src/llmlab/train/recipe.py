@@ -176,6 +176,8 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
     unknown = sorted(set(model) - {"preset", "size"} - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
         raise ConfigError(f"{where}: model has no field {unknown[0]!r} (a ModelConfig field, preset or size).")
+    hints = _override_fields("model", "causal")  # YAML reads 1e-4 as text: each field as its type, as data's and train's
+    model = {name: coerce(value, hints[name], f"{where}: model.{name}") for name, value in model.items()}
     sections = {name: from_mapping(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
     objective = _objective(data.get("objective") or {}, f"{where}: objective")
     return Recipe(model=dict(model), objective=objective, **sections)
