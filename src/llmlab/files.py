@@ -21,6 +21,22 @@ def read_json_object(file: str | os.PathLike, error: type[LlmlabError] = Checkpo
     return values
 
 
+def read_yaml(path: str | os.PathLike, kind: str = "recipe") -> object:
+    """The YAML document in path; a ConfigError naming the kind of file (recipe, experiment) when it cannot be read
+    or parsed."""
+    import yaml
+
+    from llmlab.errors import ConfigError
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"the {kind} {path} cannot be read ({error.strerror}).") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the {kind} {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+
+
 def current_umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0o022)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from llmlab.data.sources import SourceConfig
 from llmlab.errors import ConfigError
+from llmlab.files import read_yaml
 from llmlab.fields import from_mapping
 
 # FineWeb's order of the heuristic rule sets, as `llmlab data filter --rules`
@@ -215,12 +215,7 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> PipelineRecipe:
 def load_pipeline_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineRecipe:
     """Read a YAML pipeline recipe; OVERRIDES replace top-level fields (workers, output, ...)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"the recipe {path} cannot be read ({error.strerror}).") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"the recipe {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    data = read_yaml(path, "recipe")
     if data is None or data == {}:
         raise ConfigError(f"the recipe {path} is empty; give it sources and stages.")
     if isinstance(data, dict):

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from llmlab.errors import ConfigError
+from llmlab.files import read_yaml
 
 PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
 FIELDS = ("recipe", "title", "seeds", "variants", "overrides", "eval_lengths", "x")
@@ -47,12 +47,7 @@ class Experiment:
 def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read an experiment YAML file (recipe: a path relative to it; variants: name → list of overrides; seeds)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"the experiment {path} cannot be read ({error.strerror}).") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"the experiment {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    data = read_yaml(path, "experiment")
     if not isinstance(data, dict) or "recipe" not in data or "variants" not in data:
         raise ConfigError(f"the experiment {path} must be a mapping with recipe, variants and seeds.")
     unknown = sorted(set(data) - set(FIELDS))

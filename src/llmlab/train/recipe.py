@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from llmlab.errors import ConfigError
+from llmlab.files import read_yaml
 from llmlab.fields import coerce, from_mapping
 from llmlab.model import presets
 from llmlab.model.config import ModelConfig
@@ -186,12 +187,7 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> Recipe:
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe and apply `section.field=value` overrides."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"the recipe {path} cannot be read ({error.strerror}).") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"the recipe {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    data = read_yaml(path, "recipe")
     if data is None or data == {}:
         raise ConfigError(f"the recipe {path} is empty; give it model, data, objective and train sections.")
     if not isinstance(data, dict):
