@@ -103,6 +103,7 @@ class ModelConfig:
 
     dropout: float = 0.0
     init_std: float = 0.02
+    init_branch_gain: float = 1.0  # DeepNorm's β: scales the initial value, output and feed-forward weights
     family: str = "custom"
 
     def __post_init__(self) -> None:

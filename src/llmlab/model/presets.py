@@ -399,3 +399,15 @@ def glm(size: str = "large", **overrides: Any) -> ModelConfig:
         "glm", size, GLM_SIZES, overrides, family="glm", arch="prefix_decoder", vocab_size=30592, max_seq_len=512,
         position="glm2d", fused_qkv=True, mlp="gelu", tie_embeddings=True,
     )
+
+
+def deepnorm(config: ModelConfig) -> ModelConfig:
+    """config with DeepNorm (Wang et al. 2022, DeepNet): post-norm residuals x·α + f(x) and the value, output and
+    feed-forward weights initialised β times smaller, with α = (2N)^(1/4), β = (8N)^(-1/4) for N layers (the
+    paper's decoder-only / encoder-only constants)."""
+    if config.arch == "encoder_decoder":
+        raise ConfigError("deepnorm needs one residual scale per stack for an encoder-decoder; "
+                          "ModelConfig has one (residual_scale), so use a decoder or an encoder.")
+    layers = config.n_layers
+    return config.replace(norm_placement="post", residual_scale=(2 * layers) ** 0.25,
+                          init_branch_gain=(8 * layers) ** -0.25)

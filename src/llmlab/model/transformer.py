@@ -282,10 +282,18 @@ class Model(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        gain = self.config.init_branch_gain
         if isinstance(module, Attention):
             nn.init.normal_(module.o.weight, mean=0.0, std=std / (2 * self.config.n_layers) ** 0.5)
+            v_width = module.n_kv_heads * module.head_dim
+            value = module.qkv.weight[-v_width:] if hasattr(module, "qkv") else module.v.weight
+            for weight in (value, module.o.weight):
+                weight.data.mul_(gain)
         if isinstance(module, MLP):
             nn.init.normal_(module.down.weight, mean=0.0, std=std / (2 * self.config.n_layers) ** 0.5)
+            for linear in (module.gate, module.up, module.down):
+                if linear is not None:
+                    linear.weight.data.mul_(gain)
 
     def tie_weights(self) -> None:
         """Share the head's weight with the token embedding when the config ties them."""
