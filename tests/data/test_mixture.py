@@ -115,3 +115,20 @@ def test_windows_cross_document_and_shard_boundaries_of_real_shards(tmp_path):
 def test_bad_sources_are_refused_by_name(sources, error, named):
     with pytest.raises(error, match=named):
         Mixture(sources, SEQ, held_out_fraction=0.5)
+
+
+def test_a_source_kept_out_of_the_held_out_split_trains_on_every_window():
+    from llmlab.data.mixture import TokenPrefix
+
+    fresh = source(20, 0, weight=0.5)
+    repeated = MixtureSource(TokenPrefix(fresh.stream, 3 * SEQ), weight=0.5, name="first 3", held_out=False)
+    mixture = Mixture([fresh, repeated], SEQ, held_out_fraction=0.2)
+    held_out = set(windows_of(Mixture([fresh, repeated], SEQ, held_out_fraction=0.2, split="held_out"), 40))
+    assert held_out == {16, 17, 18, 19}  # the fresh source's tail only
+    assert set(windows_of(mixture, 200)) == set(range(16))
+    located = mixture.locate(0, 200)
+    assert Counter(source for source, _ in located) == {0: 100, 1: 100}
+    # 100 samples of the repeated source: 33 epochs over its 3 windows and one more window
+    assert sorted(Counter(window for source, window in located if source == 1).values()) == [33, 33, 34]
+    with pytest.raises(DataError, match="prefix of 100 tokens"):
+        TokenPrefix(fresh.stream, 100)

@@ -2,9 +2,12 @@
 
 import csv
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from llmlab.cli.main import main
@@ -167,7 +170,7 @@ def test_shared_overrides_reach_every_variant_and_may_not_change_on_a_rerun(tmp_
     assert code == 2 and "trained with the overrides" in error
 
 
-@pytest.mark.parametrize("name", ["positions", "norms", "norms-noclip", "moe"])
+@pytest.mark.parametrize("name", ["positions", "norms", "norms-noclip", "moe", "duplicates"])
 def test_the_shipped_experiments_load_and_every_variant_builds(name):
     from llmlab.train.experiment import load_experiment
     from llmlab.train.recipe import load_recipe
@@ -177,3 +180,30 @@ def test_the_shipped_experiments_load_and_every_variant_builds(name):
     for overrides in experiment.variants.values():
         recipe = load_recipe(experiment.recipe, [*experiment.overrides, *overrides])
         recipe.model_config(vocab_size=recipe.data.vocab_size)  # a ModelConfig that validates
+
+
+class _Copier(torch.nn.Module):
+    """A fake model that predicts, at every position, the token half the context back (a perfect copier)."""
+
+    def __init__(self, vocab: int, context: int, perfect: bool):
+        super().__init__()
+        self.config = SimpleNamespace(max_seq_len=context, vocab_size=vocab)
+        self.tokenizer, self.device, self.perfect = None, torch.device("cpu"), perfect
+
+    def forward(self, ids):
+        half = ids.shape[1] // 2
+        logits = torch.zeros(*ids.shape, self.config.vocab_size)
+        if self.perfect:  # position t predicts token t + 1, which is token t + 1 - half
+            logits[:, half - 1:-1].scatter_(-1, ids[:, :half, None], 50.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_the_copy_probe_scores_a_perfect_copier_and_a_uniform_guesser_as_worked_out_by_hand():
+    from llmlab.train.experiment import copy_probe
+
+    perfect = copy_probe(_Copier(vocab=10, context=16, perfect=True))
+    assert perfect["copy_accuracy"] == 1.0
+    assert perfect["copy_loss"] == pytest.approx(9 * math.exp(-50), abs=1e-12)  # −log(e^50/(e^50+9)) ≈ 9e^-50
+    assert perfect["first_copy_loss"] == pytest.approx(math.log(10))
+    uniform = copy_probe(_Copier(vocab=10, context=16, perfect=False))
+    assert uniform["copy_loss"] == pytest.approx(math.log(10))

@@ -42,6 +42,8 @@ def test_demo_recipe_file_is_the_demo_run():
         (["steps=3"], "steps=3"),
         (["train.steps=many"], "train.steps"),
         (["train.optimizer=sgd"], "train.optimizer"),
+        (["data.repeated_fraction=1.0"], "data.repeated_fraction"),
+        (["data.repeated_windows=0"], "data.repeated_windows"),
     ],
 )
 def test_unknown_or_bad_fields_are_named(overrides, named):

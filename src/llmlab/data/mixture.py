@@ -36,6 +36,22 @@ class MixtureSource:
     weight: float | None = None
     epochs: float | None = None
     name: str = "source"
+    held_out: bool = True  # whether its last held_out_fraction of windows is held out (else all of it trains)
+
+
+class TokenPrefix:
+    """The first `tokens` tokens of a token stream, as a stream of its own."""
+
+    def __init__(self, stream: Any, tokens: int):
+        if tokens > stream.tokens:
+            raise DataError(f"a prefix of {tokens} tokens was asked of a stream of {stream.tokens}.")
+        self.stream, self.tokens = stream, tokens
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """length token ids from start (within the prefix)."""
+        if start + length > self.tokens:
+            raise IndexError(f"tokens [{start}, {start + length}) lie past the prefix of {self.tokens}.")
+        return self.stream.read(start, length)
 
 
 def blend(weights: Sequence[float], samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +100,7 @@ class Mixture:
         self.first_window, self.windows, train_windows = [], [], []
         for source in self.sources:
             total = source.stream.tokens // seq_len
-            held_out = math.ceil(total * held_out_fraction)
+            held_out = math.ceil(total * held_out_fraction) if source.held_out else 0
             if total - held_out < 1:
                 raise DataError(f"the source {source.name} has {source.stream.tokens} tokens: too few for a training "
                                 f"window of {seq_len} tokens besides its held-out share.")

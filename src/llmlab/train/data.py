@@ -3,6 +3,8 @@ directory of the run), batched per step by StepBatches."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmlab.data.mixture import Mixture, MixtureSource
+from llmlab.data.mixture import Mixture, MixtureSource, TokenPrefix
 from llmlab.data.shards import TokenShards, tokenize_to_shards
 from llmlab.data.tokenizer import DEFAULT_SPECIAL_TOKENS, load_tokenizer, train_bpe_tokenizer
 from llmlab.errors import ConfigError, DataError
@@ -92,6 +94,23 @@ def open_sources(data: DataConfig) -> list[MixtureSource]:
             raise DataError(f"the data sources {first.directory} and {stream.directory} were tokenized with "
                             "different tokenizers.")
     return opened
+
+
+def with_repeated_subset(sources: list[MixtureSource], data: DataConfig) -> list[MixtureSource]:
+    """sources (one) plus, when data.repeated_fraction > 0, its first data.repeated_windows windows as a second
+    source drawn data.repeated_fraction of the time and never held out."""
+    if not data.repeated_fraction:
+        return sources
+    (fresh,) = sources
+    windows = fresh.stream.tokens // data.seq_len
+    training = windows - math.ceil(windows * data.held_out_fraction)  # as Mixture splits it
+    if data.repeated_windows > training:
+        raise ConfigError(f"data.repeated_windows is {data.repeated_windows}, more than the {training} training "
+                          f"windows of {fresh.name}.")
+    tokens = data.repeated_windows * data.seq_len
+    repeated = MixtureSource(TokenPrefix(fresh.stream, tokens), data.repeated_fraction,
+                             name=f"{fresh.name} (first {data.repeated_windows} windows, repeated)", held_out=False)
+    return [dataclasses.replace(fresh, weight=1.0 - data.repeated_fraction, epochs=None), repeated]
 
 
 def _file_bytes(path: Path | None) -> bytes | None:

@@ -18,8 +18,10 @@ from llmlab.errors import ConfigError
 from llmlab.files import read_yaml
 
 PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results.csv", "results.png", "runs"
-FIELDS = ("recipe", "title", "seeds", "variants", "overrides", "eval_lengths", "x")
+FIELDS = ("recipe", "title", "seeds", "variants", "overrides", "eval_lengths", "x", "probes")
 LENGTH_EVAL_WINDOWS = 64  # held-out windows per length (fewer where the held-out split holds fewer)
+PROBES = ("copy",)
+COPY_PROBE_SEQUENCES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Experiment:
     eval_lengths: list[int] = dataclasses.field(default_factory=list)
     x: str | None = None  # an override's key (e.g. train.lr): final losses are drawn against its value
     overrides: list[str] = dataclasses.field(default_factory=list)  # applied to every variant, before its own
+    probes: list[str] = dataclasses.field(default_factory=list)  # PROBES run on every final model
 
     def x_value(self, name: str) -> float:
         """The value variant name gives the key x (every variant sets it once, to a positive number)."""
@@ -67,8 +70,11 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     shared = data.get("overrides", [])
     if not isinstance(shared, list) or not all(isinstance(item, str) for item in shared):
         raise ConfigError(f"the experiment {path}: overrides must be a list of section.field=value overrides.")
+    probes = data.get("probes", [])
+    if not isinstance(probes, list) or not all(probe in PROBES for probe in probes):
+        raise ConfigError(f"the experiment {path}: probes must be a list of {', '.join(PROBES)}.")
     experiment = Experiment(str((path.parent / str(data["recipe"])).resolve()), variants, seeds,
-                            str(data.get("title", "")), lengths, data.get("x"), shared)
+                            str(data.get("title", "")), lengths, data.get("x"), shared, probes)
     if experiment.x is not None:
         for name, overrides in variants.items():
             values = [item.partition("=")[2] for item in overrides if item.startswith(f"{experiment.x}=")]
@@ -105,6 +111,38 @@ def held_out_loss_at(run_dir: Path, recipe, seq_len: int) -> float:
         _, labelled, metrics = language_model_loss(model, batch)
         total, count = total + float(metrics["cross_entropy"]), count + float(labelled)
     return total / count
+
+
+@torch.no_grad()
+def copy_probe(model, sequences: int = COPY_PROBE_SEQUENCES, seed: int = 0) -> dict[str, float]:
+    """Copying from context (an induction probe, Olsson et al. 2022): random ordinary tokens x of half the model's
+    context, fed as x + x; the mean cross-entropy and greedy accuracy of the second copy's tokens after its first
+    (predictable only by looking back), and the cross-entropy of the first copy's for comparison."""
+    import torch.nn.functional as F
+
+    half = model.config.max_seq_len // 2
+    special = {token_id for token_id in model.tokenizer.get_added_tokens_decoder()} if model.tokenizer else set()
+    ordinary = torch.tensor([i for i in range(model.config.vocab_size) if i not in special])
+    generator = torch.Generator().manual_seed(seed)
+    tokens = ordinary[torch.randint(len(ordinary), (sequences, half), generator=generator)]
+    ids = torch.cat([tokens, tokens], dim=1).to(model.device)
+    logits = model(ids).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    second = slice(half, None)  # predictions of tokens half+1 … 2·half-1
+    return {"copy_loss": float(loss[:, second].mean()), "first_copy_loss": float(loss[:, :half - 1].mean()),
+            "copy_accuracy": float((logits[:, second].argmax(-1) == targets[:, second]).float().mean())}
+
+
+def probe_metrics(run_dir: Path, probes: list[str]) -> dict[str, float]:
+    """The experiment's probes on a run's final model."""
+    if not probes:
+        return {}
+    import llmlab
+    from llmlab.train.pretrain import FINAL_DIRECTORY
+
+    model = llmlab.load(run_dir / FINAL_DIRECTORY).eval()
+    return copy_probe(model) if "copy" in probes else {}
 
 
 def final_metrics(run_dir: Path) -> dict:
@@ -175,7 +213,8 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
             train_unless_finished(recipe, runs[key], advance)
     rows = [{"variant": name, "seed": seed, **final_metrics(runs[name, seed]),
              **{f"loss_at_{length}": held_out_loss_at(runs[name, seed], recipes[name, seed], length)
-                for length in experiment.eval_lengths}, "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"}
+                for length in experiment.eval_lengths}, **probe_metrics(runs[name, seed], experiment.probes),
+             "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"}
             for name, seed in recipes]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

@@ -21,7 +21,8 @@ from llmlab.model.transformer import Model
 from llmlab.objectives import causal_lm
 from llmlab.train import distributed
 from llmlab.train.checkpoint import checkpoint_steps, remove_stale_temporaries, save_model
-from llmlab.train.data import BUNDLED, StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer
+from llmlab.train.data import (BUNDLED, StepBatches, bundled_shards, held_out_batches, open_sources, shard_tokenizer,
+                               with_repeated_subset)
 from llmlab.train.loop import CHECKPOINTS_DIRECTORY, METRICS_FILE, Trainer
 from llmlab.train.recipe import OBJECTIVES, Recipe
 
@@ -169,6 +170,7 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
         sources = open_sources(dataclasses.replace(data, source=str(shards.directory)))
     else:
         sources = open_sources(data)
+    sources = with_repeated_subset(sources, data)
     first = sources[0].stream
     tokenizer = shard_tokenizer(first)
     model = build_model(recipe, tokenizer, first)

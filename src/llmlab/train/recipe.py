@@ -59,6 +59,10 @@ class DataConfig:
     batch_size: int = 8
     held_out_fraction: float = 0.05
     seed: int = 0
+    # a share of every batch drawn from a small repeated subset (the first repeated_windows training windows of the
+    # data; never in the held-out split): the duplicated-data experiment (survey §4.1.3, Hernandez et al. 2022)
+    repeated_fraction: float = 0.0
+    repeated_windows: int = 64
 
     def __post_init__(self):
         if self.sources and self.source is not None:
@@ -66,9 +70,14 @@ class DataConfig:
                               "(data.source=null to use data.sources).")
         if not self.sources and self.source is None:
             raise ConfigError("data.source or data.sources must name the data.")
-        for name in ("seq_len", "batch_size"):
+        for name in ("seq_len", "batch_size", "repeated_windows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be at least 1, not {getattr(self, name)}.")
+        if not 0.0 <= self.repeated_fraction < 1.0:
+            raise ConfigError(f"data.repeated_fraction must lie in [0, 1), not {self.repeated_fraction}.")
+        if self.repeated_fraction and self.sources:
+            raise ConfigError("data.repeated_fraction repeats a subset of data.source; it cannot be combined with "
+                              "data.sources.")
 
 
 @dataclass(frozen=True)
