@@ -22,6 +22,7 @@ import os
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from llmlab.errors import ConfigError
@@ -31,6 +32,7 @@ ORDERS = ("as_selected", "most_similar_first", "most_similar_last", "random")
 SIMILARITY_METHODS = ("bm25", "embedding")
 BM25_TOKEN = re.compile(r"\w+")  # BM25 tokens: lower-cased runs of letters, digits and underscores
 EMBEDDING_BATCH = 32
+SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"  # its max_seq_length: where sentence-transformers truncates
 
 Record = Any  # a string, or a mapping of named fields
 TextOf = str | Callable[[Record], str] | None
@@ -100,15 +102,20 @@ def sentence_embeddings(encoder, texts: Sequence[str], *, batch_size: int = EMBE
     return torch.cat(pooled) if pooled else torch.zeros(0, encoder.config.d_model)
 
 
-def _load_encoder(encoder):
-    """An encoder model, loaded with llmlab.load when given as a checkpoint path."""
-    if isinstance(encoder, (str, os.PathLike)):
-        from llmlab.api import load
-
-        return load(encoder)
+def _load_encoder(encoder, max_length: int | None):
+    """An encoder model, loaded with llmlab.load when given as a checkpoint path, and the length to truncate texts to:
+    max_length, else a sentence-transformers directory's max_seq_length (sentence_bert_config.json), else None."""
     if encoder is None:
         raise ConfigError("method 'embedding' needs encoder= (an encoder checkpoint directory or a loaded model).")
-    return encoder
+    if not isinstance(encoder, (str, os.PathLike)):
+        return encoder, max_length
+    from llmlab.api import load
+    from llmlab.files import read_json_object
+
+    settings = Path(encoder) / SENTENCE_TRANSFORMERS_CONFIG
+    if max_length is None and settings.is_file():
+        max_length = read_json_object(settings).get("max_seq_length")
+    return load(encoder), max_length
 
 
 def order_demonstrations(demonstrations: Sequence[Record], order: str = "as_selected", *,
@@ -136,7 +143,8 @@ class DemonstrationPool:
     def __init__(self, records: Sequence[Record], *, text: TextOf = None, encoder=None,
                  max_length: int | None = None):
         """text names the field (or gives the function) that records are compared by; encoder is an encoder-only
-        checkpoint path or model for method "embedding"."""
+        checkpoint path or model for method "embedding", whose inputs are truncated to max_length tokens (default:
+        a sentence-transformers directory's max_seq_length, else the model's context)."""
         self.records = list(records)
         self.text, self.encoder, self.max_length = text, encoder, max_length
         self._keys = None
@@ -162,7 +170,7 @@ class DemonstrationPool:
             return [float(score) for score in self._bm25.get_scores(bm25_tokens(record_text(query, self.text)))]
         if method == "embedding":
             if self._embeddings is None:
-                self.encoder = _load_encoder(self.encoder)
+                self.encoder, self.max_length = _load_encoder(self.encoder, self.max_length)
                 self._embeddings = sentence_embeddings(self.encoder, self._texts(), max_length=self.max_length)
             embedded = sentence_embeddings(self.encoder, [record_text(query, self.text)], max_length=self.max_length)
             return (self._embeddings @ embedded[0].to(self._embeddings.device)).tolist()
