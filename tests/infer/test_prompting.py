@@ -97,6 +97,8 @@ def test_the_query_is_never_its_own_demonstration():
     copy = dict(records[0])  # equal text, another object
     assert select_demonstrations(records, copy, 2, "first", text="question") == records[1:3]
     assert select_demonstrations(["a", "b", "c"], "a", 2, "first") == ["b", "c"]
+    assert select_demonstrations(["a b", "b", "c", "d"], "a", 2, "first", exclude=[2]) == ["a b", "b"]
+    assert select_demonstrations(["a b", "b", "c", "d"], "a", 2, "bm25", exclude={0}) == ["b", "c"]
     with pytest.raises(ConfigError, match="only 5"):
         select_demonstrations(records, query, 6, "first", text="question")
 
@@ -235,7 +237,7 @@ def test_zero_shot_cot_stages_by_hand():
     assert ZERO_SHOT_COT_TRIGGER == "Let's think step by step."
     assert ZERO_SHOT_COT_ANSWER_TRIGGER == "Therefore, the answer (arabic numerals) is"
     assert zero_shot_cot_prompt("What is 2 + 3?") == "Q: What is 2 + 3?\nA: Let's think step by step."
-    assert zero_shot_cot_answer_prompt("What is 2 + 3?", " 2 plus 3 makes 5.") == \
+    assert zero_shot_cot_answer_prompt(zero_shot_cot_prompt("What is 2 + 3?"), " 2 plus 3 makes 5.") == \
         "Q: What is 2 + 3?\nA: Let's think step by step. 2 plus 3 makes 5. Therefore, the answer (arabic numerals) is"
 
     calls = []

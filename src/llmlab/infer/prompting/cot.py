@@ -82,11 +82,11 @@ def zero_shot_cot_prompt(question: str, trigger: str = ZERO_SHOT_COT_TRIGGER) ->
     return f"Q: {question}\nA: {trigger}"
 
 
-def zero_shot_cot_answer_prompt(question: str, reasoning: str, trigger: str = ZERO_SHOT_COT_TRIGGER,
+def zero_shot_cot_answer_prompt(reasoning_prompt: str, reasoning: str,
                                 answer_trigger: str = ZERO_SHOT_COT_ANSWER_TRIGGER) -> str:
-    """Kojima et al.'s stage 2, answer extraction: the stage-1 prompt, the generated reasoning as it came, a space and
-    "Therefore, the answer (arabic numerals) is"."""
-    return f"{zero_shot_cot_prompt(question, trigger)}{reasoning} {answer_trigger}"
+    """Kojima et al.'s stage 2, answer extraction: the stage-1 prompt, the reasoning generated after it as it came, a
+    space and "Therefore, the answer (arabic numerals) is"."""
+    return f"{reasoning_prompt}{reasoning} {answer_trigger}"
 
 
 def model_generator(model, *, tokenizer=None) -> Generator:
@@ -139,7 +139,7 @@ def zero_shot_cot(model_or_generator, questions: Sequence[str], config: Generati
     answer_config = answer_config or GenerationConfig(max_new_tokens=32)
     first = [zero_shot_cot_prompt(question) for question in questions]
     reasoning = [texts[0] for texts in _texts(generator, first, 1, config)]
-    second = [zero_shot_cot_answer_prompt(q, r) for q, r in zip(questions, reasoning)]
+    second = [zero_shot_cot_answer_prompt(p, r) for p, r in zip(first, reasoning)]
     answers = [texts[0] for texts in _texts(generator, second, 1, answer_config)]
     return [ZeroShotCoT(*values) for values in zip(first, reasoning, second, answers)]
 

@@ -21,7 +21,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,16 +176,18 @@ class DemonstrationPool:
             return (self._embeddings @ embedded[0].to(self._embeddings.device)).tolist()
         raise ConfigError(f"similarity needs method bm25 or embedding, not {method!r}.")
 
-    def select(self, query: Record, k: int, method: str = "random", seed: int = 0,
-               order: str = "as_selected") -> list[Record]:
-        """k demonstrations for the query (never the query itself), chosen by method and put in order."""
+    def select(self, query: Record, k: int, method: str = "random", seed: int = 0, order: str = "as_selected", *,
+               exclude: Collection[int] = ()) -> list[Record]:
+        """k demonstrations for the query, chosen by method and put in order: never the query itself, nor the
+        records at the indices in exclude (e.g. the query's own row of the pool in another form)."""
         if method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ConfigError(f"the number of demonstrations must be a whole number >= 0, not {k!r}.")
         query_key = _identity_key(query, self.text)
+        exclude = set(exclude)
         candidates = [i for i, (record, key) in enumerate(zip(self.records, self.keys()))
-                      if record is not query and key != query_key]
+                      if record is not query and key != query_key and i not in exclude]
         if k > len(candidates):
             raise ConfigError(f"{k} demonstrations were asked for, but the pool holds only {len(candidates)} other "
                               f"than the query.")
@@ -203,10 +205,11 @@ class DemonstrationPool:
 
 
 def select_demonstrations(pool: Sequence[Record] | DemonstrationPool, query: Record, k: int, method: str = "random",
-                          seed: int = 0, *, order: str = "as_selected", text: TextOf = None, encoder=None
-                          ) -> list[Record]:
-    """k demonstrations from the pool for the query by method ("random", "first", "bm25", "embedding"), in order;
-    pass a DemonstrationPool to reuse its BM25 index and embeddings across queries."""
+                          seed: int = 0, *, order: str = "as_selected", text: TextOf = None, encoder=None,
+                          exclude: Collection[int] = ()) -> list[Record]:
+    """k demonstrations from the pool for the query by method ("random", "first", "bm25", "embedding"), in order,
+    never the query nor the pool's records at the indices in exclude; pass a DemonstrationPool to reuse its BM25 index
+    and embeddings across queries."""
     if not isinstance(pool, DemonstrationPool):
         pool = DemonstrationPool(pool, text=text, encoder=encoder)
-    return pool.select(query, k, method, seed, order)
+    return pool.select(query, k, method, seed, order, exclude=exclude)
