@@ -2,7 +2,7 @@
 al. (2022)'s zero-shot CoT in two stages, and Wang et al. (2023)'s self-consistency (sample k reasoning paths, vote
 over their extracted answers: maj@k).
 
-    prompt = few_shot_cot_prompt("Janet has 3 apples ...")                  # "Q: … A: … The answer is 6.\\n\\n…Q: …\\nA:"
+    prompt = few_shot_cot_prompt("Janet has 3 apples ...")  # "Q: … A: … The answer is 6.\\n\\n…Q: …\\nA:"
     votes = self_consistency(model, [prompt], k=8, extract={"flexible": my_extractor})
 
 Answer extraction belongs to llmlab.evaluate.answers (lm-eval's strict and flexible rules); the evaluator passes

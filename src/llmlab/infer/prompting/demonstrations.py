@@ -39,7 +39,8 @@ TextOf = str | Callable[[Record], str] | None
 
 
 def record_text(record: Record, text: TextOf = None) -> str:
-    """The text a record is compared by: the record itself when it is a string, else its field `text` or `text(record)`."""
+    """The text a record is compared by: the record itself when it is a string, else its field `text`, or
+    `text(record)`."""
     if callable(text):
         return text(record)
     if text is None:
@@ -85,12 +86,12 @@ def sentence_embeddings(encoder, texts: Sequence[str], *, batch_size: int = EMBE
                           f"{encoder.config.arch!r}.")
     tokenizer = tokenizers.Tokenizer.from_str(require_tokenizer(encoder, "the encoder").to_str())  # a copy to reset
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length or encoder.config.max_seq_len)
+    tokenizer.enable_truncation(min(max_length or encoder.config.max_seq_len, encoder.config.max_seq_len))
     device = next(encoder.parameters()).device
     pooled = []
     for start in range(0, len(texts), batch_size):
         encodings = tokenizer.encode_batch(list(texts[start:start + batch_size]))
-        width = max(len(encoding.ids) for encoding in encodings)
+        width = max(len(encoding.ids) for encoding in encodings)  # padded with 0s: masked from attention and pooling
         ids, types, mask = (torch.tensor([row + [0] * (width - len(row)) for row in rows], device=device)
                             for rows in ([e.ids for e in encodings], [e.type_ids for e in encodings],
                                          [e.attention_mask for e in encodings]))

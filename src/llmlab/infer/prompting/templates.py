@@ -69,7 +69,8 @@ def render(template: str, record: Mapping[str, Any]) -> str:
     import jinja2
 
     if not isinstance(record, Mapping):
-        raise ConfigError(f"The prompt template {template!r} needs a record of named fields, not {type(record).__name__}.")
+        raise ConfigError(f"The prompt template {template!r} needs a record of named fields, not "
+                          f"{type(record).__name__}.")
     try:
         return _compiled(template).render(**record)
     except jinja2.exceptions.UndefinedError as error:
