@@ -46,7 +46,7 @@ class ChatTemplate:
         return format_chat(messages, self.template, self.special_tokens, add_generation_prompt)
 
 
-def _jinja_environment():
+def sandboxed_environment():
     """A sandboxed Jinja environment configured as transformers' chat templates expect."""
     try:
         import jinja2
@@ -90,7 +90,7 @@ def _compiled(template: str):
     import jinja2
 
     try:
-        return _jinja_environment().from_string(template)
+        return sandboxed_environment().from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as error:
         raise ConfigError(f"The chat template does not parse: {error.message} (line {error.lineno}).") from None
 

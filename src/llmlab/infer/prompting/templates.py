@@ -47,9 +47,9 @@ def _environment():
     newline kept, no block trimming)."""
     import jinja2
 
-    from llmlab.infer.chat import _jinja_environment
+    from llmlab.infer.chat import sandboxed_environment
 
-    return _jinja_environment().overlay(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+    return sandboxed_environment().overlay(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                         trim_blocks=False, lstrip_blocks=False)
 
 
