@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ from tests.data.test_dedup import planted_corpus
 def sharded_keep(units: list[tuple[np.ndarray, np.ndarray, np.ndarray]], buckets: int,
                  seed_documents=(), seed_bands=()) -> list[np.ndarray]:
     """Keep flags per unit (units: exact keys, has-signature, band keys) through partition, buckets and flags."""
-    seed_documents, seed_bands = np.sort(np.asarray(seed_documents, np.uint64)), np.sort(np.asarray(seed_bands, np.uint64))
+    seed_documents = np.sort(np.asarray(seed_documents, np.uint64))
+    seed_bands = np.sort(np.asarray(seed_bands, np.uint64))
 
     def duplicates(parts: list, seed: np.ndarray, counts: list[int]) -> list[np.ndarray]:
         found = [np.zeros(count, bool) for count in counts]
@@ -169,7 +169,8 @@ def test_pipeline_decisions_and_index_equal_the_streaming_deduplicator(tmp_path,
     kept = [r["text"] for r in reference({"text": r["text"]} for r in second)]
     assert kept_texts(tmp_path / "b") == kept
     counts = {key: reference.stats[key] - before[key] for key in ("exact_duplicates", "near_duplicates")}
-    assert report["stages"][-1]["counts"] == counts and counts["near_duplicates"] > 0 and counts["exact_duplicates"] > 0
+    assert report["stages"][-1]["counts"] == counts
+    assert counts["near_duplicates"] > 0 and counts["exact_duplicates"] > 0
     reference.index.save(tmp_path / "reference-b")
     for run, expected in (("a", "reference-a"), ("b", "reference-b")):
         for name in ("documents.npy", "bands.npy", "units.npy", "index.json"):
@@ -178,3 +179,19 @@ def test_pipeline_decisions_and_index_equal_the_streaming_deduplicator(tmp_path,
     assert DedupIndex.load(tmp_path / "b" / "dedup" / "index")  # readable as an index
     if bucket_rows == 50:
         assert len(list((tmp_path / "a" / "dedup" / "buckets").glob("near-*.npy"))) == 48  # 160 documents × 15 keys / 50
+
+
+def test_file_urls_name_the_same_files_and_other_filesystems_are_refused(tmp_path):
+    from llmlab.errors import ConfigError
+
+    write_units(tmp_path / "corpus", planted_corpus(distinct=30, near=10, exact=5), 3)
+    runs = {}
+    for name, prefix in (("plain", ""), ("url", "file://")):
+        data = {"sources": [{"path": prefix + str(tmp_path / "corpus")}], "compression": "gzip",
+                "stages": [{"dedup": {"near": True}}]}
+        run_pipeline(recipe_from_dict(data), prefix + str(tmp_path / name), progress=False)
+        runs[name] = {path.relative_to(tmp_path / name): path.read_bytes() for path in (tmp_path / name).rglob("*")
+                      if path.is_file() and path.name not in ("report.json", "report.md", "recipe.json")}
+    assert runs["url"] == runs["plain"] and len(runs["plain"]) > 10
+    with pytest.raises(ConfigError, match="memory://out is not on a local"):
+        run_pipeline(recipe_from_dict({"sources": [{"path": str(tmp_path / "corpus")}]}), "memory://out")

@@ -141,3 +141,16 @@ def test_worker_killed_mid_task_is_rerun(cluster, corpus, tmp_path):
     assert output_files(out) == expected and what_it_made(out) == made
     report = json.loads((out / "report.json").read_text())
     assert report["tasks"]["tokenize"] == [6, 6]
+
+
+def test_without_ray_or_with_address_but_local_the_error_is_one_sentence(monkeypatch, tmp_path, capsys):
+    from llmlab.cli.main import main
+    from llmlab.data.executors import make_executor
+    from llmlab.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as where it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'llmlab\[scale\]'"):
+        make_executor("ray")
+    recipe = write_recipe(tmp_path / "r.yaml", {"sources": [{"path": str(tmp_path)}]})
+    assert main(["data", "run", str(recipe), "--out", str(tmp_path / "out"), "--address", "x:1"]) == 2
+    assert "--executor ray" in capsys.readouterr().err and not (tmp_path / "out").exists()

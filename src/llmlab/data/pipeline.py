@@ -3,21 +3,26 @@
 Phases, each resumable (a unit's outputs are written atomically, its stats file last, and a unit whose stats
 file exists is not redone), so a run killed at any moment and run again writes the same bytes as one that was not:
 
-1. clean (worker pool): per source unit, read it, run the per-document stages (filter, langid, pii,
-   decontaminate), write the survivors (compressed JSONL), their de-duplication keys (exact key, MinHash band
-   keys) and the unit's counts;
-2. dedup (one process): the keys in unit order against what came before (the first occurrence is kept) →
-   one keep flag per document, and the updated de-duplication index;
-3. tokenizer: trained on the first de-duplicated documents in unit order (or an existing tokenizer.json);
-4. finish (worker pool): per unit, the kept documents → the cleaned corpus and (with a tokenizer) token shards;
+1. clean (a task per unit): read it, run the per-document stages (filter, langid, pii, decontaminate), write the
+   survivors (compressed JSONL), their de-duplication keys (exact key, MinHash band keys) and the unit's counts;
+2. dedup (tasks per unit and per key bucket, llmlab.data.dedup_sharded): the first occurrence of a key in unit order
+   is kept → one keep flag per document, and the updated de-duplication index; with units (line/sentence
+   de-duplication) one process reads the corpus in order;
+3. tokenizer (the driver): trained on the first de-duplicated documents in unit order (or an existing tokenizer.json);
+4. finish (a task per unit): the kept documents → the cleaned corpus and (with a tokenizer) token shards;
 5. the shard index and the report (report.json, report.md).
+
+Tasks run through an executor (llmlab.data.executors): worker processes here, or a Ray cluster; every executor and
+worker count writes the same bytes (the report differs only in executor, workers, tasks and seconds).
 
 Output layout under the recipe's output directory:
 
     recipe.json                the recipe the directory was made with (workers and output left out)
-    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy and, with
-                               dedup units, .units.jsonl.zst (2), .finished.json (4)
-    dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora)
+    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1); .exact.npy, .near.npy,
+                               .keep.npy, .dedup.json or, with dedup units, .keep.npy and .units.jsonl.zst (2);
+                               .finished.json (4)
+    dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora),
+                               buckets/ (work files: each bucket's duplicates and keys)
     documents/SOURCE/UNIT.jsonl.zst   the cleaned, de-duplicated documents
     shards/                    index.json, tokenizer.json, NAME.tokens, NAME.docs (llmlab.data.shards)
     report.json, report.md
@@ -338,7 +343,7 @@ class DedupJob:
 
 
 def bucket_count(units: list[Unit], unit_stats: list[dict], dedup: DedupStage) -> int:
-    """How many buckets the keys are cut into: at most BUCKET_ROWS keys each, and MIN_BUCKETS (one per unit) at least."""
+    """How many buckets the keys are cut into: at most BUCKET_ROWS keys each, at least MIN_BUCKETS (one per unit)."""
     documents = sum(stats["documents"] for stats in unit_stats)
     rows = documents * (1 + (dedup.bands if dedup.near else 0))
     return max(min(len(units), MIN_BUCKETS), -(-rows // BUCKET_ROWS), 1)
@@ -449,19 +454,19 @@ def keep_unit(job: DedupJob) -> dict:
 def global_dedup(output: Path, recipe: PipelineRecipe, units: list[Unit], unit_stats: list[dict], run) -> dict:
     """Keep flags for every phase-1 document (first occurrence kept), the updated index and the counts; RUN(task,
     jobs, name, done) runs a round of tasks."""
-    from llmlab.data.dedup import DedupIndex, MinHashConfig, index_minhash, open_index, seed_index
+    from llmlab.data.dedup import MinHashConfig, index_minhash, open_index, seed_index
 
     dedup = recipe.dedup
     minhash = MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)
+    seed = seed_index(local_path(dedup.index) if dedup.index else None)
     if dedup.units is not None:
-        index = open_index(dedup.index, minhash)
+        index = open_index(seed, minhash)
         counts = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
         counts.update(_dedup_with_units(output, recipe, units, index))
         index.save(output / "dedup" / "index")
         result = dict(sorted(counts.items()))
         write_json(output / "dedup" / "stats.json", result)  # last: the phase is done
         return result
-    seed = seed_index(dedup.index)
     if seed is not None:
         index_minhash(seed, minhash)
     buckets = bucket_count(units, unit_stats, dedup)
@@ -592,7 +597,7 @@ def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> 
         return path
     section = recipe.tokenizer
     if section.path is not None:
-        tokenizer = load_tokenizer(section.path)
+        tokenizer = load_tokenizer(local_path(section.path))
     else:
         training = section.train
         specials = (*objective_special_tokens(training.objective), *training.special_tokens)
@@ -724,14 +729,13 @@ def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None
     output = local_path(output if output is not None else recipe.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"the pipeline's output {output} is a file, not a directory; choose another output.")
-    output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    remove_stale_temporaries(output)
-    _check_recipe(output, recipe)
-    units = plan_units(recipe)
     runner = make_executor(executor, recipe.workers, address)
     try:
-        report = _run_phases(recipe, output, units, runner, progress)
+        output.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output)
+        _check_recipe(output, recipe)
+        report = _run_phases(recipe, output, plan_units(recipe), runner, progress)
     finally:
         runner.close()
     seconds = report["seconds"]

@@ -60,7 +60,8 @@ def build_report(recipe: PipelineRecipe, units: list, unit_stats: list[dict], de
 def report_markdown(report: dict) -> str:
     """The report as Markdown: a summary line, the stage table and the sources."""
     lines = ["# Data pipeline report", "",
-             f"{report['units']} units, {report['workers']} {report['executor']} worker(s): {report['documents']} documents"
+             f"{report['units']} units, {report['workers']} {report['executor']} worker(s): "
+             f"{report['documents']} documents"
              + (f", {report['tokens']} tokens" if report["tokens"] is not None else "")
              + f" in {report['seconds']['total']} s ({report['documents_per_second']} documents/s read).", "",
              "| stage | in | out | counts |", "|---|---:|---:|---|"]
