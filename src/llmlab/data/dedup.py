@@ -23,9 +23,10 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -103,16 +104,16 @@ class KeySet:
         self.levels.append(np.unique(keys))
         while len(self.levels) > 1 and 2 * len(self.levels[-1]) >= len(self.levels[-2]):
             newer, older = self.levels.pop(), self.levels.pop()
-            self.levels.append(_sorted_unique(np.concatenate([older, newer])))
+            self.levels.append(sorted_unique(np.concatenate([older, newer])))
 
     def to_array(self) -> np.ndarray:
         """Every key once, sorted."""
         if not self.levels:
             return np.zeros(0, dtype=np.uint64)
-        return _sorted_unique(np.concatenate(self.levels))
+        return sorted_unique(np.concatenate(self.levels))
 
 
-def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
     """Sorted distinct keys (a stable sort is a linear merge when KEYS is a few sorted runs)."""
     keys = np.sort(keys, kind="stable")
     return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
@@ -322,46 +323,36 @@ class DedupIndex:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the index to DIRECTORY atomically (a temporary directory renamed into place)."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-        try:
-            for name in self.FILES:
-                np.save(temporary / f"{name}.npy", getattr(self, name).to_array())
-            meta = {"format": INDEX_FORMAT, "hash": HASH_SCHEME, "minhash": asdict(self.minhash)}
-            (temporary / "index.json").write_text(json.dumps(meta, indent=1) + "\n")
-            follow_umask(temporary)
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-                os.replace(directory, old)
-            os.replace(temporary, directory)
-            if old is not None:
-                shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
+        save_index(directory, self.minhash, lambda name, stream: np.save(stream, getattr(self, name).to_array()))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, minhash: MinHashConfig | None = None) -> DedupIndex:
         """Read an index saved by `save`; a MINHASH differing from the stored parameters is a ConfigError."""
         directory = Path(directory)
-        meta_path = directory / "index.json"
+        stored = index_minhash(directory, minhash)
         try:
-            meta = json.loads(meta_path.read_text())
-            stored = MinHashConfig(**meta["minhash"])
-            if meta.get("format") != INDEX_FORMAT or meta.get("hash") != HASH_SCHEME:
-                raise DataError(f"de-duplication index {directory} was written by an incompatible version of llmlab.")
             arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in cls.FILES}
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError) as error:
             raise DataError(f"de-duplication index {directory} is missing or unreadable ({error}).") from error
-        if minhash is not None:
-            for name, value in asdict(minhash).items():
-                if getattr(stored, name) != value:
-                    raise ConfigError(f"MinHash {name} is {value} but the index {directory} was built with {getattr(stored, name)}.")
         if any(array.dtype != np.uint64 or array.ndim != 1 for array in arrays.values()):
             raise DataError(f"de-duplication index {directory} holds arrays that are not 1-D uint64.")
         return cls(stored, **{name: KeySet(array) for name, array in arrays.items()})
+
+
+def index_minhash(directory: str | os.PathLike, minhash: MinHashConfig | None = None) -> MinHashConfig:
+    """The MinHash parameters of the index in DIRECTORY (its index.json checked); differing from MINHASH is a
+    ConfigError."""
+    try:
+        meta = json.loads((Path(directory) / "index.json").read_text())
+        stored = MinHashConfig(**meta["minhash"])
+        if meta.get("format") != INDEX_FORMAT or meta.get("hash") != HASH_SCHEME:
+            raise DataError(f"de-duplication index {directory} was written by an incompatible version of llmlab.")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"de-duplication index {directory} is missing or unreadable ({error}).") from error
+    for name, value in asdict(minhash or stored).items():
+        if getattr(stored, name) != value:
+            raise ConfigError(f"MinHash {name} is {value} but the index {directory} was built with {getattr(stored, name)}.")
+    return stored
 
 
 class Deduplicator:
@@ -437,15 +428,46 @@ class Deduplicator:
             yield from self.process_batch(batch)
 
 
-def open_index(directory: str | os.PathLike | None, minhash: MinHashConfig = MinHashConfig()) -> DedupIndex:
-    """The index saved in DIRECTORY, or a new empty one if DIRECTORY is None, absent or empty."""
+def seed_index(directory: str | os.PathLike | None) -> Path | None:
+    """DIRECTORY if it holds a saved index, None if it is None, absent or empty; anything else is a DataError."""
     if directory is not None and Path(directory).exists() and not Path(directory).is_dir():
         raise DataError(f"{directory} is a file, not a de-duplication index directory.")
     if directory is not None and (Path(directory) / "index.json").exists():
-        return DedupIndex.load(directory, minhash)
+        return Path(directory)
     if directory is not None and Path(directory).is_dir() and any(Path(directory).iterdir()):
         raise DataError(f"{directory} is not empty and holds no de-duplication index (index.json).")
-    return DedupIndex(minhash)
+    return None
+
+
+def open_index(directory: str | os.PathLike | None, minhash: MinHashConfig = MinHashConfig()) -> DedupIndex:
+    """The index saved in DIRECTORY, or a new empty one if DIRECTORY is None, absent or empty."""
+    directory = seed_index(directory)
+    return DedupIndex.load(directory, minhash) if directory is not None else DedupIndex(minhash)
+
+
+def save_index(directory: str | os.PathLike, minhash: MinHashConfig, write: Callable[[str, BinaryIO], None]) -> None:
+    """Write an index to DIRECTORY atomically (a temporary directory renamed into place); WRITE(name, stream) writes
+    the .npy array of each of DedupIndex.FILES."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        for name in DedupIndex.FILES:
+            with open(temporary / f"{name}.npy", "wb") as stream:
+                write(name, stream)
+        meta = {"format": INDEX_FORMAT, "hash": HASH_SCHEME, "minhash": asdict(minhash)}
+        (temporary / "index.json").write_text(json.dumps(meta, indent=1) + "\n")
+        follow_umask(temporary)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(temporary, directory)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 def dedup_jsonl(

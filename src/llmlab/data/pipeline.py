@@ -3,21 +3,26 @@
 Phases, each resumable (a unit's outputs are written atomically, its stats file last, and a unit whose stats
 file exists is not redone), so a run killed at any moment and run again writes the same bytes as one that was not:
 
-1. clean (worker pool): per source unit, read it, run the per-document stages (filter, langid, pii,
-   decontaminate), write the survivors (compressed JSONL), their de-duplication keys (exact key, MinHash band
-   keys) and the unit's counts;
-2. dedup (one process): the keys in unit order against what came before (the first occurrence is kept) →
-   one keep flag per document, and the updated de-duplication index;
-3. tokenizer: trained on the first de-duplicated documents in unit order (or an existing tokenizer.json);
-4. finish (worker pool): per unit, the kept documents → the cleaned corpus and (with a tokenizer) token shards;
+1. clean (a task per unit): read it, run the per-document stages (filter, langid, pii, decontaminate), write the
+   survivors (compressed JSONL), their de-duplication keys (exact key, MinHash band keys) and the unit's counts;
+2. dedup (tasks per unit and per key bucket, llmlab.data.dedup_sharded): the first occurrence of a key in unit order
+   is kept → one keep flag per document, and the updated de-duplication index; with units (line/sentence
+   de-duplication) one process reads the corpus in order;
+3. tokenizer (the driver): trained on the first de-duplicated documents in unit order (or an existing tokenizer.json);
+4. finish (a task per unit): the kept documents → the cleaned corpus and (with a tokenizer) token shards;
 5. the shard index and the report (report.json, report.md).
+
+Tasks run through an executor (llmlab.data.executors): worker processes here, or a Ray cluster; every executor and
+worker count writes the same bytes (the report differs only in executor, workers, tasks and seconds).
 
 Output layout under the recipe's output directory:
 
     recipe.json                the recipe the directory was made with (workers and output left out)
-    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1), .keep.npy and, with
-                               dedup units, .units.jsonl.zst (2), .finished.json (4)
-    dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora)
+    units/SOURCE/UNIT.*        work files: .jsonl.zst, .keys.npy, .clean.json (phase 1); .exact.npy, .near.npy,
+                               .keep.npy, .dedup.json or, with dedup units, .keep.npy and .units.jsonl.zst (2);
+                               .finished.json (4)
+    dedup/                     stats.json, index/ (the keys seen: a de-duplication index for later corpora),
+                               buckets/ (work files: each bucket's duplicates and keys)
     documents/SOURCE/UNIT.jsonl.zst   the cleaned, de-duplicated documents
     shards/                    index.json, tokenizer.json, NAME.tokens, NAME.docs (llmlab.data.shards)
     report.json, report.md
@@ -26,14 +31,13 @@ Output layout under the recipe's output directory:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import itertools
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import threading
 import time
 import zlib
 from collections import Counter
@@ -118,6 +122,18 @@ def write_documents(path: Path, documents: Iterable[dict], compression: str) -> 
     return count
 
 
+def local_path(location: str | os.PathLike) -> Path:
+    """LOCATION, a path or an fsspec URL of a local filesystem (file://...), as a local path."""
+    if "://" not in str(location):
+        return Path(location)
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(str(location))
+    if "file" not in filesystem.protocol and "local" not in filesystem.protocol:
+        raise ConfigError(f"{location} is not on a local or mounted filesystem, which the pipeline needs for now.")
+    return Path(path)
+
+
 def remove_stale_temporaries(directory: Path) -> None:
     """Delete the temporary files and directories a killed run left behind (.NAME.*.tmp, .NAME.old.*)."""
     if not directory.is_dir():
@@ -145,6 +161,8 @@ def plan_units(recipe: PipelineRecipe) -> list[Unit]:
     """Every unit of every source, in the run's deterministic order."""
     units = []
     for index, source in enumerate(recipe.sources):
+        if "://" in source.path:
+            source = dataclasses.replace(source, path=str(local_path(source.path)))
         for unit in source_units(source):
             units.append(Unit(len(units), f"{source_name(index, recipe)}/{_safe(unit.id)}", unit))
     if len({unit.key for unit in units}) != len(units):
@@ -295,39 +313,224 @@ def _without_repeats(documents: Iterable[dict], counts: Counter) -> Iterator[dic
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Phase 2: de-duplication across units, in unit order
+# Phase 2: de-duplication across units, sharded by key (llmlab.data.dedup_sharded: the one-process rule's decisions)
+#
+#   exact parts   per unit:    .keys.npy → units/UNIT.exact.npy: [bucket offsets, rows [exact key, document id]]
+#   exact buckets per bucket:  every unit's slice → dedup/buckets/exact-B.npy: [unit offsets, duplicate ids, keys]
+#   near parts    per unit:    its exact duplicates → units/UNIT.near.npy: [bucket offsets, rows [band key, id] of the
+#                              candidates, exact-duplicate flags]
+#   near buckets  per bucket:  → dedup/buckets/near-B.npy, as the exact buckets
+#   keep          per unit:    → units/UNIT.keep.npy and, last, units/UNIT.dedup.json (the unit's counts)
+#   index, stats  driver:      the buckets' keys in bucket order are the updated index; dedup/stats.json last
+
+BUCKET_ROWS = 1 << 22  # keys per bucket (16 bytes each, and about as much again to sort): a task's memory share
+MIN_BUCKETS = 16  # buckets for parallelism even when the corpus is small (at most one per unit)
 
 
-def global_dedup(output: Path, recipe: PipelineRecipe, units: list[Unit], unit_stats: list[dict]) -> dict:
-    """Keep flags for every phase-1 document (first occurrence kept), the updated index and the counts."""
-    from llmlab.data.dedup import DedupIndex, MinHashConfig, mark_duplicates, open_index
+@dataclass(frozen=True)
+class DedupJob:
+    """What a de-duplication task needs: the recipe, the output, the bucket count, the whole seed index (or none),
+    and its unit (with, per bucket, its slice of the bucket's duplicates) or its bucket (with every unit)."""
+
+    recipe: PipelineRecipe
+    output: Path
+    buckets: int
+    seed: Path | None
+    unit: Unit | None = None
+    slices: tuple[tuple[int, int], ...] = ()
+    bucket: int = 0
+    units: tuple[Unit, ...] = ()
+
+
+def bucket_count(units: list[Unit], unit_stats: list[dict], dedup: DedupStage) -> int:
+    """How many buckets the keys are cut into: at most BUCKET_ROWS keys each, at least MIN_BUCKETS (one per unit)."""
+    documents = sum(stats["documents"] for stats in unit_stats)
+    rows = documents * (1 + (dedup.bands if dedup.near else 0))
+    return max(min(len(units), MIN_BUCKETS), -(-rows // BUCKET_ROWS), 1)
+
+
+def _write_arrays(path: Path, *arrays: np.ndarray) -> None:
+    """Write ARRAYS atomically as consecutive .npy records (llmlab.data.dedup_sharded.write_arrays)."""
+    from llmlab.data.dedup_sharded import write_arrays
+
+    with atomic_path(path) as staging, open(staging, "wb") as stream:
+        write_arrays(stream, *arrays)
+
+
+def _read_rows(path: Path, record: int, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """Rows [START, STOP) of the RECORD-th array of a file written by _write_arrays."""
+    from llmlab.data.dedup_sharded import read_rows
+
+    with open(path, "rb") as stream:
+        return read_rows(stream, record, start, stop)
+
+
+def _bucket_file(output: Path, kind: str, bucket: int) -> Path:
+    return output / "dedup" / "buckets" / f"{kind}-{bucket:05d}.npy"
+
+
+def _unit_keys(job: DedupJob) -> np.ndarray:
+    stats = read_json(unit_file(job.output, job.unit, ".clean.json"))
+    keys = np.load(unit_file(job.output, job.unit, ".keys.npy")) if stats["documents"] else None
+    return keys if keys is not None else np.zeros((0, 2 + job.recipe.dedup.bands), np.uint64)
+
+
+def exact_parts(job: DedupJob) -> dict:
+    """Task: the unit's exact keys cut into buckets."""
+    from llmlab.data.dedup_sharded import document_ids, partition
+
+    keys = _unit_keys(job)
+    _write_arrays(unit_file(job.output, job.unit, ".exact.npy"),
+                  *partition(keys[:, 0], document_ids(job.unit.position, len(keys)), job.buckets))
+    return {"unit": job.unit.key}
+
+
+def _bucket_task(job: DedupJob, kind: str, parts: str, index_file: str) -> dict:
+    """Task: one bucket's duplicates (ids of documents repeating a key of an earlier one or of the seed index)."""
+    from llmlab.data.dedup_sharded import bucket_bounds, bucket_duplicates, read_rows, sorted_range, unit_offsets
+
+    rows = []
+    for unit in job.units:
+        with open(unit_file(job.output, unit, parts), "rb") as stream:
+            offsets = read_rows(stream, 0)
+            rows.append(read_rows(stream, 1, int(offsets[job.bucket]), int(offsets[job.bucket + 1])))
+    seed = np.zeros(0, np.uint64)
+    if job.seed is not None:
+        with open(job.seed / index_file, "rb") as stream:
+            seed = sorted_range(stream, *bucket_bounds(job.bucket, job.buckets))
+    duplicates, keys = bucket_duplicates(np.concatenate(rows) if rows else np.zeros((0, 2), np.uint64), seed)
+    _write_arrays(_bucket_file(job.output, kind, job.bucket), unit_offsets(duplicates, len(job.units)), duplicates,
+                  keys)
+    return {"bucket": job.bucket}
+
+
+def exact_bucket(job: DedupJob) -> dict:
+    """Task: one bucket of exact keys."""
+    return _bucket_task(job, "exact", ".exact.npy", "documents.npy")
+
+
+def near_bucket(job: DedupJob) -> dict:
+    """Task: one bucket of MinHash band keys."""
+    return _bucket_task(job, "near", ".near.npy", "bands.npy")
+
+
+def _duplicate_flags(job: DedupJob, kind: str, count: int) -> np.ndarray:
+    """Which of the unit's COUNT documents a bucket of KIND found repeating a key."""
+    from llmlab.data.dedup_sharded import flags
+
+    marked = np.zeros(count, dtype=bool)
+    for bucket, (start, stop) in enumerate(job.slices):
+        if stop > start:
+            marked |= flags(count, _read_rows(_bucket_file(job.output, kind, bucket), 1, start, stop))
+    return marked
+
+
+def near_parts(job: DedupJob) -> dict:
+    """Task: the unit's exact duplicates, and the band keys of its candidates (the others with a signature) cut
+    into buckets."""
+    from llmlab.data.dedup_sharded import document_ids, partition
+
+    dedup, keys = job.recipe.dedup, _unit_keys(job)
+    exact = _duplicate_flags(job, "exact", len(keys)) if dedup.exact else np.zeros(len(keys), dtype=bool)
+    candidates = np.flatnonzero(~exact & keys[:, 1].astype(bool)) if dedup.near else np.zeros(0, np.int64)
+    offsets, rows = partition(keys[candidates, 2:], document_ids(job.unit.position, len(keys))[candidates],
+                              job.buckets)
+    _write_arrays(unit_file(job.output, job.unit, ".near.npy"), offsets, rows, exact)
+    return {"unit": job.unit.key}
+
+
+def keep_unit(job: DedupJob) -> dict:
+    """Task: the unit's keep flags (neither an exact nor a near duplicate) and its counts."""
+    exact = _read_rows(unit_file(job.output, job.unit, ".near.npy"), 2)
+    near = _duplicate_flags(job, "near", len(exact)) if job.recipe.dedup.near else np.zeros(len(exact), bool)
+    with atomic_path(unit_file(job.output, job.unit, ".keep.npy")) as staging, open(staging, "wb") as stream:
+        np.save(stream, ~exact & ~near)
+    counts = {"in": len(exact), "out": int((~exact & ~near).sum()), "exact_duplicates": int(exact.sum()),
+              "near_duplicates": int(near.sum())}
+    write_json(unit_file(job.output, job.unit, ".dedup.json"), counts)  # last: the unit is done
+    return counts
+
+
+def global_dedup(output: Path, recipe: PipelineRecipe, units: list[Unit], unit_stats: list[dict], run) -> dict:
+    """Keep flags for every phase-1 document (first occurrence kept), the updated index and the counts; RUN(task,
+    jobs, name, done) runs a round of tasks."""
+    from llmlab.data.dedup import MinHashConfig, index_minhash, open_index, seed_index
 
     dedup = recipe.dedup
     minhash = MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)
-    index = open_index(dedup.index, minhash) if dedup.index else DedupIndex(minhash)
-    counts: Counter = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
+    seed = seed_index(local_path(dedup.index) if dedup.index else None)
     if dedup.units is not None:
+        index = open_index(seed, minhash)
+        counts = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
         counts.update(_dedup_with_units(output, recipe, units, index))
-    for unit, stats in zip(units, unit_stats if dedup.units is None else ()):
-        keys = np.load(unit_file(output, unit, ".keys.npy")) if stats["documents"] else np.zeros((0, 2), np.uint64)
-        keep = np.ones(len(keys), dtype=bool)
-        if dedup.exact and len(keys):
-            exact = mark_duplicates(keys[:, 0].copy(), index.documents)
-            counts["exact_duplicates"] += int(exact.sum())
-            keep &= ~exact
-        if dedup.near and keep.any():
-            survivors = np.flatnonzero(keep)
-            near = mark_duplicates(keys[survivors, 2:], index.bands, keys[survivors, 1].astype(bool))
-            keep[survivors[near]] = False
-            counts["near_duplicates"] += int(near.sum())
-        counts["in"] += len(keys)
-        counts["out"] += int(keep.sum())
-        with atomic_path(unit_file(output, unit, ".keep.npy")) as staging, open(staging, "wb") as stream:
-            np.save(stream, keep)
-    index.save(output / "dedup" / "index")
+        index.save(output / "dedup" / "index")
+        result = dict(sorted(counts.items()))
+        write_json(output / "dedup" / "stats.json", result)  # last: the phase is done
+        return result
+    if seed is not None:
+        index_minhash(seed, minhash)
+    buckets = bucket_count(units, unit_stats, dedup)
+    unit_jobs = [DedupJob(recipe, output, buckets, seed, unit=unit) for unit in units]
+    bucket_jobs = [DedupJob(recipe, output, buckets, seed, bucket=bucket, units=tuple(units))
+                   for bucket in range(buckets)]
+
+    def per_unit(task, suffix: str, kind: str | None) -> None:
+        slices = _unit_slices(output, kind, buckets, len(units)) if kind else [()] * len(units)
+        run(task, [dataclasses.replace(job, slices=tuple(mine)) for job, mine in zip(unit_jobs, slices)
+                   if not unit_file(output, job.unit, suffix).is_file()], f"dedup {task.__name__}", len(units))
+
+    def per_bucket(task, kind: str) -> None:
+        run(task, [job for job in bucket_jobs if not _bucket_file(output, kind, job.bucket).is_file()],
+            f"dedup {task.__name__}", buckets)
+
+    if dedup.exact:
+        per_unit(exact_parts, ".exact.npy", None)
+        per_bucket(exact_bucket, "exact")
+    per_unit(near_parts, ".near.npy", "exact" if dedup.exact else None)
+    if dedup.near:
+        per_bucket(near_bucket, "near")
+    per_unit(keep_unit, ".dedup.json", "near" if dedup.near else None)
+    kinds = [kind for kind, wanted in (("exact", dedup.exact), ("near", dedup.near)) if wanted]
+    _save_sharded_index(output, minhash, seed, kinds, buckets)
+    counts = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
+    for unit in units:
+        counts.update(read_json(unit_file(output, unit, ".dedup.json")))
     result = dict(sorted(counts.items()))
     write_json(output / "dedup" / "stats.json", result)  # last: the phase is done
     return result
+
+
+def _unit_slices(output: Path, kind: str, buckets: int, units: int) -> list[list[tuple[int, int]]]:
+    """Per unit, per bucket of KIND: the unit's slice [start, stop) of the bucket's duplicate ids."""
+    offsets = np.stack([_read_rows(_bucket_file(output, kind, bucket), 0) for bucket in range(buckets)], axis=1)
+    return [[(int(start), int(stop)) for start, stop in zip(offsets[unit], offsets[unit + 1])]
+            for unit in range(units)]
+
+
+def _save_sharded_index(output: Path, minhash, seed: Path | None, kinds: list[str], buckets: int) -> None:
+    """Write dedup/index: per kind de-duplicated here, the buckets' keys in bucket order; otherwise the seed's."""
+    from llmlab.data.dedup import save_index
+    from llmlab.data.dedup_sharded import write_concatenated
+
+    kind_of = {"documents": "exact", "bands": "near"}
+
+    def write(name: str, stream) -> None:
+        if kind_of.get(name) in kinds:
+            files = [(_bucket_file(output, kind_of[name], bucket), 2) for bucket in range(buckets)]
+        else:
+            files = [(seed / f"{name}.npy", 0)] if seed is not None else []
+        total = sum(_array_length(path, record) for path, record in files)
+        write_concatenated(stream, (_read_rows(path, record) for path, record in files), total)
+
+    save_index(output / "dedup" / "index", minhash, write)
+
+
+def _array_length(path: Path, record: int) -> int:
+    """The length of the RECORD-th array of a file written by _write_arrays, read from its header."""
+    from llmlab.data.dedup_sharded import record_length
+
+    with open(path, "rb") as stream:
+        return record_length(stream, record)
 
 
 def _dedup_with_units(output: Path, recipe: PipelineRecipe, units: list[Unit], index) -> Counter:
@@ -368,11 +571,12 @@ def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.nd
 # Phase 3: the tokenizer
 
 
-def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit], keeps: list) -> Iterator[str]:
+def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> Iterator[str]:
     """The first de-duplicated texts in unit order, within the training's max_documents and max_chars."""
     training = recipe.tokenizer.train
     documents = characters = 0
-    for unit, keep in zip(units, keeps):
+    for unit in units:
+        keep = unit_keep(output, unit) if recipe.dedup is not None else None
         for document in kept_documents(output, recipe, unit, keep):
             if training.max_documents is not None and documents >= training.max_documents:
                 return
@@ -383,7 +587,7 @@ def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit], ke
             yield document["text"]
 
 
-def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit], keeps: list) -> Path:
+def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> Path:
     """Train (or copy) the tokenizer into shards/tokenizer.json, unless a previous run already did."""
     from llmlab.data.tokenizer import (TOKENIZER_FILE, load_tokenizer, objective_special_tokens, save_tokenizer,
                                        train_tokenizer)
@@ -393,11 +597,11 @@ def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit], kee
         return path
     section = recipe.tokenizer
     if section.path is not None:
-        tokenizer = load_tokenizer(section.path)
+        tokenizer = load_tokenizer(local_path(section.path))
     else:
         training = section.train
         specials = (*objective_special_tokens(training.objective), *training.special_tokens)
-        tokenizer = train_tokenizer(tokenizer_sample(output, recipe, units, keeps), training.vocab_size, training.kind,
+        tokenizer = train_tokenizer(tokenizer_sample(output, recipe, units), training.vocab_size, training.kind,
                                     special_tokens=specials)
     save_tokenizer(tokenizer, path.parent)
     return path
@@ -493,41 +697,14 @@ def unit_keep(output: Path, unit: Unit) -> np.ndarray:
 # Running the phases
 
 
-def _watch_parent(parent: int) -> None:
-    """Worker initializer: exit when the parent dies (killed), rather than linger as an orphan."""
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
+def _run_tasks(executor, function: Callable, jobs: list, description: str, total: int, progress: bool) -> int:
+    """Run FUNCTION on every job through EXECUTOR, with a progress bar over the TOTAL tasks; return how many ran."""
+    from tqdm.auto import tqdm
 
-
-class Workers:
-    """Spawned worker processes (none when count is 1), started at their first use and shared by the phases."""
-
-    def __init__(self, count: int):
-        self.count, self.pool = count, None
-
-    def run(self, function: Callable[[Job], dict], jobs: list[Job], description: str, done: int, total: int,
-            progress: bool) -> None:
-        """Run FUNCTION on every job, in any order, with a progress bar over the units."""
-        from tqdm.auto import tqdm
-
-        results = map(function, jobs)
-        if self.count > 1 and len(jobs) > 1:
-            if self.pool is None:
-                context = multiprocessing.get_context("spawn")  # fork is unsafe with threads (tokenizers, torch)
-                self.pool = context.Pool(self.count, initializer=_watch_parent, initargs=(os.getpid(),))
-            results = self.pool.imap_unordered(function, jobs)
-        with tqdm(total=total, initial=done, desc=description, unit="unit", disable=not progress) as bar:
-            for _ in results:
-                bar.update()
-
-    def close(self) -> None:
-        """Stop the worker processes (at the end every job is done; after an error the others are abandoned)."""
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+    with tqdm(total=total, initial=total - len(jobs), desc=description, unit="task", disable=not progress) as bar:
+        for _ in executor.map(function, jobs):
+            bar.update()
+    return len(jobs)
 
 
 def _check_recipe(output: Path, recipe: PipelineRecipe) -> None:
@@ -541,23 +718,26 @@ def _check_recipe(output: Path, recipe: PipelineRecipe) -> None:
         write_json(path, data)
 
 
-def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Run (or finish) the whole pipeline into OUTPUT (default: the recipe's output); return the report."""
+def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None, progress: bool = True,
+                 executor: str = "local", address: str | None = None) -> dict:
+    """Run (or finish) the whole pipeline into OUTPUT (default: the recipe's output) with the EXECUTOR (local or ray,
+    ADDRESS: a Ray cluster to join) and recipe.workers workers; return the report."""
+    from llmlab.data.executors import make_executor
+
     if output is None and recipe.output is None:
         raise ConfigError("the recipe names no output directory; give output: in the recipe or --out.")
-    output = Path(output if output is not None else recipe.output)
+    output = local_path(output if output is not None else recipe.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"the pipeline's output {output} is a file, not a directory; choose another output.")
-    output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    remove_stale_temporaries(output)
-    _check_recipe(output, recipe)
-    units = plan_units(recipe)
-    workers = Workers(recipe.workers)
+    runner = make_executor(executor, recipe.workers, address)
     try:
-        report = _run_phases(recipe, output, units, workers, progress)
+        output.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output)
+        _check_recipe(output, recipe)
+        report = _run_phases(recipe, output, plan_units(recipe), runner, progress)
     finally:
-        workers.close()
+        runner.close()
     seconds = report["seconds"]
     seconds["total"] = round(time.perf_counter() - started, 3)
     report["documents_per_second"] = round(report["stages"][0]["out"] / max(seconds["total"], 1e-9), 1)
@@ -566,41 +746,44 @@ def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None
     return report
 
 
-def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], workers: Workers, progress: bool) -> dict:
+def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], executor, progress: bool) -> dict:
     """Phases 1 to 5 (see the module's docstring); the report without the total time."""
-    seconds = {}
+    seconds, tasks = {}, {}
+
+    def run(function: Callable, jobs: list, description: str, total: int, phase: str) -> None:
+        done = _run_tasks(executor, function, jobs, description, total, progress)
+        tasks[phase] = [a + b for a, b in zip(tasks.get(phase, (0, 0)), (total, done))]
 
     phase = time.perf_counter()
     pending = [unit for unit in units if not unit_file(output, unit, ".clean.json").is_file()]
-    workers.run(clean_unit, [Job(recipe, output, unit) for unit in pending], "clean", len(units) - len(pending),
-                len(units), progress)
+    run(clean_unit, [Job(recipe, output, unit) for unit in pending], "clean", len(units), "clean")
     unit_stats = [read_json(unit_file(output, unit, ".clean.json")) for unit in units]
     seconds["clean"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
-    dedup_stats, keeps = None, [None] * len(units)
+    dedup_stats = None
     if recipe.dedup is not None:
         if not (output / "dedup" / "stats.json").is_file():
-            global_dedup(output, recipe, units, unit_stats)
+            global_dedup(output, recipe, units, unit_stats,
+                         lambda function, jobs, description, total: run(function, jobs, description, total, "dedup"))
         dedup_stats = read_json(output / "dedup" / "stats.json")
-        keeps = [unit_keep(output, unit) for unit in units]
     seconds["dedup"] = time.perf_counter() - phase
 
     if recipe.tokenizer is not None:
         phase = time.perf_counter()
-        build_tokenizer(output, recipe, units, keeps)
+        build_tokenizer(output, recipe, units)
         seconds["tokenizer"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
     pending = [unit for unit in units if not unit_file(output, unit, ".finished.json").is_file()]
     phase_name = "tokenize" if recipe.tokenizer is not None else "write"
-    workers.run(finish_unit, [Job(recipe, output, unit) for unit in pending], phase_name, len(units) - len(pending),
-                len(units), progress)
+    run(finish_unit, [Job(recipe, output, unit) for unit in pending], phase_name, len(units), phase_name)
     finished = [read_json(unit_file(output, unit, ".finished.json")) for unit in units]
     if recipe.tokenizer is not None:
         _write_shard_index(output, finished)
     seconds[phase_name] = time.perf_counter() - phase
-    return build_report(recipe, units, unit_stats, dedup_stats, finished, seconds)
+    return build_report(recipe, units, unit_stats, dedup_stats, finished, seconds,
+                        {"executor": executor.name, "workers": executor.workers, "tasks": tasks})
 
 
 def _write_shard_index(output: Path, finished: list[dict]) -> None:

@@ -22,8 +22,10 @@ def _summed(dicts) -> dict:
 
 
 def build_report(recipe: PipelineRecipe, units: list, unit_stats: list[dict], dedup: dict | None,
-                 finished: list[dict], seconds: dict) -> dict:
-    """The run's report from the units' stats files, the dedup counts and the finished units (shard entries)."""
+                 finished: list[dict], seconds: dict, run: dict | None = None) -> dict:
+    """The run's report from the units' stats files, the dedup counts and the finished units (shard entries); RUN:
+    how it ran (executor, workers, tasks: per phase [tasks, of which this invocation ran]), which differs between
+    executors and resumed runs while the rest does not."""
     from llmlab.data.pipeline import source_name
 
     read = _summed(stats["read"] for stats in unit_stats)
@@ -50,14 +52,16 @@ def build_report(recipe: PipelineRecipe, units: list, unit_stats: list[dict], de
         sources.append({"name": name, "path": recipe.sources[index].path, "units": len(mine),
                         "read": _summed(stats["read"] for stats in mine),
                         "kept": sum(stats["documents"] for stats in mine)})
-    return {"units": len(units), "workers": recipe.workers, "documents": documents, "tokens": tokens,
-            "sources": sources, "stages": stages, "seconds": {key: round(value, 3) for key, value in seconds.items()}}
+    run = {"executor": "local", "workers": recipe.workers, "tasks": {}, **(run or {})}
+    return {"units": len(units), "documents": documents, "tokens": tokens, "sources": sources, "stages": stages,
+            **run, "seconds": {key: round(value, 3) for key, value in seconds.items()}}
 
 
 def report_markdown(report: dict) -> str:
     """The report as Markdown: a summary line, the stage table and the sources."""
     lines = ["# Data pipeline report", "",
-             f"{report['units']} units, {report['workers']} worker(s): {report['documents']} documents"
+             f"{report['units']} units, {report['workers']} {report['executor']} worker(s): "
+             f"{report['documents']} documents"
              + (f", {report['tokens']} tokens" if report["tokens"] is not None else "")
              + f" in {report['seconds']['total']} s ({report['documents_per_second']} documents/s read).", "",
              "| stage | in | out | counts |", "|---|---:|---:|---|"]
@@ -69,7 +73,11 @@ def report_markdown(report: dict) -> str:
     for source in report["sources"]:
         counts = ", ".join(f"{key} {value}" for key, value in source["read"].items()) or "–"
         lines.append(f"| {source['name']} | {source['path']} | {source['units']} | {source['kept']} | {counts} |")
-    lines += ["", "Seconds per phase: " + ", ".join(f"{key} {value}" for key, value in report["seconds"].items()), ""]
+    lines += ["", "| phase | tasks | run now | seconds |", "|---|---:|---:|---:|"]
+    for phase, value in report["seconds"].items():
+        total, run = report["tasks"].get(phase, ("–", "–"))
+        lines.append(f"| {phase} | {total} | {run} | {value} |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""`llmlab data run RECIPE.yaml [--out DIR] [--workers N]`: run a whole data pipeline recipe (resumable)."""
+"""`llmlab data run RECIPE.yaml [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]`: run a whole data
+pipeline recipe (resumable), on this machine or on a Ray cluster."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "finishes a killed run: only the unfinished units are redone.")
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the pipeline recipe")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: the recipe's output)")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the recipe's workers)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="worker processes, or with ray tasks at once (default: the recipe's workers)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="where the tasks run: worker processes here (default), or a Ray cluster")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="with --executor ray: the cluster to join (ray start --head prints it; default: start a "
+                             "local Ray instance of --workers CPUs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_recipe)
 
@@ -27,7 +34,8 @@ def run_recipe(arguments: argparse.Namespace) -> None:
     from llmlab.data.pipeline_report import report_markdown
 
     recipe = load_pipeline_recipe(arguments.recipe, {"workers": arguments.workers, "output": arguments.out})
-    report = run_pipeline(recipe, progress=not arguments.no_progress)
+    report = run_pipeline(recipe, progress=not arguments.no_progress, executor=arguments.executor,
+                          address=arguments.address)
     print(report_markdown(report))
     warn_truncated(report["stages"][0]["counts"])
     print(f"wrote {recipe.output}")
