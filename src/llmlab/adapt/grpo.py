@@ -15,7 +15,7 @@ from functools import partial
 import torch
 
 from llmlab.adapt.method import FinetuneContext, MethodParts
-from llmlab.adapt.rewards import mean_reward, scorer_from_params
+from llmlab.adapt.rewards import held_out_reward, scorer_from_params
 from llmlab.adapt.rollout import (
     RolloutBatches, check_params, check_rollout_model, evaluation_logprobs, reference_logprobs, sample,
     sampling_config, sequence_logprobs,
@@ -23,7 +23,7 @@ from llmlab.adapt.rollout import (
 from llmlab.errors import ConfigError
 
 PARAMETERS = {
-    "reward": None,  # reward functions: a name of llmlab.adapt.rewards.REWARD_FUNCTIONS or module.path:function, or a list
+    "reward": None,  # reward functions, one or a list: names in llmlab.adapt.rewards.REWARD_FUNCTIONS, module:function
     "reward_weights": None,  # one weight per reward function (1.0 each by default)
     "reward_model": None,  # a reward model directory (llmlab.adapt.reward), scoring prompt + completion
     "num_generations": 4,  # G, completions per prompt
@@ -44,7 +44,7 @@ ADVANTAGE_EPSILON = 1e-4  # TRL's, added to the group's standard deviation
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
                      eps: float = ADVANTAGE_EPSILON) -> torch.Tensor:
     """Each reward [rows] (groups of group_size consecutive rows) minus its group's mean, divided by the group's
-    (unbiased) standard deviation + eps when scale."""
+    unbiased standard deviation + eps when scale."""
     groups = rewards.float().view(-1, group_size)
     advantages = groups - groups.mean(dim=1, keepdim=True)
     if scale:
@@ -61,7 +61,7 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
                     ref_logps: torch.Tensor | None = None, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
                     beta: float = 0.0) -> torch.Tensor:
-    """Per-token loss [rows, C]: −min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high)A), ρ = exp(logp − old), plus β·k3 KL."""
+    """Per-token loss [rows, C]: −min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high)·A), ρ = exp(logp − old), plus β·k3."""
     advantages = advantages[:, None] if advantages.dim() == 1 else advantages
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
@@ -122,14 +122,10 @@ def build(context: FinetuneContext) -> MethodParts:
 
     batches = RolloutBatches(context.examples, collect, params["prompts_per_step"], params["minibatches"],
                              params["num_iterations"], context.seed)
-    evaluate = None
-    if context.held_out:
-        greedy = config.replace(do_sample=False, n=1)
-        evaluate = lambda model: {"reward": mean_reward(model, context.held_out, context.encode_prompt,  # noqa: E731
-                                                        scorer, greedy, context.tokenizer)}
     loss_fn = partial(grpo_loss, epsilon_low=params["epsilon"], epsilon_high=epsilon_high, beta=params["beta"],
                       temperature=temperature)
     notes = [f"grpo: {params['prompts_per_step']} prompts × {group} completions a rollout"
              + (f", KL to the {'base without the adapter' if context.adapter_disabled else 'initial model'} "
                 f"(beta {params['beta']})" if params["beta"] else "")]
-    return MethodParts(loss_fn=loss_fn, batches=batches, evaluate=evaluate, notes=notes)
+    return MethodParts(loss_fn=loss_fn, batches=batches, evaluate=held_out_reward(context, scorer, config),
+                       notes=notes)

@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from llmlab.adapt.method import FinetuneContext, MethodParts
-from llmlab.adapt.rewards import mean_reward, scorer_from_params
+from llmlab.adapt.rewards import held_out_reward, scorer_from_params
 from llmlab.adapt.rollout import (
-    RolloutBatches, check_params, check_rollout_model, completion_logprobs, model_inputs, reference_logprobs, sample,
-    sampling_config,
+    RolloutBatches, check_params, check_rollout_model, completion_logprobs, evaluation_mode, model_inputs,
+    reference_logprobs, sample, sampling_config,
 )  # fmt: skip
 from llmlab.errors import CheckpointError, ConfigError
 
 PARAMETERS = {
-    "reward": None,  # reward functions: a name of llmlab.adapt.rewards.REWARD_FUNCTIONS or module.path:function, or a list
+    "reward": None,  # reward functions, one or a list: names in llmlab.adapt.rewards.REWARD_FUNCTIONS, module:function
     "reward_weights": None,  # one weight per reward function (1.0 each by default)
     "reward_model": None,  # a reward model directory (llmlab.adapt.reward), scoring prompt + completion
     "prompts_per_step": 8,  # prompts (one completion each) per rollout
@@ -219,10 +219,8 @@ def build(context: FinetuneContext) -> MethodParts:
         if params["missing_eos_penalty"] is not None:
             ran_out = torch.tensor([reason == "length" for reason in rollout.finish_reasons], device=scores.device)
             scores = scores - params["missing_eos_penalty"] * ran_out
-        was_training = model.training
-        model.eval()
-        output = model(**model_inputs(model, batch))
-        model.train(was_training)
+        with evaluation_mode(model):
+            output = model(**model_inputs(model, batch))
         mask = batch["completion_mask"]
         logps = completion_logprobs(output.logits, batch, temperature)
         values = completion_values(output.values, batch)
@@ -238,18 +236,10 @@ def build(context: FinetuneContext) -> MethodParts:
 
     batches = RolloutBatches(context.examples, collect, params["prompts_per_step"], params["minibatches"],
                              params["ppo_epochs"], context.seed)
-    evaluate = None
-    if context.held_out:
-        greedy = config.replace(do_sample=False)
-
-        def evaluate(trained: nn.Module) -> dict[str, float]:
-            trained = trained.policy if isinstance(trained, PolicyWithValue) else trained
-            return {"reward": mean_reward(trained, context.held_out, context.encode_prompt, scorer, greedy,
-                                          context.tokenizer)}
     loss_fn = partial(ppo_loss, cliprange=params["cliprange"], cliprange_value=params["cliprange_value"],
                       vf_coef=params["vf_coef"], temperature=temperature)
-    reference_kind = "the base without the adapter" if context.adapter_disabled else "a frozen copy of the initial model"
+    reference_kind = "the base without its adapter" if context.adapter_disabled else "a copy of the initial model"
     notes = [f"ppo: {params['prompts_per_step']} prompts a rollout, {params['ppo_epochs']} epochs of "
              f"{params['minibatches']} minibatches, KL (kl_coef {params['kl_coef']}) to {reference_kind}"]
-    return MethodParts(loss_fn=loss_fn, batches=batches, model=model, evaluate=evaluate,
-                       extra_state=model.value_head_state, notes=notes)
+    return MethodParts(loss_fn=loss_fn, batches=batches, model=model, extra_state=model.value_head_state,
+                       evaluate=held_out_reward(context, scorer, config), notes=notes)

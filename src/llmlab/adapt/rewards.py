@@ -57,7 +57,7 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {"exact_match": exact_match, "stri
 
 
 def load_reward_function(spec: str | RewardFunction) -> RewardFunction:
-    """The reward function a recipe names: a ready-made one (REWARD_FUNCTIONS), `module.path:function`, or a callable."""
+    """The reward function a recipe names: one of REWARD_FUNCTIONS, `module.path:function`, or a callable."""
     if callable(spec):
         return spec
     if not isinstance(spec, str):
@@ -146,3 +146,17 @@ def mean_reward(model, records: Sequence[dict], encode_prompt: Callable, scorer:
         rollout = sample(model, [encode_prompt(record["prompt"]) for record in chunk], config, tokenizer)
         total += float(scorer([record for record in chunk for _ in range(config.n)], rollout).sum())
     return total / (len(records) * config.n)
+
+
+def held_out_reward(context, scorer: Scorer, config: GenerationConfig) -> Callable | None:
+    """MethodParts.evaluate for PPO and GRPO: {"reward": the mean reward of greedy completions of the held-out
+    prompts} for the trained model (a policy with a value head: its policy), or None without held-out prompts."""
+    if not context.held_out:
+        return None
+    greedy = config.replace(do_sample=False, n=1)
+
+    def evaluate(model) -> dict[str, float]:
+        policy = getattr(model, "policy", model)
+        return {"reward": mean_reward(policy, context.held_out, context.encode_prompt, scorer, greedy,
+                                      context.tokenizer)}
+    return evaluate

@@ -8,8 +8,9 @@ the left, followed by its completion, padded on the right, so that every complet
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,18 @@ def sampling_config(model, max_new_tokens: int, temperature: float, top_p: float
                             n=n, eos_token_id=eos)
 
 
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode under no_grad, its mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], config: GenerationConfig, tokenizer=None) -> Rollout:
     """config.n completions of each prompt (token ids) from generate, in eval mode (the model's mode restored).
@@ -72,16 +85,11 @@ def sample(model, prompts: list[list[int]], config: GenerationConfig, tokenizer=
     With config.seed, every row draws from one generator seeded with it, the caller's random state untouched
     (generate's own seeds give sample j of every prompt the same noise, which ties the rows of a batch together)."""
     seed, config = config.seed, config.replace(seed=None)
-    was_training = model.training
-    model.eval()
     devices = list(range(torch.cuda.device_count())) if model.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(seed)
-            result = generate(model, prompts, config, tokenizer=tokenizer)
-    finally:
-        model.train(was_training)
+    with evaluation_mode(model), torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        result = generate(model, prompts, config, tokenizer=tokenizer)
     device, pad = model.device, model.config.pad_token_id or 0  # padding is masked: any id in the vocabulary does
     prompt_ids, prompt_mask = left_padded([prompt for prompt in prompts for _ in range(config.n)], pad, device)
     width = max(map(len, result.tokens))
@@ -117,15 +125,10 @@ def sequence_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Ten
     return completion_logprobs(model(**model_inputs(model, batch)).logits, batch, temperature)
 
 
-@torch.no_grad()
 def evaluation_logprobs(model: nn.Module, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """sequence_logprobs under no_grad in eval mode (the model's mode restored), as a rollout records them."""
-    was_training = model.training
-    model.eval()
-    try:
+    """sequence_logprobs in evaluation_mode, as a rollout records them."""
+    with evaluation_mode(model):
         return sequence_logprobs(model, batch, temperature)
-    finally:
-        model.train(was_training)
 
 
 def reference_logprobs(policy: nn.Module, adapter_disabled: Callable | None = None
