@@ -253,3 +253,20 @@ def test_mfu_is_recorded_when_the_peak_is_given():
     record = Trainer(model, TrainConfig(steps=1, peak_flops=1e12), batches, progress=False).train_step()
     expected = training_flops_per_token(model.num_parameters(), 2, 64, 16) * 32 / record["step_time_s"] / 1e12
     assert record["mfu"] == pytest.approx(expected)
+
+
+def test_a_loss_functions_metrics_are_logged_as_means_over_the_labelled_positions():
+    def counted_loss(model, batch):  # a micro-batch of `count` positions, each contributing `scale` to the metric
+        count = batch["count"]
+        return model(batch["input_ids"], 1.0).loss * count, count, {"seen": batch["scale"] * count}
+
+    def batches():
+        while True:  # two micro-batches per step: 1 position with value 1, 3 positions with value 5
+            yield {"input_ids": torch.zeros(1), "scale": torch.tensor(1.0), "count": torch.tensor(1)}
+            yield {"input_ids": torch.zeros(1), "scale": torch.tensor(5.0), "count": torch.tensor(3)}
+
+    trainer = Trainer(LinearLoss(), TrainConfig(steps=1, lr=0.01, grad_accum=2), batches(), progress=False,
+                      loss_fn=counted_loss)
+    record = trainer.train_step()
+    assert record["seen"] == pytest.approx((1 * 1 + 5 * 3) / 4)  # weighted by positions, not by micro-batch
+    assert record["loss"] == pytest.approx(10.0)

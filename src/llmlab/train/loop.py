@@ -319,17 +319,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         micro_batches = [self._next_batch() for _ in range(config.grad_accum)]
         world = distributed.world_size()
-        summed_losses, counts = [], []
+        summed_losses, counts, metric_sums = [], [], {}
         for index, batch in enumerate(micro_batches):
             with distributed.gradient_sync(self.parallel_model, enabled=index == len(micro_batches) - 1):
-                summed, count, _ = self._loss(batch)
+                summed, count, metrics = self._loss(batch)
                 (self.scaler.scale(summed) if self.scaler is not None else summed).backward()
             summed_losses.append(summed.detach())
             counts.append(count)
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + (value.detach() if torch.is_tensor(value) else value)
         tokens = sum(batch["input_ids"].numel() for batch in micro_batches)
-        loss_sum, total_count, tokens = distributed.all_reduce_sum(
-            [float(sum(summed_losses)), float(sum(counts)), tokens], self.device)
+        names = sorted(metric_sums)  # every rank's loss function reports the same metrics
+        loss_sum, total_count, tokens, *metric_values = distributed.all_reduce_sum(
+            [float(sum(summed_losses)), float(sum(counts)), tokens, *(float(metric_sums[name]) for name in names)],
+            self.device)
         loss_sum = loss_sum / total_count if total_count else math.nan
+        # a loss function's metrics are sums over its labelled positions, as its loss: logged as their means
+        means = {name: value / total_count if total_count else math.nan for name, value in zip(names, metric_values)}
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -357,7 +363,8 @@ class Trainer:
         step_time = time.perf_counter() - started
         record = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens / step_time, "step_time_s": step_time,
-                  "skipped_steps": sum(self.skipped.values()), "rollbacks": self.rollbacks}  # fmt: skip
+                  "skipped_steps": sum(self.skipped.values()), "rollbacks": self.rollbacks,
+                  **{name: value for name, value in means.items() if name != "loss"}}  # fmt: skip
         if config.peak_flops and hasattr(self.model, "config"):
             model_config = self.model.config
             flops = training_flops_per_token(sum(p.numel() for p in self.model.parameters()), model_config.n_layers,
