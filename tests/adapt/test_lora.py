@@ -14,7 +14,8 @@ from llmlab.adapt.lora import (LoraConfig, adapter_state, apply_lora, disabled, 
                                save_adapter)
 from llmlab.errors import CheckpointError, ConfigError  # noqa: E402
 from llmlab.model import Model, presets  # noqa: E402
-from tests.model.parity import hf_logits, max_diff_unpadded, our_logits, perturb_vectors, right_padded_batch  # noqa: E402
+from tests.model.parity import (hf_logits, max_diff_unpadded, our_logits, perturb_vectors,  # noqa: E402
+                                right_padded_batch)
 
 ATOL = 1e-4
 T = transformers
@@ -266,11 +267,12 @@ def test_adapter_on_an_llmlab_checkpoint(tmp_path):
     assert max_diff_unpadded(our_logits(loaded, ids, mask), hf_logits(reference, ids, mask), mask) <= ATOL
 
 
-def test_a_family_without_hugging_face_names_keeps_llmlab_s(tmp_path):
-    model = tiny_llmlab(family="custom")
+@pytest.mark.parametrize("fields", [{"family": "custom"}, {"fused_qkv": True}], ids=["custom", "llama-fused-qkv"])
+def test_a_base_without_hugging_face_form_keeps_llmlab_s_names(tmp_path, fields):
+    model = tiny_llmlab(**fields)
     llmlab.save(model, tmp_path / "base")
     ids, mask = right_padded_batch(64, 10, 3)
-    apply_lora(model, LoraConfig(r=4, target=("qkv", "o") if model.config.fused_qkv else ("q", "o")))
+    apply_lora(model, LoraConfig(r=4, target=EVERY_PROJECTION))
     expected = our_logits(randomize(model), ids, mask)
     save_adapter(model, tmp_path / "adapter", base=str(tmp_path / "base"))
     from safetensors.torch import load_file

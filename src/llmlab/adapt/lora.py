@@ -14,8 +14,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from llmlab.adapt.peft_format import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_BIN, PREFIX, checkpoint_modules,
-                                      checkpoint_names, layouts, split_key, target_names, task_type)
+from llmlab.adapt.peft_format import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_BIN, PREFIX, adaptable,
+                                      checkpoint_modules, checkpoint_names, hugging_face_names, layouts, split_key,
+                                      target_names, task_type)
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.files import read_json_object
 from llmlab.model.attention import Attention
@@ -78,24 +79,10 @@ def _peft():
     return peft
 
 
-def adaptable(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers LoRA may adapt, by name: the projections of every attention and MLP sublayer (experts too)."""
-    found = {}
-    for parent_name, parent in model.named_modules():
-        if isinstance(parent, tuple(GROUPS.values())):
-            for name, child in parent.named_children():
-                if isinstance(child, nn.Linear):
-                    found[f"{parent_name}.{name}"] = child
-    return found
-
-
 def match_targets(model: nn.Module, target: tuple[str, ...]) -> list[str]:
     """The names of the layers target selects; a target name that selects none raises ConfigError naming it."""
     candidates = adaptable(model)
-    try:
-        hf = {theirs: ours for ours, theirs in checkpoint_modules(model, list(candidates)).items()}
-    except ConfigError:  # a base without Hugging Face names for all its layers is matched by llmlab's names alone
-        hf = {}
+    hf = {theirs: ours for ours, theirs in (hugging_face_names(model) or {}).items()}
     chosen = set()
     for wanted in target:
         if wanted in GROUPS:
@@ -118,9 +105,8 @@ def _suffix(name: str, wanted: str) -> bool:
 
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The model's LoRA-wrapped layers by name (empty when it has no adapter)."""
-    from peft.tuners.lora import LoraLayer
-
-    return {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    layer = _peft().tuners.lora.LoraLayer
+    return {name: module for name, module in model.named_modules() if isinstance(module, layer)}
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> int:

@@ -5,7 +5,8 @@ A weight stored in the checkpoint is ours with rows and columns permuted (fused 
 NeoX, BLOOM and Falcon), and perhaps transposed (GPT-2's Conv1D, PEFT's fan_in_fan_out). Since delta = B @ A, lora_B
 and DoRA's magnitude move like the weight's rows, lora_A like its columns; a transposed weight keeps A and B as they
 are. Every family's rules map one llmlab tensor onto one Hugging Face tensor, so each adapted module has exactly one
-PEFT counterpart with its own lora_A. A family llmlab has no Hugging Face mapping for keeps llmlab's module names.
+PEFT counterpart with its own lora_A. A base with no Hugging Face form (family "custom", or a layout its family's
+checkpoints cannot hold, e.g. a fused qkv under the llama family) keeps llmlab's module names.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from llmlab.errors import ConfigError
+from llmlab.model.attention import Attention
 from llmlab.model.hf import families
+from llmlab.model.mlp import MLP
 
 PREFIX = "base_model.model."  # PeftModel's path to the wrapped transformers model
 ADAPTER_CONFIG = "adapter_config.json"
@@ -45,29 +49,45 @@ class Layout:
         return tensor[self.rows.argsort()].contiguous()
 
 
-def checkpoint_modules(model, modules: list[str]) -> dict[str, str]:
-    """Each named module's name in the base's checkpoint: its family's Hugging Face name, else llmlab's own."""
+def adaptable(model: nn.Module) -> dict[str, nn.Module]:
+    """The linear layers LoRA may adapt, by name: the projections of every attention and MLP sublayer (experts too)."""
+    found = {}
+    for parent_name, parent in model.named_modules():
+        if isinstance(parent, (Attention, MLP)):
+            for name, child in parent.named_children():
+                base = child.get_base_layer() if hasattr(child, "get_base_layer") else child  # under a LoRA wrapper
+                if isinstance(base, nn.Linear):
+                    found[f"{parent_name}.{name}"] = child
+    return found
+
+
+def hugging_face_names(model: nn.Module) -> dict[str, str] | None:
+    """Every adaptable layer's module name in the Hugging Face checkpoint of the base's family, or None when the
+    family has none or its checkpoints cannot hold every one of these layers (then llmlab's names are used)."""
     family = families().get(model.config.family)
     if family is None:
-        return {name: name for name in modules}
+        return None
     rules = {rule.ours: rule.theirs for rule in family.weight_rules(model.config)}
-    names = {}
-    for name in modules:
-        theirs = rules.get(f"{name}.weight", "")
-        if not theirs.endswith(".weight"):
-            raise ConfigError(f"{name} of this {model.config.family} model has no Hugging Face counterpart, so a "
-                              f"LoRA adapter on it cannot be written in PEFT's format.")
-        names[name] = theirs.removesuffix(".weight")
-    return names
+    names = {name: rules.get(f"{name}.weight", "") for name in adaptable(model)}
+    if not all(theirs.endswith(".weight") for theirs in names.values()):
+        return None
+    return {name: theirs.removesuffix(".weight") for name, theirs in names.items()}
 
 
-def layouts(model, modules: list[str]) -> dict[str, Layout]:
-    """The checkpoint name and layout of each named nn.Linear of model (Hugging Face names of its family)."""
-    family = families().get(model.config.family)
-    rules = {} if family is None else {rule.ours: rule for rule in family.weight_rules(model.config)}
+def checkpoint_modules(model: nn.Module, modules: list[str]) -> dict[str, str]:
+    """Each named layer's module name in the base's checkpoint: its family's Hugging Face name, else llmlab's own."""
+    names = hugging_face_names(model)
+    return {name: name if names is None else names[name] for name in modules}
+
+
+def layouts(model: nn.Module, modules: list[str]) -> dict[str, Layout]:
+    """The checkpoint name and layout of each named adaptable layer (see checkpoint_modules)."""
+    rules = {} if hugging_face_names(model) is None else {
+        rule.ours: rule for rule in families()[model.config.family].weight_rules(model.config)}
     found, probed = {}, {}
     for name, theirs in checkpoint_modules(model, modules).items():
-        out, inp = model.get_submodule(name).weight.shape
+        layer = model.get_submodule(name)  # its weight may be packed (QLoRA), its feature counts are not
+        out, inp = layer.out_features, layer.in_features
         transform = getattr(rules.get(f"{name}.weight"), "to_theirs", None)
         if (transform, out, inp) not in probed:  # layers of one shape share a layout; probe each kind once
             probe = torch.arange(out * inp, dtype=torch.int32 if out * inp < 2**31 else torch.int64)
@@ -94,12 +114,12 @@ def _permutation(probe: torch.Tensor, stored: torch.Tensor) -> tuple[torch.Tenso
     return None
 
 
-def checkpoint_names(model) -> list[str]:
+def checkpoint_names(model: nn.Module) -> list[str]:
     """Every module name the base's checkpoint has (from its family's rules), to tell short target names apart."""
-    family = families().get(model.config.family)
-    if family is None:
+    if hugging_face_names(model) is None:
         return [name for name, _ in model.named_modules()]
-    return [rule.theirs.rsplit(".", 1)[0] for rule in family.weight_rules(model.config)]
+    rules = families()[model.config.family].weight_rules(model.config)
+    return [rule.theirs.rsplit(".", 1)[0] for rule in rules]
 
 
 def target_names(adapted: list[str], everything: list[str]) -> list[str]:
