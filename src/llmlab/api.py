@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from llmlab.adapt.peft_format import ADAPTER_CONFIG
 from llmlab.data.tokenizer import load_tokenizer
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.infer.config import GenerationConfig
@@ -20,10 +21,13 @@ FORMATS = ("llmlab", "hf")
 
 def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
     """Load an llmlab or Hugging Face model directory, with its tokenizer.json (if any) as model.tokenizer and its
-    generation_config.json (if any) as model.generation_config, generate()'s defaults."""
+    generation_config.json (if any) as model.generation_config, generate()'s defaults; a PEFT LoRA adapter directory
+    (adapter_config.json) loads its base from base_model_name_or_path with the adapter applied."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory.")
+    if (path / ADAPTER_CONFIG).exists():
+        return load_with_adapter(path, dtype=dtype, device=device)
     if (path / CONFIG_FILE).exists():
         model = load_llmlab(path, dtype=dtype, device=device)
     elif (path / "config.json").exists():
@@ -39,6 +43,36 @@ def load(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None)
             message = str(error)
             raise CheckpointError(message if GENERATION_CONFIG_FILE in message
                                   else f"{path / GENERATION_CONFIG_FILE}: {message}") from None
+    return model.eval()
+
+
+def adapter_base(path: str | os.PathLike) -> Path:
+    """The base checkpoint directory an adapter names (base_model_name_or_path, else relative to the adapter)."""
+    from llmlab.adapt.lora import read_adapter_config
+
+    path = Path(path)
+    named = read_adapter_config(path).get("base_model_name_or_path")
+    if not isinstance(named, str) or not named:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} names no base_model_name_or_path.")
+    for base in (Path(named), path / named):
+        if base.is_dir():
+            if (base / ADAPTER_CONFIG).exists():
+                raise CheckpointError(f"the base {base} of the adapter {path} is an adapter itself; merge it first "
+                                      f"(llmlab merge) and name the merged checkpoint as the base.")
+            return base
+    raise CheckpointError(f"{path / ADAPTER_CONFIG} names the base {named!r}, which is not a local directory.")
+
+
+def load_with_adapter(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Model:
+    """The base an adapter directory names, with the adapter applied (unmerged; llmlab.adapt.lora.merge folds it)."""
+    from llmlab.adapt.lora import load_adapter
+
+    path = Path(path)
+    base = adapter_base(path)
+    model = load(base, dtype=dtype, device=device)
+    load_adapter(model, path, base=str(base))
+    if (path / TOKENIZER_FILE).exists():
+        model.tokenizer = load_tokenizer(path)
     return model.eval()
 
 
