@@ -113,12 +113,14 @@ def cached(run_dir) -> dict[str, torch.Tensor]:
 
 def alone(model, example) -> list[float]:
     """The summed response log-probabilities (chosen, rejected) of one example, each sequence alone, by hand."""
-    encode = encoder_for(model.config.arch)
+    encode, seq2seq = encoder_for(model.config.arch), model.config.arch == "encoder_decoder"
     values = []
     with torch.no_grad():
         for name in ("chosen", "rejected"):
             ids, labels = encode(example["prompt"], example[name])
-            values.append(alone_logprob(model(torch.tensor([ids])).logits[0], ids, labels, shifted=True))
+            decoder = {"decoder_input_ids": model.shift_right(torch.tensor([labels]))} if seq2seq else {}
+            logits = model(torch.tensor([ids]), **decoder).logits[0]
+            values.append(alone_logprob(logits, ids, labels, shifted=not seq2seq))
     return values
 
 
@@ -130,13 +132,14 @@ class CountCalls:
         module.register_forward_pre_hook(lambda *_: setattr(self, "calls", self.calls + 1))
 
 
-def test_one_policy_forward_gives_the_loss_and_rewards_of_each_sequence_alone(tmp_path):
-    model = tiny_model("llama").eval()
+@pytest.mark.parametrize("name", ["llama", "t5_v1_1"])
+def test_one_policy_forward_gives_the_loss_and_rewards_of_each_sequence_alone(name):
+    model = tiny_model(name).eval()
     examples = preference_examples(3, 0)
-    reference_model = tiny_model("llama", seed=1).eval()
+    reference_model = tiny_model(name, seed=1).eval()
+    encode = encoder_for(model.config.arch)
     pairs = []
     for example in examples:
-        encode = encoder_for("decoder")
         pairs.append(Pair(encode(example["prompt"], example["chosen"]), encode(example["prompt"], example["rejected"]),
                           reference=alone(reference_model, example)))
     counter = CountCalls(model)
@@ -167,7 +170,7 @@ def test_reference_logps_are_computed_once_cached_and_reused_on_resume(tmp_path)
     cache = tmp_path / REFERENCE_FILE
     written = cache.stat().st_mtime_ns
     assert_close(cached(tmp_path)["train"], [alone(initial, example) for example in examples])
-    assert cached(tmp_path)["held_out"].shape == (4, 2)
+    assert cached(tmp_path)["held_out"].shape == (4, 2) and cached(tmp_path)["train_index"].tolist() == list(range(10))
     trainer = Trainer(initial, train_config(2, checkpoint_every=2), parts.batches, loss_fn=parts.loss_fn,
                       run_dir=tmp_path, progress=False)
     trainer.fit()
@@ -236,8 +239,7 @@ def test_under_an_adapter_the_reference_is_the_model_with_the_adapter_off(tmp_pa
     expected = [alone(base, example) for example in examples]
     model = copy.deepcopy(base)
     disabled = with_adapter(model)
-    parts = dpo.build(make_context(model, examples, run_dir=tmp_path, params={"batch_size": 4},
-                                   adapter_disabled=disabled))
+    dpo.build(make_context(model, examples, run_dir=tmp_path, params={"batch_size": 4}, adapter_disabled=disabled))
     references = cached(tmp_path)["train"]
     assert_close(references, expected)
     with pytest.raises(AssertionError):
@@ -256,10 +258,12 @@ def test_the_reference_can_be_another_checkpoint(tmp_path):
     parts = dpo.build(make_context(model, examples, run_dir=tmp_path / "run",
                                    params={"reference": str(tmp_path / "reference"), "batch_size": 3}))
     assert_close(cached(tmp_path / "run")["train"], [alone(other, example) for example in examples])
-    assert sorted(parts.batches.batch(0)["reference_logps"].tolist()) == sorted(cached(tmp_path / "run")["train"].tolist())
+    in_batches = parts.batches.batch(0)["reference_logps"].tolist()
+    assert sorted(in_batches) == sorted(cached(tmp_path / "run")["train"].tolist())
     llmlab.save(tiny_model("llama", vocab_size=64), tmp_path / "wide")
     with pytest.raises(CheckpointError, match="vocabulary"):
-        dpo.build(make_context(model, examples, run_dir=tmp_path / "run2", params={"reference": str(tmp_path / "wide")}))
+        dpo.build(make_context(model, examples, run_dir=tmp_path / "run2",
+                               params={"reference": str(tmp_path / "wide")}))
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         dpo.build(make_context(model, examples, run_dir=tmp_path / "run3", params={"reference": str(tmp_path / "no")}))
 
@@ -275,6 +279,14 @@ def test_the_loss_falls_on_a_tiny_model(loss_type, label_smoothing, tmp_path):
     assert sum(losses[-3:]) / 3 < losses[0]
     assert before["rewards/margins"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as its reference
     assert after["rewards/margins"] > 0 and after["rewards/accuracies"] > 0.5
+
+
+def test_pairs_longer_than_max_length_are_left_out_and_said_so(tmp_path):
+    examples = preference_examples(3, 0)
+    examples.insert(1, {"prompt": "a long prompt", "chosen": "a long answer", "rejected": "z"})
+    parts = dpo.build(make_context(tiny_model("llama"), examples, run_dir=tmp_path, params={"max_length": 16}))
+    assert cached(tmp_path)["train_index"].tolist() == [0, 2, 3]
+    assert any("left out 1 training" in note for note in parts.notes)
 
 
 def test_bad_pairs_and_parameters_are_one_sentence_errors(tmp_path):

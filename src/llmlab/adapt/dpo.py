@@ -3,8 +3,10 @@ hinge loss (SLiC, Zhao et al. 2023) and robust DPO under label noise (Chowdhury 
 DPOTrainer computes it.
 
 The reference model's log-probabilities are computed once, before training, in batched no-grad passes, and cached in
-the run directory (reference_logps.safetensors) under a hash of the reference weights and the encoded data, so a
-resumed run reads them back and a changed model or dataset recomputes them, never reusing stale ones (TRL #3985).
+the run directory: reference_logps.safetensors holds "train" and "held_out" [pairs, 2] (chosen, rejected), row i for
+the example numbered "train_index"[i] / "held_out_index"[i] in the data, under a hash of the reference weights and the
+encoded data, so a resumed run reads them back and a changed model or dataset recomputes them, never reusing stale
+ones (TRL #3985).
 """
 
 from __future__ import annotations
@@ -120,10 +122,13 @@ def fingerprint(weights: Iterable[tuple[str, object]], pair_sets: Sequence[Seque
     return digest.hexdigest()
 
 
-def directory_weights(directory: Path) -> Iterable[tuple[str, bytes]]:
-    """(name, bytes) of every file of a checkpoint directory, in name order, to hash it without building a model."""
+def directory_weights(directory: Path, chunk: int = 1 << 24) -> Iterable[tuple[str, bytes]]:
+    """(name, bytes) pieces of every file of a checkpoint directory, in name order, to hash it without building a
+    model or holding a whole file."""
     for file in sorted(path for path in directory.iterdir() if path.is_file()):
-        yield file.name, file.read_bytes()
+        with open(file, "rb") as handle:
+            while piece := handle.read(chunk):
+                yield file.name, piece
 
 
 def model_weights(model: nn.Module, frozen_only: bool) -> list[tuple[str, torch.Tensor]]:
@@ -184,7 +189,8 @@ def build(context: FinetuneContext) -> MethodParts:
         "beta": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
         "loss_type": (lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
         "label_smoothing": (lambda v: isinstance(v, (int, float)) and 0 <= v < 0.5
-                            and (v == 0 or params["loss_type"] == "robust"), "0 unless loss_type is robust, and below 0.5"),
+                            and (v == 0 or params["loss_type"] == "robust"),
+                            "0 unless loss_type is robust, and below 0.5"),
         "batch_size": (positive_int, "a positive integer"),
         "max_length": (lambda v: v is None or positive_int(v), "null or a positive integer"),
         "reference": (lambda v: v is None or isinstance(v, str), "null or a checkpoint directory"),
@@ -200,10 +206,12 @@ def build(context: FinetuneContext) -> MethodParts:
     path = Path(context.run_dir) / REFERENCE_FILE
 
     def compute() -> dict[str, torch.Tensor]:
-        reference = load_reference()
+        reference, tensors = load_reference(), {}
         with scope():
-            return {name: reference_logprobs(reference, subset, batch_size, pad_id)
-                    for name, subset in (("train", pairs), ("held_out", held_out))}
+            for name, subset in (("train", pairs), ("held_out", held_out)):
+                tensors[name] = reference_logprobs(reference, subset, batch_size, pad_id)
+                tensors[f"{name}_index"] = torch.tensor([pair.index for pair in subset], dtype=torch.long)
+        return tensors
 
     started = time.perf_counter()
     tensors, status = cached_reference(path, fingerprint(weights, (pairs, held_out)), compute)

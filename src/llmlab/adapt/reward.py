@@ -39,7 +39,7 @@ UNREAD_MODULES = ("head", "head_dense", "head_norm", "proj_out", "pooler")  # th
 
 class RewardModel(nn.Module):
     """An llmlab Model's final hidden states and a linear scalar head read at each row's last non-pad token; the
-    LM head (and an encoder-decoder's decoder, as its encoder reads the whole sequence) is frozen, since it is unused."""
+    LM head (and an encoder-decoder's decoder: its encoder reads the whole sequence) is unused, so frozen."""
 
     def __init__(self, model: nn.Module, score: nn.Linear | None = None):
         super().__init__()
@@ -111,12 +111,13 @@ Encoded = tuple[list[int], list[int]]  # (input_ids, labels)
 
 @dataclass
 class Pair:
-    """One encoded preference pair: chosen and rejected (input_ids, labels), the margin, and (DPO) the reference
-    model's summed log-probabilities (chosen, rejected)."""
+    """One encoded preference pair: chosen and rejected (input_ids, labels), the margin, its example's index in the
+    data, and (DPO) the reference model's summed log-probabilities (chosen, rejected)."""
 
     chosen: Encoded
     rejected: Encoded
     margin: float = 0.0
+    index: int = 0
     reference: tuple[float, float] | None = None
 
 
@@ -160,7 +161,7 @@ def encode_pairs(context: FinetuneContext, examples: Sequence[dict], max_length:
         if max(len(part) for sequence in (chosen, rejected) for part in sequence) > max_length:
             dropped += 1
             continue
-        pairs.append(Pair((list(chosen[0]), list(chosen[1])), (list(rejected[0]), list(rejected[1])), margin))
+        pairs.append(Pair((list(chosen[0]), list(chosen[1])), (list(rejected[0]), list(rejected[1])), margin, index))
     return pairs, dropped
 
 
