@@ -104,7 +104,8 @@ def reference_logprobs(model: nn.Module, pairs: Sequence[Pair], batch_size: int,
 
 
 def fingerprint(weights: Iterable[tuple[str, object]], pair_sets: Sequence[Sequence[Pair]]) -> str:
-    """A hash of reference weights ((name, tensor or bytes) in a fixed order) and the encoded pairs."""
+    """A hash of reference weights ((name, tensor or bytes) in a fixed order) and the encoded pairs with their
+    examples' indices."""
     digest = hashlib.blake2b(b"llmlab reference logps v1", digest_size=20)
     for name, value in weights:
         if isinstance(value, torch.Tensor):
@@ -117,6 +118,7 @@ def fingerprint(weights: Iterable[tuple[str, object]], pair_sets: Sequence[Seque
     for pairs in pair_sets:
         digest.update(f"pairs {len(pairs)}".encode())
         for pair in pairs:
+            digest.update(array("q", [pair.index]).tobytes())
             for part in (*pair.chosen, *pair.rejected):
                 digest.update(array("q", [len(part), *part]).tobytes())
     return digest.hexdigest()

@@ -44,9 +44,10 @@ class RewardModel(nn.Module):
     def __init__(self, model: nn.Module, score: nn.Linear | None = None):
         super().__init__()
         self.model, self.config = model, model.config
-        self.score = score or nn.Linear(model.config.d_model, 1, bias=False)
         if score is None:
-            nn.init.normal_(self.score.weight, std=model.config.init_std)
+            score = nn.Linear(model.config.d_model, 1, bias=False)
+            nn.init.normal_(score.weight, std=model.config.init_std)
+        self.score = score
         unread = [getattr(model, name) for name in UNREAD_MODULES if hasattr(model, name)]
         if self.config.arch == "encoder_decoder":
             unread.append(model.decoder)
@@ -58,7 +59,7 @@ class RewardModel(nn.Module):
         self.score.to(device=next(model.parameters()).device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores [batch] in float32 of the sequences in input_ids (padded either side, attention_mask 1 on tokens)."""
+        """Scores [batch] in float32 of input_ids' rows (right-padded, decoders either side; attention_mask 1 = token)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         encoder = self.config.arch in ("encoder", "encoder_decoder")
@@ -68,7 +69,7 @@ class RewardModel(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         last = (positions * attention_mask.bool()).amax(dim=-1)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return self.score(hidden[rows, last]).squeeze(-1).float()
+        return self.score(hidden[rows, last].to(self.score.weight.dtype)).squeeze(-1).float()
 
 
 def save_reward_model(model: RewardModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
