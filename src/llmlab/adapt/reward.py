@@ -59,7 +59,7 @@ class RewardModel(nn.Module):
         self.score.to(device=next(model.parameters()).device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores [batch] in float32 of input_ids' rows (right-padded, decoders either side; attention_mask 1 = token)."""
+        """Scores [batch] in float32 of input_ids' rows (right-padded, decoders either side; mask 1 = token)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         encoder = self.config.arch in ("encoder", "encoder_decoder")
