@@ -183,3 +183,52 @@ def test_sharded_checkpoints_keep_the_newest(tmp_path):
         save_sharded(trainer, tmp_path, keep_last=2)
     assert [step for step, _ in checkpoint_steps(tmp_path)] == [2, 3]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["step-2", "step-3"]
+
+
+def _with_value_head(model):
+    from llmlab.adapt.ppo import PolicyWithValue
+
+    return PolicyWithValue(model)
+
+
+def _lora_adapted(model):
+    from llmlab.adapt.lora import LoraConfig, apply_lora
+
+    apply_lora(model, LoraConfig(r=2, target=("attention", "mlp")))
+    return model
+
+
+@pytest.mark.parametrize("wrap", [_with_value_head, _lora_adapted], ids=["value-head", "lora"])
+def test_a_wrapped_or_adapted_model_resumes_bit_for_bit(tmp_path, wrap):
+    def trainer(run_dir, checkpoint_every=0):
+        torch.manual_seed(0)
+        module = wrap(Model(CONFIG))
+        config = TrainConfig(steps=6, lr=3e-3, warmup=2, checkpoint_every=checkpoint_every, seed=5)
+        return Trainer(module, config, Windows(TOKENS, 4, 16, seed=1), run_dir=run_dir, progress=False,
+                       loss_fn=lambda model, batch: _lm_loss(model, batch))
+
+    whole = trainer(tmp_path / "whole")
+    whole.fit()
+    first = trainer(tmp_path / "split", checkpoint_every=3)
+    first.on_step = lambda step, loss: (_ for _ in ()).throw(InterruptedError()) if step == 3 else None
+    with pytest.raises(InterruptedError):
+        first.fit()
+    resumed = trainer(tmp_path / "split")
+    resumed.resume(latest_checkpoint(tmp_path / "split" / CHECKPOINTS_DIRECTORY))
+    resumed.fit()
+    assert set(resumed.model.state_dict()) == set(whole.model.state_dict())
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    with pytest.raises(CheckpointError, match="heads or adapter"):  # into a plain model: refused in a sentence
+        load_checkpoint(latest_checkpoint(tmp_path / "split" / CHECKPOINTS_DIRECTORY), Model(CONFIG))
+
+
+def _lm_loss(model, batch):
+    from llmlab.objectives.losses import language_model_terms
+
+    core = getattr(model, "policy", model)
+    logits = core(batch["input_ids"]).logits
+    summed, count = language_model_terms("decoder", logits, batch["labels"])
+    if hasattr(model, "value_head"):  # train the head too, so that its tensors must resume
+        summed = summed + model.value_head(torch.ones(CONFIG.d_model)).sum() * 1e-2
+    return summed, count, {}

@@ -26,6 +26,7 @@ from llmlab.model.transformer import Model
 from llmlab.train import distributed
 
 STATE_FILE = "train_state.pt"
+MODULE_FILE = "module.safetensors"  # every tensor of a module that is not a plain Model (a head, an adapter)
 SHARDED_DIRECTORY = "sharded"
 SHARDED_METADATA = ".metadata"  # written last by torch.distributed.checkpoint
 STEP_DIRECTORY = re.compile(r"step-(\d+)")
@@ -39,7 +40,8 @@ def checkpoint_steps(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     found = []
     for path in directory.iterdir():
         match = STEP_DIRECTORY.fullmatch(path.name)
-        weights = (path / WEIGHTS_FILE).is_file() or (path / SHARDED_DIRECTORY / SHARDED_METADATA).is_file()
+        weights = (path / WEIGHTS_FILE).is_file() or (path / MODULE_FILE).is_file() or \
+            (path / SHARDED_DIRECTORY / SHARDED_METADATA).is_file()
         if match and weights and (path / CONFIG_FILE).is_file() and (path / STATE_FILE).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
@@ -51,13 +53,31 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return steps[-1][1] if steps else None
 
 
-def save_checkpoint(directory: str | os.PathLike, step: int, model: Model, state: dict,
+def is_plain_model(module: torch.nn.Module) -> bool:
+    """Whether module is an llmlab Model with exactly a Model's tensors (not wrapped with a head, nor adapted)."""
+    if not isinstance(module, Model):
+        return False
+    with torch.device("meta"):
+        return set(module.state_dict()) == set(Model(module.config).state_dict())
+
+
+def save_checkpoint(directory: str | os.PathLike, step: int, model: torch.nn.Module, state: dict,
                     tokenizer_file: str | os.PathLike | None = None, keep_last: int | None = None) -> Path:
-    """Write DIR/step-N atomically, then delete all but the keep_last newest checkpoints."""
+    """Write DIR/step-N atomically, then delete all but the keep_last newest checkpoints. A module that is not a plain
+    Model (a reward or value head around one, a LoRA-adapted one; it has the Model's .config) keeps all its tensors
+    in module.safetensors beside llmlab.json, for resuming (its final form is written by whoever trains it)."""
     path = Path(directory) / f"step-{step}"
     try:
         with atomic_directory(path, overwrite=True) as staging:  # step-N is the run's own
-            save_llmlab(model, staging, tokenizer_file=tokenizer_file, metadata={"step": step})
+            if is_plain_model(model):
+                save_llmlab(model, staging, tokenizer_file=tokenizer_file, metadata={"step": step})
+            else:
+                from safetensors.torch import save_model as save_module
+
+                write_config_header(model, staging, {"step": step})
+                save_module(model, str(staging / MODULE_FILE))  # shared (tied) tensors stored once
+                if tokenizer_file is not None:
+                    shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
             torch.save(state, staging / STATE_FILE)
     except OSError as error:
         message = f"writing the checkpoint {path} failed ({error}); the previous ones are intact."
@@ -177,6 +197,15 @@ def load_checkpoint(path: str | os.PathLike, model: Model, optimizer: torch.opti
         with torch.device("meta"):
             check_shapes(weights, expected_shapes(Model(model.config)), str(path / WEIGHTS_FILE))
         set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    elif (path / MODULE_FILE).is_file() or not is_plain_model(model):
+        from safetensors.torch import load_model as load_module
+
+        try:
+            load_module(model, str(path / MODULE_FILE), strict=True)
+        except (OSError, RuntimeError, ValueError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{path} does not hold this run's model with its heads or adapter ({reason}).") \
+                from None
     else:
         load_state(model, read_safetensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
     try:
