@@ -32,7 +32,7 @@ def task_texts(n: int = 300) -> list[str]:
 
 
 def make_checkpoint(directory: Path, pad_is_eos: bool = False, chat_template: str | None = CHATML,
-                    steps: int = 30, seed: int = 0, **model_fields) -> Path:
+                    steps: int = 20, seed: int = 0, **model_fields) -> Path:
     """Save a tiny LLaMA (d_model 64, 2 layers) pretrained for steps on task text into directory: its tokenizer has
     <|endoftext|> (BOS and EOS), <pad> (the pad id, or EOS when pad_is_eos) and ChatML's tokens; with chat_template,
     tokenizer_config.json holds it with eos_token <|im_end|>."""
@@ -46,7 +46,7 @@ def make_checkpoint(directory: Path, pad_is_eos: bool = False, chat_template: st
     model = Model(presets.llama("tiny", **fields))
     stream = torch.tensor([token for text in texts for token in [eot, *tokenizer.encode(text).ids]])
     generator = torch.Generator().manual_seed(seed)
-    batches = (sample_batch(stream, 8, 64, generator) for _ in range(steps))
+    batches = (sample_batch(stream, 8, 48, generator) for _ in range(steps))
     train(model, batches, TrainConfig(steps=steps, lr=3e-3, warmup=0, device="cpu", log_every=steps), progress=False)
     model.tokenizer = tokenizer
     llmlab.save(model, directory)
