@@ -53,7 +53,8 @@ def test_a_finetune_writes_a_loadable_model_with_the_chat_template(finished, tin
     assert model.tokenizer is not None and model.config == llmlab.load(tiny_checkpoint).config
     assert sorted(losses(finished)) == [1, 2, 3, 4]
     assert (finished / "checkpoints" / "step-4").is_dir()
-    assert final.joinpath("model.safetensors").read_bytes() != tiny_checkpoint.joinpath("model.safetensors").read_bytes()
+    trained = final.joinpath("model.safetensors").read_bytes()
+    assert trained != tiny_checkpoint.joinpath("model.safetensors").read_bytes()
 
 
 def test_resume_equals_the_uninterrupted_run(finished, tiny_checkpoint, tasks, tmp_path, capsys):
@@ -119,7 +120,8 @@ def test_unknown_method_field_and_existing_run_are_refused(finished, tiny_checkp
     assert (finished / "final" / "model.safetensors").read_bytes() == before
     with pytest.raises(ConfigError, match="the sft method has no parameter 'beta'"):
         recipe = tmp_path / "r.yaml"
-        recipe.write_text(f"model: {{path: {tiny_checkpoint}}}\ndata: {{path: {tasks}}}\nmethod: {{name: sft, beta: 1}}\n")
+        recipe.write_text(f"model: {{path: {tiny_checkpoint}}}\ndata: {{path: {tasks}}}\n"
+                          "method: {name: sft, beta: 1}\n")
         load_recipe(recipe)
 
 

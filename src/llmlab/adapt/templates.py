@@ -1,5 +1,5 @@
-"""Prompt templates (survey §5.1): a prompt — plain text, chat messages, or Alpaca's instruction and input — rendered
-as the text the model reads before its reply, and the token ids and loss labels of prompt and reply.
+"""Prompt templates (survey §5.1): a prompt — plain text, chat messages, or Alpaca's instruction and input —
+rendered as the text the model reads before its reply, and the token ids and loss labels of prompt and reply.
 
 Templates: ``alpaca`` (Stanford Alpaca's two prompts), ``chatml``, ``llama2`` ([INST] … [/INST] with a <<SYS>>
 system block), a Jinja file (``*.jinja``; every variable it uses must exist), or ``checkpoint`` (the model
