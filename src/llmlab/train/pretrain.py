@@ -153,16 +153,8 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     without, out_dir must not already hold a run. on_step(step index, loss) is called after every step.
     """
     run_dir = Path(out_dir)
-    checkpoints, final = run_dir / CHECKPOINTS_DIRECTORY, run_dir / FINAL_DIRECTORY
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a run directory; choose another --out.")
-    if not resume and any(path.exists() for path in (checkpoints, final, run_dir / METRICS_FILE)):
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
-    steps = checkpoint_steps(checkpoints) if resume else []
-    latest = steps[-1][1] if steps else None
-    if steps and steps[-1][0] > recipe.train.steps:
-        raise ConfigError(f"the newest checkpoint {latest} is past the requested train.steps={recipe.train.steps}; "
-                          f"ask for at least {steps[-1][0]} steps or choose another --out.")
+    final = run_dir / FINAL_DIRECTORY
+    latest = check_run_directory(run_dir, resume, recipe.train.steps)
     data = recipe.data
     check_objective_fits(recipe.objective_name, recipe.objective, recipe.model_config())  # before writing data
     if data.source == BUNDLED:
@@ -189,6 +181,31 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
     trainer = Trainer(model, recipe.train, batches, held_out=held_out, run_dir=run_dir, progress=progress,
                       description="pretrain", sampler=sampler, tokenizer_file=first.tokenizer_file,
                       on_step=on_step)
+    resume_trainer(trainer, latest, resume, run_dir)
+    with deterministic_algorithms(recipe.train.deterministic):
+        trainer.fit()
+    say_replacing_final(final, trainer.step)
+    return save_model(trainer.model, final, first.tokenizer_file, {"step": trainer.step}, overwrite=True)
+
+
+def check_run_directory(run_dir: Path, resume: bool, steps: int) -> Path | None:
+    """The newest complete checkpoint to resume from (None: start afresh); refuses an --out that is a file, one that
+    already holds a run without resume, and a checkpoint past steps."""
+    checkpoints = run_dir / CHECKPOINTS_DIRECTORY
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a run directory; choose another --out.")
+    if not resume and any(path.exists() for path in (checkpoints, run_dir / FINAL_DIRECTORY, run_dir / METRICS_FILE)):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+    found = checkpoint_steps(checkpoints) if resume else []
+    latest = found[-1][1] if found else None
+    if found and found[-1][0] > steps:
+        raise ConfigError(f"the newest checkpoint {latest} is past the requested train.steps={steps}; "
+                          f"ask for at least {found[-1][0]} steps or choose another --out.")
+    return latest
+
+
+def resume_trainer(trainer: Trainer, latest: Path | None, resume: bool, run_dir: Path) -> None:
+    """Continue trainer from the checkpoint latest (when there is one) and clear what a killed run left behind."""
     if resume and latest is None:
         trainer.metrics.truncate_after(0)  # a run killed before its first checkpoint starts over
     if latest is not None:
@@ -196,13 +213,14 @@ def pretrain(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, p
             trainer.resume(latest)
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             raise CheckpointError(f"{latest} does not fit the recipe's training setup ({error}).") from None
-        remove_stale_temporaries(checkpoints)
+        remove_stale_temporaries(run_dir / CHECKPOINTS_DIRECTORY)
         remove_stale_temporaries(run_dir, FINAL_DIRECTORY)
-    with deterministic_algorithms(recipe.train.deterministic):
-        trainer.fit()
-    if final.exists() and distributed.is_main():  # final/ is the run's own, but replacing it is said
-        print(f"replacing {final} with the model at step {trainer.step}", file=sys.stderr)
-    return save_model(trainer.model, final, first.tokenizer_file, {"step": trainer.step}, overwrite=True)
+
+
+def say_replacing_final(final: Path, step: int) -> None:
+    """Say on stderr that final/ (the run's own) is replaced, when it is."""
+    if final.exists() and distributed.is_main():
+        print(f"replacing {final} with the model at step {step}", file=sys.stderr)
 
 
 def bundled_run_data(directory: Path, recipe: Recipe, progress: bool) -> TokenShards:

@@ -127,6 +127,17 @@ def _is_text(hint: Any) -> bool:
     return hint is str or (union and set(typing.get_args(hint)) == {str, type(None)})
 
 
+def override_value(text: str, hint: Any) -> Any:
+    """An override's text as a value of a field of type hint: a text field takes the text as it is (null: None where
+    allowed), any other field reads it as YAML."""
+    if _is_text(hint):
+        return None if text in ("null", "~") and hint is not str else text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def parse_overrides(overrides: list[str], objective: str = "causal") -> dict[str, dict[str, Any]]:
     """`section.field=value` strings as {section: {field: value}}: a text field takes the text as it is (null: None
     where allowed), any other field reads it as YAML; an unknown field or a bad value is an error naming the override.
@@ -145,13 +156,7 @@ def parse_overrides(overrides: list[str], objective: str = "causal") -> dict[str
             known = "a ModelConfig field, preset or size" if section == "model" else ", ".join(fields)
             raise ConfigError(f"the override {override!r} names no field of {section} (known: {known}).")
         hint = fields[name] if fields is not None else None
-        if _is_text(hint):
-            value = None if text in ("null", "~") and hint is not str else text
-        else:
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                value = text
+        value = override_value(text, hint)
         if section in SECTIONS:
             coerce(value, hint, f"{key} in the override {override!r}")  # checked here to name the override
         parsed.setdefault(section, {})[name] = value
