@@ -34,7 +34,6 @@ QUANTIZATIONS = ("none", "nf4")
 SECTIONS = ("model", "data", "method", "adapter", "train")
 # files of the base checkpoint that the fine-tuned one keeps: the chat template and the tokenizer's special tokens
 CARRIED_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-EXTRA_STATE_FILE = "method_state.safetensors"
 REPORT_FILE = "finetune_report.json"
 
 
@@ -192,9 +191,10 @@ def answer_sampler(encoder: Encoder, prompt, max_new_tokens: int) -> Callable:
     return sample
 
 
-def save_final(model, final: Path, base: Path, step: int, extra_state: dict | None, adapter: bool) -> Path:
+def save_final(model, final: Path, base: Path, step: int, extra_state: dict | None, extra_state_file: str,
+               adapter: bool) -> Path:
     """Write DIR/final: the adapter alone (LoRA), or the whole model with the base's tokenizer and chat template
-    files, and the method's extra tensors beside it."""
+    files, and the method's extra tensors (a reward or value head) beside it in extra_state_file."""
     from safetensors.torch import save_file
 
     from llmlab.data.shards import atomic_path
@@ -221,7 +221,7 @@ def save_final(model, final: Path, base: Path, step: int, extra_state: dict | No
         with atomic_path(final / GENERATION_CONFIG_FILE) as staging:
             staging.write_text(json.dumps(generation.to_hf(), indent=2))
     if extra_state:
-        with atomic_path(final / EXTRA_STATE_FILE) as staging:
+        with atomic_path(final / extra_state_file) as staging:
             save_file({key: value.detach().contiguous().cpu() for key, value in extra_state.items()}, staging)
     return final
 
@@ -267,8 +267,7 @@ def finetune(recipe: FinetuneRecipe, out_dir: str | os.PathLike, resume: bool = 
 
         wrapped = lora.apply_lora(model, lora.LoraConfig(**recipe.adapter.lora_fields()))
         print(f"LoRA wrapped {wrapped} modules")
-        if hasattr(lora, "adapter_disabled"):
-            adapter_disabled = lambda: lora.adapter_disabled(model)  # noqa: E731
+        adapter_disabled = lambda: lora.disabled(model)  # noqa: E731
     params = {key: value for key, value in recipe.method.items() if key != "name"}
     context = FinetuneContext(model=model, tokenizer=tokenizer, params=params, examples=examples, held_out=held_out,
                               encode=encoder.encode, encode_prompt=encoder.encode_prompt, train=recipe.train,
@@ -279,7 +278,10 @@ def finetune(recipe: FinetuneRecipe, out_dir: str | os.PathLike, resume: bool = 
         print(note)
     trained = parts.model if parts.model is not None else model
     sample_from = (held_out or examples)[0].get("prompt")
-    sampler = answer_sampler(encoder, sample_from, recipe.train.sample_tokens) if sample_from is not None else None
+    sampler = None
+    if sample_from is not None and config.arch != "encoder":
+        sample = answer_sampler(encoder, sample_from, recipe.train.sample_tokens)
+        sampler = lambda trained: sample(model)  # noqa: E731  (the language model inside a reward or value head)
     tokenizer_file = base / "tokenizer.json"
     trainer = Trainer(trained, recipe.train, parts.batches, held_out=parts.held_out, run_dir=run_dir,
                       progress=progress, description=f"finetune {name}", sampler=sampler, on_step=on_step,
@@ -289,8 +291,8 @@ def finetune(recipe: FinetuneRecipe, out_dir: str | os.PathLike, resume: bool = 
         trainer.fit()
     final = run_dir / FINAL_DIRECTORY
     say_replacing_final(final, trainer.step)
-    save_final(trained, final, base, trainer.step, parts.extra_state() if parts.extra_state else None,
-               recipe.adapter.kind == "lora")
+    save_final(model, final, base, trainer.step, parts.extra_state() if parts.extra_state else None,
+               parts.extra_state_file, recipe.adapter.kind == "lora")
     if parts.evaluate is not None:
         from llmlab.train.runs import write_text
 

@@ -61,6 +61,7 @@ class MethodParts:
     model: nn.Module | None = None  # the module to train when it is not context.model (e.g. with a value head)
     # extra held-out metrics after training (e.g. the reward model's pairwise accuracy), written to the report
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
-    # files the method writes into the final checkpoint beside the model (e.g. a value head)
+    # tensors the method writes into the final checkpoint beside the model (e.g. a value head), in extra_state_file
     extra_state: Callable[[], dict[str, torch.Tensor]] | None = None
+    extra_state_file: str = "method_state.safetensors"
     notes: list[str] = field(default_factory=list)  # lines printed before training (e.g. cached reference)

@@ -48,6 +48,7 @@ PARAMETERS = {
 }
 KL_ESTIMATORS = ("k1", "k3")
 VALUE_HEAD_KEYS = ("value_head.weight", "value_head.bias")
+VALUE_HEAD_FILE = "value_head.safetensors"  # beside the policy in a finetune run's final/ directory
 
 
 @dataclass
@@ -242,4 +243,5 @@ def build(context: FinetuneContext) -> MethodParts:
     notes = [f"ppo: {params['prompts_per_step']} prompts a rollout, {params['ppo_epochs']} epochs of "
              f"{params['minibatches']} minibatches, KL (kl_coef {params['kl_coef']}) to {reference_kind}"]
     return MethodParts(loss_fn=loss_fn, batches=batches, model=model, extra_state=model.value_head_state,
+                       extra_state_file=VALUE_HEAD_FILE,
                        evaluate=held_out_reward(context, scorer, config), notes=notes)

@@ -314,5 +314,5 @@ def build(context: FinetuneContext) -> MethodParts:
         loss_fn=loss_fn, batches=PairBatches(pairs, params["batch_size"], pad_id, context.seed),
         held_out=held_batches or None, model=model,
         evaluate=(lambda module: mean_metrics(loss_fn, module, held_batches)) if held_batches else None,
-        extra_state=lambda: head_state(model), notes=notes,
+        extra_state=lambda: head_state(model), extra_state_file=REWARD_HEAD_FILE, notes=notes,
     )  # fmt: skip
