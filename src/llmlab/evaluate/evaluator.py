@@ -140,14 +140,16 @@ class Requests:
         self.handle = None
         if cache_file is not None:
             cache_file = Path(cache_file)
-            if cache_file.exists():
-                for line in cache_file.read_text(encoding="utf-8").splitlines():
-                    try:
-                        entry = json.loads(line)
-                        self.answers[entry["key"]] = entry["answer"]
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a line cut short by a kill
+            text = cache_file.read_text(encoding="utf-8") if cache_file.exists() else ""
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.answers[entry["key"]] = entry["answer"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill
             self.handle = open(cache_file, "a", encoding="utf-8")
+            if text and not text.endswith("\n"):
+                self.handle.write("\n")  # after a line cut short, new answers start on a line of their own
 
     def close(self) -> None:
         """Close the cache file."""
