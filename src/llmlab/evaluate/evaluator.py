@@ -195,36 +195,38 @@ class Requests:
 
 # --- prompts ---------------------------------------------------------------------------------------------------
 
-def _demonstration(task: Task, doc: dict) -> str:
-    """A solved example: the document's prompt, the target delimiter and its target (a choice's text for multiple
-    choice)."""
+TARGET_FIELD = "llmlab_target"  # a demonstration's target text, added to a copy of its document
+
+
+def _demonstration(task: Task, doc: dict) -> dict:
+    """A copy of a document with its target text (a choice's text for multiple choice) under TARGET_FIELD."""
     if task.kind == "multiple_choice":
         choices = doc_choices(task, doc)
         target = choices[doc_gold(task, doc, choices)]
     else:
         target = doc_target(task, doc)
         target = target[0] if isinstance(target, list) else target
-    return render(task.template, doc, task) + task.target_delimiter + target
+    return {**doc, TARGET_FIELD: target}
 
 
 def contexts(task: Task, docs: list[dict], k: int, seed: int) -> list[str]:
-    """Each document's prompt: the description, k demonstrations and the query, as lm-eval joins them."""
-    queries = [render(task.template, doc, task) for doc in docs]
-    if k == 0:
-        return [task.description + query for query in queries]
-    from llmlab.infer.prompting import select_demonstrations
+    """Each document's prompt: the description, k demonstrations and the query, in lm-eval's plain-text layout
+    (llmlab.infer.prompting.build_prompt), the demonstrations chosen as task.fewshot says."""
+    from llmlab.infer.prompting import DemonstrationPool, PromptTemplate, build_prompt
 
-    own = task.fewshot.data is None and task.fewshot.split is None
+    template = PromptTemplate(task.template, "{{" + TARGET_FIELD + "}}", task.target_delimiter,
+                              task.fewshot_delimiter)
+    if k == 0:
+        return [build_prompt(task.description, [], doc, template, instruction_delimiter="") for doc in docs]
+    own = task.fewshot.data is None and task.fewshot.split is None  # the task's own documents, the query excluded
     pool_docs = docs if own else load_documents(task.fewshot.data or task.data, task.fewshot.split, task.source)
-    pool = [_demonstration(task, doc) for doc in pool_docs]
-    if len(pool) - own < k:
-        raise ConfigError(f"task {task.name} asks for {k} demonstrations, but its few-shot data has "
-                          f"{len(pool) - own}.")
+    pool = DemonstrationPool([_demonstration(task, doc) for doc in pool_docs],
+                             text=lambda record: render(task.template, record), encoder=task.fewshot.encoder)
     prompts = []
-    for index, query in enumerate(queries):
-        candidates = pool[:index] + pool[index + 1:] if own else pool
-        chosen = select_demonstrations(candidates, query, k, method=task.fewshot.selection, seed=seed)
-        prompts.append(task.description + task.fewshot_delimiter.join(chosen) + task.fewshot_delimiter + query)
+    for index, doc in enumerate(docs):
+        chosen = pool.select(doc, k, task.fewshot.selection, seed, task.fewshot.order,
+                             exclude=(index,) if own else ())
+        prompts.append(build_prompt(task.description, chosen, doc, template, instruction_delimiter=""))
     return prompts
 
 
@@ -276,7 +278,7 @@ def _loglikelihood(requests, task, docs, prompts, seed):
 
 
 def _perplexity(requests, task, docs):
-    texts = [doc["tokens"] if "tokens" in doc else render(task.template, doc, task) for doc in docs]
+    texts = [doc["tokens"] if "tokens" in doc else render(task.template, doc) for doc in docs]
     results = requests.loglikelihood_rolling(texts, f"{task.name} perplexity")
     decode = getattr(getattr(requests.model, "tokenizer", None), "decode", None)
     samples = []
@@ -312,28 +314,33 @@ def _gsm8k_answers(task: Task, output: str) -> dict[str, str]:
 
 def _generation(requests, task, docs, prompts, seed):
     outputs = requests.generate(prompts, task.generation, seed, f"{task.name} generate")
-    if task.zeroshot_cot:  # stage 2: the reasoning, then the trigger that asks for the answer alone
-        from llmlab.infer.prompting import ZERO_SHOT_COT_ANSWER_TRIGGER
+    finals = None
+    if task.zeroshot_cot:  # Kojima et al.'s stage 2: the reasoning, then the trigger that asks for the answer
+        from llmlab.infer.prompting import zero_shot_cot_answer_prompt
 
-        second = [prompt + texts[0] + "\n" + ZERO_SHOT_COT_ANSWER_TRIGGER for prompt, texts in zip(prompts, outputs)]
+        second = [zero_shot_cot_answer_prompt(prompt, texts[0]) for prompt, texts in zip(prompts, outputs)]
         options = GenerationOptions(max_new_tokens=32, until=task.generation.until)
-        finals = requests.generate(second, options, seed, f"{task.name} answer")
-        outputs = [[first[0] + "\n" + ZERO_SHOT_COT_ANSWER_TRIGGER + final[0]] for first, final in zip(outputs, finals)]
+        finals = [texts[0] for texts in requests.generate(second, options, seed, f"{task.name} answer")]
     if task.pass_at():
         return _pass_at_k(task, docs, prompts, outputs)
     samples = []
     for doc_id, (doc, prompt, texts) in enumerate(zip(docs, prompts, outputs)):
         references = doc_target(task, doc)
         sample = {"doc_id": doc_id, "prompt": prompt, "target": references, "outputs": texts, "scores": {}}
+        if finals is not None:
+            sample["answer"] = finals[doc_id]
         if task.answer in ("gsm8k", "gsm8k_cot"):
             extracted = [_gsm8k_answers(task, text) for text in texts]
+            if finals is not None:  # lm-eval's strict rule on the reasoning, the flexible one on the answer
+                extracted[0]["flexible-extract"] = answers.extract_flexible(finals[doc_id])
             sample["extracted"] = extracted
             for rule in ("strict-match", "flexible-extract"):
                 if task.vote:
                     from llmlab.infer.prompting import majority_vote
 
-                    voted = majority_vote([e[rule] for e in extracted])
-                    sample["scores"][f"maj@{len(texts)},{rule}"] = answers.answers_match(voted, references)
+                    voted = majority_vote([e[rule] for e in extracted if e[rule] != answers.INVALID])
+                    sample["scores"][f"maj@{len(texts)},{rule}"] = answers.answers_match(voted or answers.INVALID,
+                                                                                         references)
                 else:
                     sample["scores"][f"exact_match,{rule}"] = answers.answers_match(extracted[0][rule], references)
         else:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.errors import ConfigError, DataError
+from llmlab.infer.prompting import render  # lm-eval's Jinja rendering of doc_to_text and doc_to_target
 
 KINDS = ("multiple_choice", "loglikelihood", "perplexity", "generation")
 METRICS = {
@@ -41,12 +42,13 @@ METRICS = {
 DEFAULT_METRICS = {"multiple_choice": ("acc", "acc_norm"), "loglikelihood": ("acc", "perplexity"),
                    "perplexity": METRICS["perplexity"], "generation": ("exact_match",)}
 ANSWERS = ("text", "gsm8k", "gsm8k_cot")  # how a generation's answer is extracted
-SELECTIONS = ("random", "first", "bm25", "embedding")
+SELECTIONS = ("random", "first", "bm25", "embedding")  # llmlab.infer.prompting.METHODS
+ORDERS = ("as_selected", "most_similar_first", "most_similar_last", "random")
 NORMALIZE_FIELDS = ("ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore", "strip", "squad")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".txt")
 PASS_AT = re.compile(r"pass@(\d+)$")
 # lm-eval's gsm8k-cot strict filter; the flexible one is answers.FLEXIBLE_PATTERN
-COT_STRICT_PATTERN = re.compile(r"The answer is (\-?[0-9\.\,]+)\.")
+COT_STRICT_PATTERN = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex's stop sequences (Chen et al. 2021)
 
 
@@ -59,6 +61,8 @@ class FewShot:
     split: str | None = None
     selection: str = "first"
     seed: int = 0
+    order: str = "as_selected"  # or most_similar_first, most_similar_last, random (llmlab.infer.prompting)
+    encoder: str | None = None  # the encoder checkpoint of selection "embedding" (e.g. a MiniLM directory)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,10 @@ def task_from_dict(values: dict, source: str = "built-in", base: Path | None = N
     if fewshot.selection not in SELECTIONS:
         raise ConfigError(f"fewshot.selection in {source} is {fewshot.selection!r}; choose one of "
                           f"{', '.join(SELECTIONS)}.")
+    if fewshot.order not in ORDERS:
+        raise ConfigError(f"fewshot.order in {source} is {fewshot.order!r}; choose one of {', '.join(ORDERS)}.")
+    if fewshot.selection == "embedding" and fewshot.encoder is None:
+        raise ConfigError(f"fewshot.selection embedding in {source} needs fewshot.encoder (an encoder checkpoint).")
     generation = values.get("generation") or {}
     _check_fields(generation, {f.name for f in dataclasses.fields(GenerationOptions)}, f"generation in {source}")
     until = generation.get("until", ())
@@ -266,28 +274,19 @@ def _read_file(path: Path) -> list[dict]:
 
 # --- templates -------------------------------------------------------------------------------------------------
 
-_ENVIRONMENT = None
-
-
-def _environment():
-    global _ENVIRONMENT  # one sandboxed Jinja environment, compiled templates cached by it
-    if _ENVIRONMENT is None:
-        from jinja2 import StrictUndefined
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        _ENVIRONMENT = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
-    return _ENVIRONMENT
-
-
 def template_variables(template: str) -> set[str]:
     """The variables a Jinja template reads."""
-    from jinja2 import meta
+    from jinja2 import Environment, TemplateSyntaxError, meta
 
-    return meta.find_undeclared_variables(_environment().parse(template))
+    try:
+        return meta.find_undeclared_variables(Environment().parse(template))  # parsed only, never run
+    except TemplateSyntaxError as error:
+        raise ConfigError(f"the template {template!r} does not parse ({error.message}).") from None
 
 
 def check_templates(task: Task, docs: list[dict]) -> None:
-    """ConfigError naming a template variable that the task's first document does not have."""
+    """ConfigError naming a template variable that the task's first document does not have, where rendering it
+    fails."""
     if not docs:
         raise DataError(f"the data of task {task.name} ({task.source}) holds no documents.")
     keys = set(docs[0])
@@ -295,25 +294,21 @@ def check_templates(task: Task, docs: list[dict]) -> None:
     if task.choices and task.choices not in keys:
         templates["choices"] = task.choices
     for name, template in templates.items():
-        missing = sorted(template_variables(template) - keys) if template else []
-        if missing:
+        if not template:
+            continue
+        try:
+            render(template, docs[0])  # rendered, since a template may read a field only where it is defined
+        except ConfigError:
+            missing = sorted(template_variables(template) - keys)
+            if not missing:
+                raise
             raise ConfigError(f"the {name} of task {task.name} ({task.source}) uses {missing[0]!r}, which its "
-                              f"documents do not have (they have {', '.join(sorted(keys))}).")
-
-
-def render(template: str, doc: dict, task: Task) -> str:
-    """The template filled from one document."""
-    from jinja2 import TemplateError
-
-    try:
-        return _environment().from_string(template).render(**doc)
-    except TemplateError as error:
-        raise ConfigError(f"a template of task {task.name} ({task.source}) cannot be rendered ({error}).") from None
+                              f"documents do not have (they have {', '.join(sorted(keys))}).") from None
 
 
 def doc_choices(task: Task, doc: dict) -> list[str]:
     """A multiple-choice document's choices: the field named by `choices`, or the template's list."""
-    value = doc[task.choices] if task.choices in doc else render(task.choices, doc, task)
+    value = doc[task.choices] if task.choices in doc else render(task.choices, doc)
     if isinstance(value, str):
         try:
             value = ast.literal_eval(value)
@@ -326,7 +321,7 @@ def doc_choices(task: Task, doc: dict) -> list[str]:
 
 def doc_gold(task: Task, doc: dict, choices: list[str]) -> int:
     """The index of a multiple-choice document's gold choice (the target is an index or a choice's text)."""
-    target = render(task.target, doc, task).strip() if task.target not in doc else doc[task.target]
+    target = render(task.target, doc).strip() if task.target not in doc else doc[task.target]
     if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
         index = int(target)
         if 0 <= index < len(choices):
@@ -341,7 +336,7 @@ def doc_target(task: Task, doc: dict) -> str | list[str]:
     """A document's reference text (a field holding a list gives several references)."""
     if task.target in doc and isinstance(doc[task.target], list):
         return [str(ref) for ref in doc[task.target]]
-    return render(task.target, doc, task) if task.target else ""
+    return render(task.target, doc) if task.target else ""
 
 
 # --- built-in tasks --------------------------------------------------------------------------------------------
@@ -349,20 +344,29 @@ def doc_target(task: Task, doc: dict) -> str | list[str]:
 GSM8K = {"kind": "generation", "data": "gsm8k/test.jsonl", "template": "Question: {{question}}\nAnswer:",
          "target": "{{answer}}", "fewshot": {"k": 8, "data": "gsm8k/train.jsonl", "selection": "first"},
          "generation": {"until": ["Question:", "</s>", "<|im_end|>"], "max_new_tokens": 256},
-         "metrics": ["exact_match"], "answer": "gsm8k"}
-COT = {"template": "Q: {{question}}\nA:", "answer": "gsm8k_cot",
-       "generation": {"until": ["Q:", "</s>", "<|im_end|>", "\n\n"], "max_new_tokens": 256}}
+         "metrics": ["exact_match"], "answer": "gsm8k"}  # lm-eval's gsm8k.yaml, with 8 shots
 HUMANEVAL = {"kind": "generation", "data": "HumanEval.jsonl.gz", "template": "{{prompt}}", "target_delimiter": "",
              "generation": {"until": list(HUMANEVAL_STOP), "max_new_tokens": 512}, "metrics": ["pass@1"]}
 BUILTIN = ("gsm8k", "gsm8k_cot", "gsm8k_cot_zeroshot", "gsm8k_cot_sc", "humaneval", "perplexity:PATH")
+SELF_CONSISTENCY_SAMPLES = 5
 
 
-def _cot_exemplars() -> list[dict]:
-    """Wei et al.'s eight GSM8K exemplars as documents (question, and target = chain + "The answer is N.")."""
-    from llmlab.infer.prompting import GSM8K_COT_EXEMPLARS
+def _gsm8k_cot(name: str, samples: int | None) -> dict:
+    """lm-eval's gsm8k-cot (Wei et al.'s eight exemplars), its zero-shot form in Kojima et al.'s two stages, or its
+    self-consistency form (Wang et al.: sampled chains at T = 0.7, the majority answer)."""
+    from llmlab.infer import prompting
 
-    return [{"question": e["question"], "target": f"{e['chain']} The answer is {e['answer']}."}
-            for e in GSM8K_COT_EXEMPLARS]
+    cot = {**GSM8K, "template": prompting.GSM8K_COT_TEMPLATE.text, "target": prompting.GSM8K_COT_TEMPLATE.target,
+           "answer": "gsm8k_cot", "generation": {"until": list(prompting.GSM8K_COT_STOP), "max_new_tokens": 256},
+           "fewshot": {"k": 8, "data": [dict(e) for e in prompting.GSM8K_COT_EXEMPLARS], "selection": "first"}}
+    if name == "gsm8k_cot_zeroshot":
+        return {**cot, "fewshot": {"k": 0}, "zeroshot_cot": True,
+                "template": prompting.zero_shot_cot_prompt("{{question}}")}
+    if name == "gsm8k_cot_sc":
+        sampling = prompting.SELF_CONSISTENCY_CONFIG
+        return {**cot, "vote": True, "generation": {**cot["generation"], "temperature": sampling.temperature,
+                                                    "n": samples or SELF_CONSISTENCY_SAMPLES}}
+    return cot
 
 
 def builtin_task(name: str, data_dir=None, samples: int | None = None) -> Task:
@@ -373,21 +377,12 @@ def builtin_task(name: str, data_dir=None, samples: int | None = None) -> Task:
                               Path.cwd(), data_dir) if path.endswith(LOCAL_SUFFIXES) else _perplexity(path, data_dir)
     if name == "gsm8k":
         values = GSM8K
-    elif name in ("gsm8k_cot", "gsm8k_cot_sc"):
-        values = {**GSM8K, **COT, "fewshot": {"k": 8, "data": _cot_exemplars(), "selection": "first"}}
-        if name == "gsm8k_cot_sc":  # Wang et al.'s self-consistency: sampled chains, majority answer
-            n = samples or 5
-            values = {**values, "vote": True,
-                      "generation": {**COT["generation"], "temperature": 0.7, "n": n}}
-    elif name == "gsm8k_cot_zeroshot":
-        from llmlab.infer.prompting import ZERO_SHOT_COT_TRIGGER
-
-        values = {**GSM8K, **COT, "fewshot": {"k": 0}, "zeroshot_cot": True,
-                  "template": "Q: {{question}}\nA: " + ZERO_SHOT_COT_TRIGGER, "answer": "gsm8k"}
+    elif name in ("gsm8k_cot", "gsm8k_cot_zeroshot", "gsm8k_cot_sc"):
+        values = _gsm8k_cot(name, samples)
     elif name == "humaneval":
         n = samples or 1
         values = {**HUMANEVAL, "generation": {**HUMANEVAL["generation"], "n": n,
-                                              "temperature": 0.8 if n > 1 else 0.0},
+                                              "temperature": 0.8 if n > 1 else 0.0},  # Chen et al.'s T for pass@10+
                   "metrics": [f"pass@{k}" for k in (1, 10, 100) if k <= n]}
     else:
         raise ConfigError(f"there is no task {name!r}; give a task YAML file or one of {', '.join(BUILTIN)}.")
