@@ -333,9 +333,11 @@ def doc_gold(task: Task, doc: dict, choices: list[str]) -> int:
 
 
 def doc_target(task: Task, doc: dict) -> str | list[str]:
-    """A document's reference text (a field holding a list gives several references)."""
-    if task.target in doc and isinstance(doc[task.target], list):
-        return [str(ref) for ref in doc[task.target]]
+    """A document's reference text: the target template filled, or the field it names (a list: several
+    references)."""
+    if task.target in doc:  # a field's name, as lm-eval's doc_to_target may be
+        value = doc[task.target]
+        return [str(ref) for ref in value] if isinstance(value, list) else str(value)
     return render(task.target, doc) if task.target else ""
 
 
