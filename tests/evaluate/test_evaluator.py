@@ -240,3 +240,30 @@ def test_generation_options_reach_the_model():
     result = evaluate(model, [task])
     assert result["results"]["echo"]["metrics"]["exact_match"]["value"] == 0.5
     assert result["samples"]["echo"][0]["outputs"] == ["4"] * 3
+
+
+HUMANEVAL = shared_data("HumanEval.jsonl.gz")
+
+
+@pytest.mark.skipif(not HUMANEVAL.exists(), reason="../shared/data/HumanEval.jsonl.gz is absent")
+def test_humaneval_pass_at_k_of_canonical_and_broken_samples(tmp_path):
+    from llmlab.evaluate.execution import read_problems
+
+    problems = list(read_problems(HUMANEVAL).values())[:3]
+    task = builtin_task("humaneval", HUMANEVAL.parent, samples=2)
+    assert task.generation.n == 2 and task.metrics == ("pass@1",)
+    model = FixedScores()
+    # problem 0: both samples canonical; 1: one canonical, one broken; 2: both broken
+    plans = {p["prompt"]: [p["canonical_solution"] if ok else "    return None\n" for ok in okays]
+             for p, okays in zip(problems, [(True, True), (True, False), (False, False)])}
+    model.generate = lambda prompts, options, seed=0: [plans[p] for p in prompts]
+    evaluation = evaluate(model, [task], limit=3)
+    metrics = evaluation["results"]["humaneval"]["metrics"]
+    # pass@1 per problem: c/n = 1, 1/2, 0; pass@2 = 1 - C(n-c, 2)/C(2, 2) = 1, 1, 0
+    assert metrics["pass@1"]["value"] == pytest.approx(0.5)
+    assert metrics["pass@2"]["value"] == pytest.approx(2 / 3)
+    assert [s["passed"] for s in evaluation["samples"]["humaneval"]] == [[True, True], [True, False], [False, False]]
+    from llmlab.evaluate.report import write_outputs
+
+    written = write_outputs(tmp_path, evaluation)
+    assert (tmp_path / "pass_at_k.png") in written
