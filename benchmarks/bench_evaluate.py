@@ -54,8 +54,9 @@ def build(directory: Path, args) -> tuple[Path, Path, list[dict], list[str]]:
     model.tokenizer = tokenizer
     llmlab.save(model, directory / "model")
     hf_dir = save_hf(model, directory / "hf")
-    questions = [{"question": sentence(rng, 10), "choices": [sentence(rng, rng.randint(2, 8)) for _ in range(args.choices)],
-                  "answer": rng.randrange(args.choices)} for _ in range(args.questions)]
+    questions = [{"question": sentence(rng, 10), "answer": rng.randrange(args.choices),
+                  "choices": [sentence(rng, rng.randint(2, 8)) for _ in range(args.choices)]}
+                 for _ in range(args.questions)]
     texts = [" ".join(sentence(rng, 12) for _ in range(args.text_sentences)) for _ in range(args.texts)]
     return directory / "model", hf_dir, questions, texts
 
@@ -66,13 +67,17 @@ def lm_eval_tasks(directory: Path, questions: list[dict], texts: list[str]) -> P
     tasks.mkdir()
     (tasks / "mc.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (tasks / "ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+    def source(name):
+        return f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(tasks / name))}\n"
+
     (tasks / f"{MC_TASK}.yaml").write_text(
-        f"task: {MC_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(tasks / 'mc.jsonl'))}\n"
-        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
+        f"task: {MC_TASK}\n{source('mc.jsonl')}output_type: multiple_choice\ntest_split: test\n"
+        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
         "doc_to_choice: choices\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
     (tasks / f"{PPL_TASK}.yaml").write_text(
-        f"task: {PPL_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(tasks / 'ppl.jsonl'))}\n"
-        "output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
+        f"task: {PPL_TASK}\n{source('ppl.jsonl')}output_type: loglikelihood_rolling\ntest_split: test\n"
+        "doc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
     return tasks
 
@@ -136,7 +141,7 @@ def main() -> None:
     equal = {"multiple choice": mc_equal(outputs[("multiple choice", "llmlab")],
                                          outputs[("multiple choice", "lm-eval hf")]),
              "perplexity": ppl_equal(outputs[("perplexity", "llmlab")], outputs[("perplexity", "lm-eval hf")])}
-    print(f"| task | requests | llmlab req/s | lm-eval hf req/s | ratio | results equal |")
+    print("| task | requests | llmlab req/s | lm-eval hf req/s | ratio | results equal |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for kind in ("multiple choice", "perplexity"):
         ours_rate = requests[kind] / statistics.median(times[(kind, "llmlab")])

@@ -108,7 +108,7 @@ def test_a_wrong_kind_and_a_missing_field_are_named(tmp_path):
 
 
 def test_a_template_variable_missing_from_the_data_is_named(tmp_path):
-    from llmlab.evaluate.evaluator import LocalModel, evaluate  # noqa: F401  (the check runs before any request)
+    from llmlab.evaluate.evaluator import evaluate
 
     task = load_task_file(write_task(tmp_path, TASK.replace("{{q}}", "{{question}}")))
 
@@ -118,8 +118,8 @@ def test_a_template_variable_missing_from_the_data_is_named(tmp_path):
         def describe(self):
             return {}
 
-    with pytest.raises(ConfigError, match=r"template of task sums .*task.yaml.* uses 'question'.*have label, options, q"):
-        evaluate(Nothing(), [task])
+    with pytest.raises(ConfigError, match=r"template of task sums .*task.yaml.* uses 'question'.*have label, opt"):
+        evaluate(Nothing(), [task])  # before any request
 
 
 def test_a_missing_data_file_is_a_data_error(tmp_path):

@@ -26,6 +26,7 @@ from llmlab.evaluate.tasks import (COT_STRICT_PATTERN, GenerationOptions, Task, 
                                    doc_gold, doc_target, load_documents, render)
 
 CACHE_FILE = "requests.jsonl"
+PASS_AT_K_CURVE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 # --- models ----------------------------------------------------------------------------------------------------
@@ -111,7 +112,8 @@ class LocalModel:
         keep = max(1, self.model.config.max_seq_len - options.max_new_tokens)
         texts = []
         for start in range(0, len(prompts), self.batch_size):
-            ids = [self.encode(prompt)[-keep:] or [self.prefix_token] for prompt in prompts[start:start + self.batch_size]]
+            batch = prompts[start:start + self.batch_size]
+            ids = [self.encode(prompt)[-keep:] or [self.prefix_token] for prompt in batch]
             texts += generate(self.model, ids, config, tokenizer=self.tokenizer).text
         return [texts[i * options.n:(i + 1) * options.n] for i in range(len(prompts))]
 
@@ -186,8 +188,6 @@ class Requests:
 
     def generate(self, prompts: list[str], options: GenerationOptions, seed: int, desc: str = "generate") -> list:
         """options.n texts per prompt."""
-        if not self.model.can_generate:
-            raise ConfigError("An encoder-only model cannot generate text; a generation task needs a decoder.")
         settings = [options.max_new_tokens, list(options.until), options.temperature, options.n, seed]
         return self._run("generate", [[prompt, settings] for prompt in prompts],
                          lambda items: self.model.generate([item[0] for item in items], options, seed), desc)
@@ -391,7 +391,8 @@ def _pass_at_k(task, docs, prompts, outputs):
                         "passed": correct, "scores": {}})
     n = min(len(texts) for texts in outputs)
     values = {}
-    for k in sorted(set(task.pass_at()) | set(range(1, n + 1))):
+    curve = {k for k in PASS_AT_K_CURVE if k <= n} | {n}  # for the plot of pass@k against k
+    for k in sorted(set(task.pass_at()) | curve):
         if k > n:
             raise ConfigError(f"task {task.name} asks for pass@{k} but generates {n} samples per problem "
                               f"(raise generation.n).")

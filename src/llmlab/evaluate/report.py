@@ -71,7 +71,8 @@ def plot_results(out: Path, results: dict) -> list[Path]:
         axes = figure.subplots()
         for task, points in shots.items():
             axes.errorbar([p[0] for p in points], [p[1]["value"] for p in points],
-                          yerr=[p[1]["stderr"] or 0 for p in points], marker="o", capsize=3, label=f"{task} ({points[0][2]})")
+                          yerr=[p[1]["stderr"] or 0 for p in points], marker="o", capsize=3,
+                          label=f"{task} ({points[0][2]})")
         axes.set(xlabel="demonstrations (shots)", ylabel="accuracy", title="Accuracy against shots")
         axes.grid(alpha=0.3)
         axes.legend()

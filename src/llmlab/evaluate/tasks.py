@@ -101,10 +101,9 @@ class Task:
     def describe(self) -> dict:
         """The task's configuration as JSON-serialisable data (for results.json)."""
         values = dataclasses.asdict(self)
-        for name in ("data",):
-            values[name] = str(values[name]) if isinstance(values[name], Path) else values[name]
-        if isinstance(values["fewshot"]["data"], Path):
-            values["fewshot"]["data"] = str(values["fewshot"]["data"])
+        for where in (values, values["fewshot"]):
+            if isinstance(where["data"], Path):
+                where["data"] = str(where["data"])
         return values
 
     def pass_at(self) -> list[int]:
