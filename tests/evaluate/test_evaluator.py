@@ -213,7 +213,7 @@ def test_a_resumed_evaluation_does_not_redo_finished_requests(model, tmp_path):
     assert Counting.calls == 0
 
 
-def test_a_server_url_model_gives_the_local_model_s_multiple_choice_results(checkpoint, model, tmp_path):
+def test_a_server_url_model_gives_the_local_model_s_results(checkpoint, model, tmp_path):
     pytest.importorskip("fastapi")
     from llmlab.evaluate.remote import RemoteModel
     from llmlab.infer.engine import AsyncEngine, Engine
@@ -221,14 +221,19 @@ def test_a_server_url_model_gives_the_local_model_s_multiple_choice_results(chec
     from tests.serve.servers import app_server
 
     task = load_task_file(mc_task_file(tmp_path / "task"))
-    local = evaluate(LocalModel(model), [task])
+    generation = task_from_dict({"name": "greedy", "kind": "generation", "template": "{{q}}", "target": "{{q}}",
+                                 "generation": {"max_new_tokens": 6}, "metrics": ["exact_match"],
+                                 "data": [{"q": "The cat"}, {"q": "Once upon a"}, {"q": "hello there"}]})
+    local = evaluate(LocalModel(model), [task, generation])
     engine = AsyncEngine(Engine(model, model.tokenizer))
     with app_server(create_app(engine, ServeSettings("tiny", model.config.max_seq_len))) as base:
-        remote = evaluate(RemoteModel(f"{base}/v1", batch_size=3), [task])
+        remote = evaluate(RemoteModel(f"{base}/v1", batch_size=3), [task, generation])
     for metric in ("acc", "acc_norm", "acc_norm_bytes"):
         assert remote["results"]["tiny_mc"]["metrics"][metric] == local["results"]["tiny_mc"]["metrics"][metric]
     for got, expected in zip(remote["samples"]["tiny_mc"], local["samples"]["tiny_mc"], strict=True):
         assert got["loglikelihoods"] == pytest.approx(expected["loglikelihoods"], abs=1e-4)
+    # greedy generation through /v1/completions gives the local model's text
+    assert [s["outputs"] for s in remote["samples"]["greedy"]] == [s["outputs"] for s in local["samples"]["greedy"]]
 
 
 def test_generation_options_reach_the_model():
