@@ -99,7 +99,7 @@ class Template:
     def _jinja(self, prompt, add_generation_prompt: bool) -> str:
         import jinja2
 
-        from llmlab.infer.chat import _jinja_environment
+        from llmlab.infer.chat import sandboxed_environment
 
         variables = {**self.special_tokens, "messages": as_messages(prompt), "add_generation_prompt":
                      add_generation_prompt, "tools": None, "documents": None}
@@ -107,7 +107,7 @@ class Template:
             variables.update(prompt)
         elif isinstance(prompt, str):
             variables["prompt"] = prompt
-        environment = _jinja_environment()
+        environment = sandboxed_environment()
         if self.strict:
             environment.undefined = jinja2.StrictUndefined
         try:
