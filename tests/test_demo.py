@@ -14,11 +14,14 @@ from llmlab.model import Model
 
 
 def test_demo_trains_samples_and_saves_a_loadable_checkpoint(tmp_path, capsys):
-    losses = demo.run(steps=3, out_dir=str(tmp_path / "demo"))
+    losses = demo.run(steps=3, out_dir=str(tmp_path / "demo"), sft_steps=2)
     assert len(losses) == 3
     assert losses[0] == pytest.approx(math.log(demo.VOCAB_SIZE), abs=0.5)
     output = capsys.readouterr().out
-    assert output.count("  > ") == 2 * len(demo.PROMPTS)
+    assert output.count("  > ") == 2 * len(demo.PROMPTS) + 2 * 4  # samples, then 4 answers before and after SFT
+    assert "| demo-sft (instruction-tuned) | 40 synthetic instructions | exact match |" in output
+    tuned = tmp_path / "demo-sft" / "run" / "final"
+    assert llmlab.load(tuned).config == llmlab.load(tmp_path / "demo").config
     model = llmlab.load(tmp_path / "demo")
     assert model.config.vocab_size == load_tokenizer(tmp_path / "demo").get_vocab_size() == demo.VOCAB_SIZE
     report = json.loads((tmp_path / "demo-data" / "report.json").read_text())
@@ -30,8 +33,8 @@ def test_demo_trains_samples_and_saves_a_loadable_checkpoint(tmp_path, capsys):
     notes = tmp_path / "demo" / "notes.txt"
     notes.write_text("mine")
     with pytest.raises(llmlab.CheckpointError, match="not empty"):  # refused before the pipeline runs again
-        demo.run(steps=1, out_dir=str(tmp_path / "demo"))
-    demo.run(steps=1, out_dir=str(tmp_path / "demo"), overwrite=True)
+        demo.run(steps=1, out_dir=str(tmp_path / "demo"), sft_steps=1)
+    demo.run(steps=1, out_dir=str(tmp_path / "demo"), overwrite=True, sft_steps=1)
     assert notes.read_text() == "mine" and llmlab.load(tmp_path / "demo").tokenizer is not None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import shutil
 import time
@@ -27,6 +28,8 @@ from llmlab.train.pretrain import build_model
 from llmlab.train.recipe import DataConfig, Recipe
 
 CURVES_FILE = "curves.png"
+SFT_TASKS = ("copy", "upper", "lower", "reverse")  # tasks a 4M-parameter model can learn in a minute
+SFT_EXAMPLES, SFT_HELD_OUT, SFT_STEPS = 1500, 40, 120
 PROMPTS = ("Return the", "This module provides", "Raises ValueError if", "The default")
 # The same run as recipes/demo.yaml (`llmlab pretrain recipes/demo.yaml --out DIR`), which a test keeps equal.
 RECIPE = Recipe(
@@ -73,11 +76,14 @@ def print_samples(model, tokenizer, generator: torch.Generator, max_new_tokens: 
 
 
 def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "demo"), seed: int = 0,
-        overwrite: bool = False) -> list[float]:
-    """Train the demo model on the bundled corpus, print samples before and after, save it; return the losses.
+        overwrite: bool = False, sft_steps: int = SFT_STEPS) -> list[float]:
+    """Train the demo model on the bundled corpus, print samples before and after, save it, instruction-tune it
+    (sft_steps) into out_dir-sft and print an evaluation table; return the pretraining losses.
 
-    An existing non-empty out_dir is refused before any work unless overwrite, which replaces only its checkpoint."""
+    An existing non-empty out_dir (or out_dir-sft) is refused before any work unless overwrite, which replaces only
+    the checkpoint in out_dir (and the demo's own out_dir-sft)."""
     check_output_directory(out_dir, overwrite)
+    check_output_directory(sft_directory(out_dir), overwrite)
     started = time.perf_counter()
     data = dataclasses.replace(RECIPE.data, seed=seed)
     recipe = dataclasses.replace(RECIPE, data=data, train=dataclasses.replace(RECIPE.train, steps=steps, seed=seed))
@@ -101,9 +107,14 @@ def run(steps: int = RECIPE.train.steps, out_dir: str = os.path.join("runs", "de
     losses = train_and_show(model, tokenizer, recipe, batches, held_out, seed, run_dir)
     save_model(model, tokenizer, out_dir, overwrite)
     plot_curves(run_dir)
+    held_out_loss = Trainer(model, recipe.train, batches, held_out=held_out, progress=False).evaluate()
+    tuned = instruction_tune_and_show(out_dir, seed, overwrite, sft_steps)
+    say("8. The trained models, evaluated (llmlab evaluate: docs/evaluation.md)")
+    say(evaluation_table(held_out_loss, tuned))
     say(f"Done in {time.perf_counter() - started:.0f}s.")
     say(f"Serve it behind an OpenAI-compatible API, with a chat page at http://127.0.0.1:8000/: "
-        f"llmlab serve {out_dir}  (needs the serve extra: pip install -e '.[serve]')")
+        f"llmlab serve {out_dir}  (or the instruction-tuned {tuned['final']}; needs the serve extra: "
+        f"pip install -e '.[serve]')")
     return losses
 
 
@@ -151,3 +162,70 @@ def plot_curves(run_dir: Path) -> None:
 
     plot_runs([run_dir], run_dir / CURVES_FILE, overwrite=True)
     say(f"Saved the training curves to {run_dir / CURVES_FILE} (llmlab plot {run_dir} OTHER_RUN... to compare)")
+
+
+def sft_directory(out_dir: str) -> Path:
+    """Where the demo instruction-tunes its model: out_dir-sft."""
+    return Path(out_dir.rstrip(os.sep) + "-sft")
+
+
+def instruction_tune_and_show(out_dir: str, seed: int, overwrite: bool, steps: int = SFT_STEPS) -> dict:
+    """Fine-tune the saved demo model on synthetic instructions (llmlab finetune's sft method) into out_dir-sft,
+    printing greedy answers to held-out instructions and their exact-match accuracy before and after."""
+    from llmlab.adapt.data import FinetuneData
+    from llmlab.adapt.finetune import FinetuneRecipe, ModelSection, finetune, method_section
+    from llmlab.adapt.synthetic import generate_tasks, write_tasks
+
+    sft_dir = sft_directory(out_dir)
+    if sft_dir.exists() and overwrite:  # the demo's own run directory, as out_dir-run and out_dir-data are
+        shutil.rmtree(sft_dir)
+    sft_dir.mkdir(parents=True, exist_ok=True)
+    data = write_tasks(sft_dir / "tasks.jsonl", SFT_EXAMPLES, seed=seed, tasks=SFT_TASKS)
+    questions = generate_tasks(SFT_HELD_OUT, seed=seed + 1_000_003, tasks=SFT_TASKS)  # apart from the training draw
+    recipe = FinetuneRecipe(
+        model=ModelSection(path=out_dir),
+        data=FinetuneData(path=str(data), format="alpaca", template="alpaca", held_out_fraction=0.02, seed=seed),
+        method=method_section({"name": "sft", "pack": True, "seq_len": 128, "batch_size": 16}, "the demo"),
+        train=TrainConfig(steps=steps, lr=1e-3, schedule="cosine", warmup=min(10, steps), weight_decay=0.0, grad_clip=1.0,
+                          eval_every=0, log_every=10, seed=seed, deterministic=True, device="cpu"),
+    )
+    say(f"6. Instruction tuning (survey §5.1): {SFT_EXAMPLES} synthetic tasks ({', '.join(SFT_TASKS)}) in Stanford "
+        f"Alpaca's prompt; greedy answers to held-out ones before:")
+    before = exact_match(llmlab.load(out_dir), questions)
+    say(f"7. Fine-tuning for {steps} steps (packed, loss on the responses only), then the same questions:")
+    final = finetune(recipe, sft_dir / "run", progress=True)
+    after = exact_match(llmlab.load(final), questions)
+    say(f"   Saved the instruction-tuned model to {final}")
+    return {"before": before, "after": after, "final": str(final)}
+
+
+def exact_match(model, questions: list[dict], shown: int = 4) -> float:
+    """The share of questions (Alpaca records) whose greedy answer equals the output exactly, through
+    llmlab.evaluate; prints the first `shown` answers."""
+    from llmlab.adapt.templates import ALPACA_PROMPTS
+    from llmlab.evaluate.evaluator import LocalModel, evaluate
+    from llmlab.evaluate.tasks import GenerationOptions, Task
+
+    documents = [{"prompt": ALPACA_PROMPTS["prompt_input" if q["input"] else "prompt_no_input"].format(**q),
+                  "output": q["output"]} for q in questions]
+    task = Task(name="synthetic instructions", kind="generation", data=documents, template="{{prompt}}",
+                target="output", metrics=("exact_match",), normalize={"strip": True},
+                generation=GenerationOptions(max_new_tokens=24, until=("\n",), temperature=0.0))
+    result = evaluate(LocalModel(model), [task])
+    for question, record in zip(questions[:shown], result["samples"][task.name]):
+        asked = f"{question['instruction']} {question['input']}".strip()
+        say(f"  > {asked!r} -> {record['outputs'][0].strip()!r} (expected {question['output']!r})")
+    accuracy = result["results"][task.name]["metrics"]["exact_match"]["value"]
+    say(f"   exact match {accuracy:.2f} on {len(questions)} held-out questions")
+    return accuracy
+
+
+def evaluation_table(held_out_loss: float, tuned: dict) -> str:
+    """A small markdown table: held-out perplexity of the pretrained model, and the synthetic task before and
+    after instruction tuning."""
+    rows = [("| model | task | metric | value |", "|---|---|---|---|"),
+            (f"| demo (pretrained) | bundled corpus, held out | perplexity | {math.exp(held_out_loss):.1f} |",
+             f"| demo (pretrained) | {SFT_HELD_OUT} synthetic instructions | exact match | {tuned['before']:.2f} |",
+             f"| demo-sft (instruction-tuned) | {SFT_HELD_OUT} synthetic instructions | exact match | "
+             f"{tuned['after']:.2f} |")]
+    return "\n".join(line for group in rows for line in group)
