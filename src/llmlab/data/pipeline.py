@@ -13,7 +13,8 @@ file exists is not redone), so a run killed at any moment and run again writes t
 5. the shard index and the report (report.json, report.md).
 
 Tasks run through an executor (llmlab.data.executors): worker processes here, or a Ray cluster; every executor and
-worker count writes the same bytes (the report differs only in executor, workers, tasks and seconds).
+worker count writes the same bytes (the report differs only in executor, workers, tasks and seconds). The sources,
+the output, a seed index and a tokenizer may be fsspec URLs (llmlab.data.paths: s3://, gs://, …), with the same bytes.
 
 Output layout under the recipe's output directory:
 
