@@ -26,6 +26,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import fsspec
+import pyarrow
+import pyarrow.parquet as parquet
 import pytest
 import zstandard
 from fsspec.spec import AbstractFileSystem
@@ -184,8 +186,9 @@ def test_a_memory_output_holds_the_local_runs_bytes(corpus):
 
 
 def test_sources_glob_seed_index_and_tokenizer_on_memory(corpus):
-    """A second corpus de-duplicated against the first run's index, with its tokenizer: every input and the output
-    on memory://, against the same run on local paths."""
+    """A second corpus (gzip JSONL, Parquet in row-group units, text; a hidden file left out) de-duplicated against
+    the first run's index, with its tokenizer: every input and the output on memory://, against the same run on
+    local paths."""
     root, _, _ = corpus
     memory, base = fsspec.filesystem("memory"), f"memory://llmlab-{uuid.uuid4().hex}"
     (root / "second").mkdir()
@@ -194,17 +197,22 @@ def test_sources_glob_seed_index_and_tokenizer_on_memory(corpus):
     for file in (root / "new").iterdir():
         (root / "second" / (file.name + ".gz")).write_bytes(gzip.compress(file.read_bytes(), mtime=0))
     (root / "second" / ".hidden.jsonl.gz").write_bytes((root / "second" / "copy.jsonl.gz").read_bytes())
+    rows = [json.loads(line) for line in (root / "new" / "part0.jsonl").read_text().splitlines()]
+    parquet.write_table(pyarrow.Table.from_pylist(rows[::-1]), root / "second" / "rows.parquet", row_group_size=5)
+    (root / "second" / "notes.txt").write_text("A text file read whole as one document.\n")
     for directory in ("second", "local/dedup/index", "local/shards"):
         memory.put(str(root / directory), f"{base}/{directory}", recursive=True)
 
     def recipe(where: str) -> dict:
-        data = full_recipe(root, f"{where}/second/*.jsonl.gz", tokenizer={"path": f"{where}/local/shards"})
+        data = full_recipe(root, f"{where}/second/*", tokenizer={"path": f"{where}/local/shards"})
+        data["sources"][0]["rows_per_unit"] = 5  # the Parquet file in three units
         data["stages"][-1] = {"dedup": {"near": True, "index": f"{where}/local/dedup/index"}}
         return data
 
     local = run_pipeline(recipe_from_dict(recipe(str(root))), root / "again", progress=False)
     remote = run_pipeline(recipe_from_dict(recipe(base)), f"{base}/again", progress=False)
-    assert local["stages"][0]["out"] == 36 and local["stages"][-2]["counts"]["exact_duplicates"] >= 11
+    assert local["units"] == 7 and local["stages"][0]["out"] == 36 + 12 + 1
+    assert local["stages"][-2]["counts"]["exact_duplicates"] >= 11 + 11  # the copy's and the Parquet file's
     assert_same_outputs(tree(memory, f"{base}/again"), output_files(root / "again"), str(location(base)), str(root))
     assert made(remote)["stages"] == made(local)["stages"]
 

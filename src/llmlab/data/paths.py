@@ -123,7 +123,7 @@ def location(path: str | os.PathLike | RemotePath) -> Location:
     if isinstance(path, (Path, RemotePath)):
         return path
     text = os.fspath(path)
-    if "://" not in text and "::" not in text:
+    if "://" not in text:
         return Path(text)
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
