@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from llmlab.data.paths import Location, atomic_path, is_remote, load_array, location
 from llmlab.errors import ConfigError, DataError
 from llmlab.files import follow_umask
 
@@ -328,10 +329,10 @@ class DedupIndex:
     @classmethod
     def load(cls, directory: str | os.PathLike, minhash: MinHashConfig | None = None) -> DedupIndex:
         """Read an index saved by `save`; a MINHASH differing from the stored parameters is a ConfigError."""
-        directory = Path(directory)
+        directory = location(directory)
         stored = index_minhash(directory, minhash)
         try:
-            arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in cls.FILES}
+            arrays = {name: load_array(directory / f"{name}.npy") for name in cls.FILES}
         except (OSError, ValueError) as error:
             raise DataError(f"de-duplication index {directory} is missing or unreadable ({error}).") from error
         if any(array.dtype != np.uint64 or array.ndim != 1 for array in arrays.values()):
@@ -343,7 +344,7 @@ def index_minhash(directory: str | os.PathLike, minhash: MinHashConfig | None = 
     """The MinHash parameters of the index in DIRECTORY (its index.json checked); differing from MINHASH is a
     ConfigError."""
     try:
-        meta = json.loads((Path(directory) / "index.json").read_text())
+        meta = json.loads((location(directory) / "index.json").read_text())
         stored = MinHashConfig(**meta["minhash"])
         if meta.get("format") != INDEX_FORMAT or meta.get("hash") != HASH_SCHEME:
             raise DataError(f"de-duplication index {directory} was written by an incompatible version of llmlab.")
@@ -428,13 +429,17 @@ class Deduplicator:
             yield from self.process_batch(batch)
 
 
-def seed_index(directory: str | os.PathLike | None) -> Path | None:
-    """DIRECTORY if it holds a saved index, None if it is None, absent or empty; anything else is a DataError."""
-    if directory is not None and Path(directory).exists() and not Path(directory).is_dir():
+def seed_index(directory: str | os.PathLike | None) -> Location | None:
+    """DIRECTORY (a path or an fsspec URL) if it holds a saved index, None if it is None, absent or empty; anything
+    else is a DataError."""
+    if directory is None:
+        return None
+    place = location(directory)
+    if place.exists() and not place.is_dir():
         raise DataError(f"{directory} is a file, not a de-duplication index directory.")
-    if directory is not None and (Path(directory) / "index.json").exists():
-        return Path(directory)
-    if directory is not None and Path(directory).is_dir() and any(Path(directory).iterdir()):
+    if (place / "index.json").exists():
+        return place
+    if place.is_dir() and any(place.iterdir()):
         raise DataError(f"{directory} is not empty and holds no de-duplication index (index.json).")
     return None
 
@@ -447,15 +452,24 @@ def open_index(directory: str | os.PathLike | None, minhash: MinHashConfig = Min
 
 def save_index(directory: str | os.PathLike, minhash: MinHashConfig, write: Callable[[str, BinaryIO], None]) -> None:
     """Write an index to DIRECTORY atomically (a temporary directory renamed into place); WRITE(name, stream) writes
-    the .npy array of each of DedupIndex.FILES."""
-    directory = Path(directory)
+    the .npy array of each of DedupIndex.FILES. On an object store, where no directory appears at once, index.json
+    is removed first and written last."""
+    directory = location(directory)
+    meta = {"format": INDEX_FORMAT, "hash": HASH_SCHEME, "minhash": asdict(minhash)}
+    if is_remote(directory):
+        (directory / "index.json").unlink(missing_ok=True)
+        for name in DedupIndex.FILES:
+            with atomic_path(directory / f"{name}.npy") as staging, staging.open("wb") as stream:
+                write(name, stream)
+        with atomic_path(directory / "index.json") as staging:
+            staging.write_text(json.dumps(meta, indent=1) + "\n")
+        return
     directory.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
         for name in DedupIndex.FILES:
             with open(temporary / f"{name}.npy", "wb") as stream:
                 write(name, stream)
-        meta = {"format": INDEX_FORMAT, "hash": HASH_SCHEME, "minhash": asdict(minhash)}
         (temporary / "index.json").write_text(json.dumps(meta, indent=1) + "\n")
         follow_umask(temporary)
         old = None

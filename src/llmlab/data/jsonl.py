@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmlab.data.paths import Location, location
 from llmlab.data.sources import open_binary, read_errors
 from llmlab.errors import DataError
 from llmlab.files import follow_umask
@@ -37,16 +38,18 @@ class ReadCounts:
         return {"lines": self.lines, "documents": self.documents, "skipped": dict(self.skipped)}
 
 
-def check_readable(path: str | os.PathLike) -> Path:
-    """Return PATH as a Path, or raise DataError if it is not a readable file."""
-    path = Path(path)
+def check_readable(path: str | os.PathLike | Location) -> Location:
+    """Return PATH (a path or an fsspec URL) as a Path or RemotePath, or raise DataError if it is not a readable
+    file."""
+    path = location(path)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist or is not a file.")
     return path
 
 
-def read_records(path: str | os.PathLike, counts: ReadCounts | None = None) -> Iterator[dict]:
-    """Yield the JSON objects of a JSONL (or .jsonl.gz, .jsonl.zst) file, skipping and counting bad lines."""
+def read_records(path: str | os.PathLike | Location, counts: ReadCounts | None = None) -> Iterator[dict]:
+    """Yield the JSON objects of a JSONL (or .jsonl.gz, .jsonl.zst) file (a path or an fsspec URL), skipping and
+    counting bad lines."""
     path = check_readable(path)
     counts = counts if counts is not None else ReadCounts()
     errors = read_errors(path)
@@ -72,7 +75,7 @@ def read_records(path: str | os.PathLike, counts: ReadCounts | None = None) -> I
             raise DataError(f"cannot read {path}: {error}.") from error
 
 
-def read_documents(path: str | os.PathLike, counts: ReadCounts | None = None, text_field: str = "text") -> Iterator[Document]:
+def read_documents(path: str | os.PathLike | Location, counts: ReadCounts | None = None, text_field: str = "text") -> Iterator[Document]:
     """Yield documents {"text", "meta"} from a JSONL file; lines without a string text field are skipped and counted."""
     counts = counts if counts is not None else ReadCounts()
     for record in read_records(path, counts):

@@ -13,7 +13,8 @@ file exists is not redone), so a run killed at any moment and run again writes t
 5. the shard index and the report (report.json, report.md).
 
 Tasks run through an executor (llmlab.data.executors): worker processes here, or a Ray cluster; every executor and
-worker count writes the same bytes (the report differs only in executor, workers, tasks and seconds).
+worker count writes the same bytes (the report differs only in executor, workers, tasks and seconds). The sources,
+the output, a seed index and a tokenizer may be fsspec URLs (llmlab.data.paths: s3://, gs://, …), with the same bytes.
 
 Output layout under the recipe's output directory:
 
@@ -37,7 +38,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import time
 import zlib
 from collections import Counter
@@ -50,7 +50,8 @@ import numpy as np
 from llmlab.data.pipeline_recipe import (DecontaminateStage, DedupStage, FilterStage, LangidStage, PiiStage,
                                          PipelineRecipe)
 from llmlab.data.pipeline_report import build_report, write_report
-from llmlab.data.shards import atomic_path
+from llmlab.data.paths import (Location, atomic_path, is_remote, load_array, location, remove_stale_temporaries,
+                               version)
 from llmlab.data.sources import SourceUnit, read_unit, source_units
 from llmlab.errors import ConfigError, DataError
 
@@ -73,7 +74,7 @@ class Job:
     """What a worker needs for one unit: the recipe, the output directory and the unit."""
 
     recipe: PipelineRecipe
-    output: Path
+    output: Location
     unit: Unit
 
 
@@ -81,23 +82,23 @@ class Job:
 # Files: atomic writes and compressed JSONL
 
 
-def write_json(path: Path, data) -> None:
+def write_json(path: Location, data) -> None:
     """Write DATA as indented JSON atomically."""
     with atomic_path(path) as staging:
         staging.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def read_json(path: Path):
+def read_json(path: Location):
     """The JSON in PATH."""
     return json.loads(path.read_text())
 
 
 @contextlib.contextmanager
-def _compressed_writer(path: Path, compression: str):
+def _compressed_writer(path: Location, compression: str):
     """A text stream writing compressed bytes to PATH (gzip without a timestamp, so the bytes are reproducible)."""
     import io
 
-    with open(path, "wb") as raw:
+    with path.open("wb") as raw:
         if compression == "zstd":
             import zstandard
 
@@ -110,7 +111,7 @@ def _compressed_writer(path: Path, compression: str):
                     yield text
 
 
-def write_documents(path: Path, documents: Iterable[dict], compression: str) -> int:
+def write_documents(path: Location, documents: Iterable[dict], compression: str) -> int:
     """Write documents atomically as compressed JSONL (read back by llmlab.data.jsonl); return how many."""
     from llmlab.data.jsonl import document_to_record
 
@@ -120,27 +121,6 @@ def write_documents(path: Path, documents: Iterable[dict], compression: str) -> 
             stream.write(json.dumps(document_to_record(document), ensure_ascii=False) + "\n")
             count += 1
     return count
-
-
-def local_path(location: str | os.PathLike) -> Path:
-    """LOCATION, a path or an fsspec URL of a local filesystem (file://...), as a local path."""
-    if "://" not in str(location):
-        return Path(location)
-    import fsspec
-
-    filesystem, path = fsspec.core.url_to_fs(str(location))
-    if "file" not in filesystem.protocol and "local" not in filesystem.protocol:
-        raise ConfigError(f"{location} is not on a local or mounted filesystem, which the pipeline needs for now.")
-    return Path(path)
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete the temporary files and directories a killed run left behind (.NAME.*.tmp, .NAME.old.*)."""
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.rglob(".*"), reverse=True):
-        if path.name.endswith(".tmp") or ".old." in path.name:
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -161,8 +141,8 @@ def plan_units(recipe: PipelineRecipe) -> list[Unit]:
     """Every unit of every source, in the run's deterministic order."""
     units = []
     for index, source in enumerate(recipe.sources):
-        if "://" in source.path:
-            source = dataclasses.replace(source, path=str(local_path(source.path)))
+        if "://" in source.path and isinstance(location(source.path), Path):  # file://: the local path it names
+            source = dataclasses.replace(source, path=str(location(source.path)))
         for unit in source_units(source):
             units.append(Unit(len(units), f"{source_name(index, recipe)}/{_safe(unit.id)}", unit))
     if len({unit.key for unit in units}) != len(units):
@@ -170,7 +150,7 @@ def plan_units(recipe: PipelineRecipe) -> list[Unit]:
     return units
 
 
-def unit_file(output: Path, unit: Unit, suffix: str) -> Path:
+def unit_file(output: Location, unit: Unit, suffix: str) -> Location:
     """The work file units/SOURCE/UNIT<SUFFIX>."""
     return output / "units" / (unit.key + suffix)
 
@@ -291,7 +271,7 @@ def clean_unit(job: Job) -> dict:
             documents = _collect_keys(documents, dedup, keys)
     written = write_documents(unit_file(output, unit, SUFFIXES[recipe.compression]), documents, recipe.compression)
     if dedup is not None and dedup.units is None:
-        with atomic_path(unit_file(output, unit, ".keys.npy")) as staging, open(staging, "wb") as stream:
+        with atomic_path(unit_file(output, unit, ".keys.npy")) as staging, staging.open("wb") as stream:
             np.save(stream, np.concatenate(keys))
     stats = {"unit": unit.key, "documents": written, "read": dict(sorted(read_counts.items())),
              "stages": [dict(sorted(counts.items())) for counts in stage_counts],
@@ -333,9 +313,9 @@ class DedupJob:
     and its unit (with, per bucket, its slice of the bucket's duplicates) or its bucket (with every unit)."""
 
     recipe: PipelineRecipe
-    output: Path
+    output: Location
     buckets: int
-    seed: Path | None
+    seed: Location | None
     unit: Unit | None = None
     slices: tuple[tuple[int, int], ...] = ()
     bucket: int = 0
@@ -349,29 +329,29 @@ def bucket_count(units: list[Unit], unit_stats: list[dict], dedup: DedupStage) -
     return max(min(len(units), MIN_BUCKETS), -(-rows // BUCKET_ROWS), 1)
 
 
-def _write_arrays(path: Path, *arrays: np.ndarray) -> None:
+def _write_arrays(path: Location, *arrays: np.ndarray) -> None:
     """Write ARRAYS atomically as consecutive .npy records (llmlab.data.dedup_sharded.write_arrays)."""
     from llmlab.data.dedup_sharded import write_arrays
 
-    with atomic_path(path) as staging, open(staging, "wb") as stream:
+    with atomic_path(path) as staging, staging.open("wb") as stream:
         write_arrays(stream, *arrays)
 
 
-def _read_rows(path: Path, record: int, start: int | None = None, stop: int | None = None) -> np.ndarray:
+def _read_rows(path: Location, record: int, start: int | None = None, stop: int | None = None) -> np.ndarray:
     """Rows [START, STOP) of the RECORD-th array of a file written by _write_arrays."""
     from llmlab.data.dedup_sharded import read_rows
 
-    with open(path, "rb") as stream:
+    with path.open("rb") as stream:
         return read_rows(stream, record, start, stop)
 
 
-def _bucket_file(output: Path, kind: str, bucket: int) -> Path:
+def _bucket_file(output: Location, kind: str, bucket: int) -> Location:
     return output / "dedup" / "buckets" / f"{kind}-{bucket:05d}.npy"
 
 
 def _unit_keys(job: DedupJob) -> np.ndarray:
     stats = read_json(unit_file(job.output, job.unit, ".clean.json"))
-    keys = np.load(unit_file(job.output, job.unit, ".keys.npy")) if stats["documents"] else None
+    keys = load_array(unit_file(job.output, job.unit, ".keys.npy")) if stats["documents"] else None
     return keys if keys is not None else np.zeros((0, 2 + job.recipe.dedup.bands), np.uint64)
 
 
@@ -391,12 +371,12 @@ def _bucket_task(job: DedupJob, kind: str, parts: str, index_file: str) -> dict:
 
     rows = []
     for unit in job.units:
-        with open(unit_file(job.output, unit, parts), "rb") as stream:
+        with unit_file(job.output, unit, parts).open("rb") as stream:
             offsets = read_rows(stream, 0)
             rows.append(read_rows(stream, 1, int(offsets[job.bucket]), int(offsets[job.bucket + 1])))
     seed = np.zeros(0, np.uint64)
     if job.seed is not None:
-        with open(job.seed / index_file, "rb") as stream:
+        with (job.seed / index_file).open("rb") as stream:
             seed = sorted_range(stream, *bucket_bounds(job.bucket, job.buckets))
     duplicates, keys = bucket_duplicates(np.concatenate(rows) if rows else np.zeros((0, 2), np.uint64), seed)
     _write_arrays(_bucket_file(job.output, kind, job.bucket), unit_offsets(duplicates, len(job.units)), duplicates,
@@ -443,7 +423,7 @@ def keep_unit(job: DedupJob) -> dict:
     """Task: the unit's keep flags (neither an exact nor a near duplicate) and its counts."""
     exact = _read_rows(unit_file(job.output, job.unit, ".near.npy"), 2)
     near = _duplicate_flags(job, "near", len(exact)) if job.recipe.dedup.near else np.zeros(len(exact), bool)
-    with atomic_path(unit_file(job.output, job.unit, ".keep.npy")) as staging, open(staging, "wb") as stream:
+    with atomic_path(unit_file(job.output, job.unit, ".keep.npy")) as staging, staging.open("wb") as stream:
         np.save(stream, ~exact & ~near)
     counts = {"in": len(exact), "out": int((~exact & ~near).sum()), "exact_duplicates": int(exact.sum()),
               "near_duplicates": int(near.sum())}
@@ -451,14 +431,14 @@ def keep_unit(job: DedupJob) -> dict:
     return counts
 
 
-def global_dedup(output: Path, recipe: PipelineRecipe, units: list[Unit], unit_stats: list[dict], run) -> dict:
+def global_dedup(output: Location, recipe: PipelineRecipe, units: list[Unit], unit_stats: list[dict], run) -> dict:
     """Keep flags for every phase-1 document (first occurrence kept), the updated index and the counts; RUN(task,
     jobs, name, done) runs a round of tasks."""
     from llmlab.data.dedup import MinHashConfig, index_minhash, open_index, seed_index
 
     dedup = recipe.dedup
     minhash = MinHashConfig(dedup.shingle, dedup.bands, dedup.rows, dedup.seed)
-    seed = seed_index(local_path(dedup.index) if dedup.index else None)
+    seed = seed_index(dedup.index)
     if dedup.units is not None:
         index = open_index(seed, minhash)
         counts = Counter({"in": 0, "out": 0, "exact_duplicates": 0, "near_duplicates": 0})
@@ -500,14 +480,14 @@ def global_dedup(output: Path, recipe: PipelineRecipe, units: list[Unit], unit_s
     return result
 
 
-def _unit_slices(output: Path, kind: str, buckets: int, units: int) -> list[list[tuple[int, int]]]:
+def _unit_slices(output: Location, kind: str, buckets: int, units: int) -> list[list[tuple[int, int]]]:
     """Per unit, per bucket of KIND: the unit's slice [start, stop) of the bucket's duplicate ids."""
     offsets = np.stack([_read_rows(_bucket_file(output, kind, bucket), 0) for bucket in range(buckets)], axis=1)
     return [[(int(start), int(stop)) for start, stop in zip(offsets[unit], offsets[unit + 1])]
             for unit in range(units)]
 
 
-def _save_sharded_index(output: Path, minhash, seed: Path | None, kinds: list[str], buckets: int) -> None:
+def _save_sharded_index(output: Location, minhash, seed: Location | None, kinds: list[str], buckets: int) -> None:
     """Write dedup/index: per kind de-duplicated here, the buckets' keys in bucket order; otherwise the seed's."""
     from llmlab.data.dedup import save_index
     from llmlab.data.dedup_sharded import write_concatenated
@@ -525,15 +505,15 @@ def _save_sharded_index(output: Path, minhash, seed: Path | None, kinds: list[st
     save_index(output / "dedup" / "index", minhash, write)
 
 
-def _array_length(path: Path, record: int) -> int:
+def _array_length(path: Location, record: int) -> int:
     """The length of the RECORD-th array of a file written by _write_arrays, read from its header."""
     from llmlab.data.dedup_sharded import record_length
 
-    with open(path, "rb") as stream:
+    with path.open("rb") as stream:
         return record_length(stream, record)
 
 
-def _dedup_with_units(output: Path, recipe: PipelineRecipe, units: list[Unit], index) -> Counter:
+def _dedup_with_units(output: Location, recipe: PipelineRecipe, units: list[Unit], index) -> Counter:
     """Phase 2 with units: `llmlab data dedup --units` over all units in order; each unit's survivors (their
     repeated lines or sentences removed) are written beside its phase-1 documents, all kept."""
     from llmlab.data.dedup import Deduplicator
@@ -546,7 +526,7 @@ def _dedup_with_units(output: Path, recipe: PipelineRecipe, units: list[Unit], i
         documents = _counted(deduplicator(_counted(phase_one, counts, "in")), counts, "out")
         written = write_documents(unit_file(output, unit, ".units" + SUFFIXES[recipe.compression]), documents,
                                   recipe.compression)
-        with atomic_path(unit_file(output, unit, ".keep.npy")) as staging, open(staging, "wb") as stream:
+        with atomic_path(unit_file(output, unit, ".keep.npy")) as staging, staging.open("wb") as stream:
             np.save(stream, np.ones(written, dtype=bool))
     stats = deduplicator.stats
     counts.update({key: stats[key] for key in ("exact_duplicates", "near_duplicates", "duplicate_units")})
@@ -554,7 +534,7 @@ def _dedup_with_units(output: Path, recipe: PipelineRecipe, units: list[Unit], i
     return counts
 
 
-def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.ndarray | None,
+def kept_documents(output: Location, recipe: PipelineRecipe, unit: Unit, keep: np.ndarray | None,
                    deduplicated: bool = True) -> Iterator[dict]:
     """The unit's documents that survived de-duplication (KEEP: the unit's flags, None keeps all); with units, the
     texts phase 2 rewrote (deduplicated=False: the phase-1 documents)."""
@@ -571,7 +551,7 @@ def kept_documents(output: Path, recipe: PipelineRecipe, unit: Unit, keep: np.nd
 # Phase 3: the tokenizer
 
 
-def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> Iterator[str]:
+def tokenizer_sample(output: Location, recipe: PipelineRecipe, units: list[Unit]) -> Iterator[str]:
     """The first de-duplicated texts in unit order, within the training's max_documents and max_chars."""
     training = recipe.tokenizer.train
     documents = characters = 0
@@ -587,7 +567,7 @@ def tokenizer_sample(output: Path, recipe: PipelineRecipe, units: list[Unit]) ->
             yield document["text"]
 
 
-def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> Path:
+def build_tokenizer(output: Location, recipe: PipelineRecipe, units: list[Unit]) -> Location:
     """Train (or copy) the tokenizer into shards/tokenizer.json, unless a previous run already did."""
     from llmlab.data.tokenizer import (TOKENIZER_FILE, load_tokenizer, objective_special_tokens, save_tokenizer,
                                        train_tokenizer)
@@ -597,7 +577,7 @@ def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> 
         return path
     section = recipe.tokenizer
     if section.path is not None:
-        tokenizer = load_tokenizer(local_path(section.path))
+        tokenizer = load_tokenizer(section.path)
     else:
         training = section.train
         specials = (*objective_special_tokens(training.objective), *training.special_tokens)
@@ -613,11 +593,11 @@ def build_tokenizer(output: Path, recipe: PipelineRecipe, units: list[Unit]) -> 
 _TOKENIZERS: dict[str, object] = {}
 
 
-def _tokenizer(path: Path):
+def _tokenizer(path: Location):
     """The tokenizer at PATH, loaded once per process."""
     from llmlab.data.tokenizer import load_tokenizer
 
-    key = f"{path}:{path.stat().st_mtime_ns}"
+    key = f"{path}:{version(path)}"
     if key not in _TOKENIZERS:
         _TOKENIZERS.clear()
         _TOKENIZERS[key] = load_tokenizer(path)
@@ -637,7 +617,7 @@ def eos_token_id(tokenizer) -> int:
 class UnitShards:
     """A unit's token shards being written: whole documents, a new shard once one holds tokens_per_shard tokens."""
 
-    def __init__(self, output: Path, unit: Unit, tokenizer, tokens_per_shard: int | None):
+    def __init__(self, output: Location, unit: Unit, tokenizer, tokens_per_shard: int | None):
         from llmlab.data.shards import token_dtype
 
         self.directory, self.unit, self.tokenizer, self.limit = output / "shards", unit, tokenizer, tokens_per_shard
@@ -688,9 +668,9 @@ def finish_unit(job: Job) -> dict:
     return result
 
 
-def unit_keep(output: Path, unit: Unit) -> np.ndarray:
+def unit_keep(output: Location, unit: Unit) -> np.ndarray:
     """Which of the unit's phase-1 documents de-duplication kept."""
-    return np.load(unit_file(output, unit, ".keep.npy"))
+    return load_array(unit_file(output, unit, ".keep.npy"))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -707,7 +687,19 @@ def _run_tasks(executor, function: Callable, jobs: list, description: str, total
     return len(jobs)
 
 
-def _check_recipe(output: Path, recipe: PipelineRecipe) -> None:
+def _check_shared(recipe: PipelineRecipe, output: str | os.PathLike, executor: str) -> None:
+    """Refuse memory:// locations (one process's memory) where tasks run in other processes (workers > 1, Ray)."""
+    if executor == "local" and recipe.workers == 1:
+        return
+    places = [output, *(source.path for source in recipe.sources), recipe.dedup.index if recipe.dedup else None,
+              recipe.tokenizer.path if recipe.tokenizer else None]
+    for place in filter(None, places):
+        if is_remote(remote := location(place)) and "memory" in remote.fs.protocol:
+            raise ConfigError(f"{place} lives in this process's memory, which other worker processes cannot see; "
+                              "run it with workers: 1 and the local executor, or use a shared filesystem.")
+
+
+def _check_recipe(output: Location, recipe: PipelineRecipe) -> None:
     """Record the recipe in OUTPUT, or refuse an OUTPUT made with another recipe (its work files would be reused)."""
     data = recipe.to_dict()
     data.pop("workers"), data.pop("output")
@@ -726,7 +718,9 @@ def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None
 
     if output is None and recipe.output is None:
         raise ConfigError("the recipe names no output directory; give output: in the recipe or --out.")
-    output = local_path(output if output is not None else recipe.output)
+    output = output if output is not None else recipe.output
+    _check_shared(recipe, output, executor)
+    output = location(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"the pipeline's output {output} is a file, not a directory; choose another output.")
     started = time.perf_counter()
@@ -746,7 +740,7 @@ def run_pipeline(recipe: PipelineRecipe, output: str | os.PathLike | None = None
     return report
 
 
-def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], executor, progress: bool) -> dict:
+def _run_phases(recipe: PipelineRecipe, output: Location, units: list[Unit], executor, progress: bool) -> dict:
     """Phases 1 to 5 (see the module's docstring); the report without the total time."""
     seconds, tasks = {}, {}
 
@@ -786,7 +780,7 @@ def _run_phases(recipe: PipelineRecipe, output: Path, units: list[Unit], executo
                         {"executor": executor.name, "workers": executor.workers, "tasks": tasks})
 
 
-def _write_shard_index(output: Path, finished: list[dict]) -> None:
+def _write_shard_index(output: Location, finished: list[dict]) -> None:
     """Write shards/index.json: every unit's shards in unit order."""
     from llmlab.data.shards import write_index
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 from llmlab.data.pipeline_recipe import PipelineRecipe, stage_name
 
@@ -81,9 +80,9 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(output: Path, report: dict) -> None:
-    """Write report.json and report.md into OUTPUT atomically."""
-    from llmlab.data.shards import atomic_path
+def write_report(output, report: dict) -> None:
+    """Write report.json and report.md into OUTPUT (a Path or a llmlab.data.paths.RemotePath) atomically."""
+    from llmlab.data.paths import atomic_path
 
     with atomic_path(output / "report.json") as staging:
         staging.write_text(json.dumps(report, indent=1) + "\n")

@@ -9,7 +9,6 @@ foreign file is refused by size when opened and by content with TokenShards.veri
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from llmlab.data.paths import atomic_path, location
 from llmlab.data.tokenizer import END_OF_TEXT, TOKENIZER_FILE
 from llmlab.errors import DataError
 from llmlab.files import follow_umask
@@ -41,27 +41,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """A temporary file beside path, renamed onto it if the block finishes (removed if it fails)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        yield Path(temporary)
-        follow_umask(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 class _HashedFile:
     """A binary file being written that counts its bytes and hashes them."""
 
-    def __init__(self, path: Path):
-        self.handle, self.sha256, self.bytes = open(path, "wb"), hashlib.sha256(), 0
+    def __init__(self, path):
+        self.handle, self.sha256, self.bytes = path.open("wb"), hashlib.sha256(), 0
 
     def write(self, array: np.ndarray) -> None:
         data = array.tobytes()
@@ -72,8 +56,9 @@ class _HashedFile:
 
 def write_shard(directory: str | os.PathLike, name: str, documents: Iterable[Sequence[int]], dtype,
                 eos_token_id: int) -> dict:
-    """Write NAME.tokens and NAME.docs (each atomically) from documents of token ids; return the index entry."""
-    directory, dtype = Path(directory), np.dtype(dtype).newbyteorder("<")
+    """Write NAME.tokens and NAME.docs (each atomically) from documents of token ids into DIRECTORY (a path or an
+    fsspec URL); return the index entry."""
+    directory, dtype = location(directory), np.dtype(dtype).newbyteorder("<")
     directory.mkdir(parents=True, exist_ok=True)
     limit = np.iinfo(dtype).max
     if not 0 <= eos_token_id <= limit:
@@ -105,8 +90,9 @@ def write_shard(directory: str | os.PathLike, name: str, documents: Iterable[Seq
 
 def write_index(directory: str | os.PathLike, entries: list[dict], vocab_size: int, eos_token_id: int,
                 **metadata) -> Path:
-    """Write index.json atomically (last, once every shard is in place) and return its path."""
-    path = Path(directory) / INDEX_FILE
+    """Write index.json atomically (last, once every shard is in place) into DIRECTORY (a path or an fsspec URL) and
+    return its path."""
+    path = location(directory) / INDEX_FILE
     index = {"format": FORMAT, "version": VERSION, "dtype": token_dtype(vocab_size).name, "vocab_size": vocab_size,
              "eos_token_id": eos_token_id, "tokens": sum(entry["tokens"] for entry in entries),
              "documents": sum(entry["documents"] for entry in entries), "shards": list(entries), **metadata}

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmlab.data.paths import Location, RemotePath, location
 from llmlab.errors import DataError
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "hf", "bundled")
@@ -95,7 +96,7 @@ class SourceConfig:
         if glob.has_magic(self.path):
             return Path(_glob_root(self.path)).name or "source"
         base = Path(_strip_suffixes(self.path.rstrip("/\\"))[0])
-        return (base.stem if Path(self.path).is_file() else base.name) or "source"
+        return (base.stem if location(self.path).is_file() else base.name) or "source"
 
     @functools.cached_property
     def kind(self) -> str:
@@ -104,7 +105,7 @@ class SourceConfig:
             return self.format
         if self.path == "bundled":
             return "bundled"
-        if _is_saved_hf_dataset(Path(self.path)):
+        if _is_saved_hf_dataset(location(self.path)):
             return "hf"
         return "files"
 
@@ -209,8 +210,11 @@ def _glob_root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _list_files(path: str) -> list[tuple[Path | None, Path]]:
-    """The files a source path names, as (root, file) pairs sorted by path below the root; hidden files left out."""
+def _list_files(path: str) -> list[tuple[Location | None, Location]]:
+    """The files a source path (or fsspec URL) names, as (root, file) pairs sorted by path below the root; hidden
+    files left out."""
+    if isinstance(location(path), RemotePath):
+        return _list_remote_files(path)
     if glob.has_magic(path):
         root = Path(_glob_root(path))
         matches = [Path(match) for match in glob.glob(path, recursive=True)]
@@ -218,15 +222,36 @@ def _list_files(path: str) -> list[tuple[Path | None, Path]]:
         if not files:
             raise DataError(f"source pattern {path} matches no file.")
         return [(root, file) for file in sorted(set(files), key=lambda file: _relative_parts(file, root))]
-    location = Path(path)
-    if location.is_file():
-        return [(None, location)]
-    if location.is_dir():
-        files = sorted(_walk(location), key=lambda file: _relative_parts(file, location))
+    place = Path(path)
+    if place.is_file():
+        return [(None, place)]
+    if place.is_dir():
+        files = sorted(_walk(place), key=lambda file: _relative_parts(file, place))
         if not files:
             raise DataError(f"source directory {path} holds no file.")
-        return [(location, file) for file in files]
+        return [(place, file) for file in files]
     raise DataError(f"source path {path} does not exist (a Hugging Face hub dataset needs format: hf).")
+
+
+def _list_remote_files(url: str) -> list[tuple[RemotePath | None, RemotePath]]:
+    """_list_files on an fsspec filesystem: a file, a directory (every file below it) or a glob."""
+    place = location(url)
+    if glob.has_magic(place.path):
+        root = RemotePath(place.fs, _glob_root(place.path))
+        matches = [RemotePath(place.fs, match) for match in place.fs.glob(place.path)]
+        files = {file for match in matches for file in (match.files() if match.is_dir() else [match])}
+        if not files:
+            raise DataError(f"source pattern {url} matches no file.")
+    elif place.is_file():
+        return [(None, place)]
+    elif place.is_dir():
+        root, files = place, place.files()
+        if not files:
+            raise DataError(f"source directory {url} holds no file.")
+    else:
+        raise DataError(f"source path {url} does not exist (a Hugging Face hub dataset needs format: hf).")
+    visible = [file for file in files if not any(part.startswith(".") for part in file.relative_to(root).parts)]
+    return [(root, file) for file in sorted(visible, key=lambda file: file.relative_to(root).parts)]
 
 
 def _relative_parts(file: Path, root: Path) -> tuple[str, ...]:
@@ -293,29 +318,45 @@ class _Utf8Decoder:
             return text
 
 
-def _open_file(path: str, compression: str | None):
-    """Open a plain, gzip or zstd file for buffered binary reading."""
+class _ClosingGzipFile(gzip.GzipFile):
+    """A GzipFile reading a stream it closes too (as gzip.open does with a file it opened)."""
+
+    def __init__(self, stream):
+        super().__init__(fileobj=stream, mode="rb")
+        self.stream = stream
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.stream.close()
+
+
+def _open_file(path: str | Location, compression: str | None):
+    """Open a plain, gzip or zstd file (a path or an fsspec URL) for buffered binary reading."""
+    place = location(path)
     if compression == "gzip":
-        return gzip.open(path, "rb")
+        return gzip.open(place, "rb") if isinstance(place, Path) else _ClosingGzipFile(place.open("rb"))
     if compression == "zstd":
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(place.open("rb"), read_across_frames=True, closefd=True)
         return io.BufferedReader(reader)
-    return open(path, "rb")
+    return place.open("rb")
 
 
-def open_binary(path: str | os.PathLike):
-    """Open a file for buffered binary reading, decompressing it if its name ends in .gz, .zst or .zstd."""
-    compression = _strip_suffixes(Path(path).name)[1]
+def open_binary(path: str | os.PathLike | Location):
+    """Open a file (a path or an fsspec URL) for buffered binary reading, decompressing it if its name ends in .gz,
+    .zst or .zstd."""
+    compression = _strip_suffixes(location(path).name)[1]
     if compression == "zstd":
         read_errors(path)  # a DataError when zstandard is missing
-    return _open_file(str(path), compression)
+    return _open_file(path, compression)
 
 
-def read_errors(path: str | os.PathLike) -> tuple[type[BaseException], ...]:
+def read_errors(path: str | os.PathLike | Location) -> tuple[type[BaseException], ...]:
     """The exceptions that reading PATH raises when it is missing, truncated or corrupt (compressed or not)."""
-    compression = _strip_suffixes(Path(path).name)[1]
+    compression = _strip_suffixes(location(path).name)[1]
     try:
         import zstandard
     except ImportError:
@@ -467,8 +508,9 @@ def _parquet_file(path: str | Path):
         import pyarrow.parquet as parquet
     except ImportError:
         raise DataError(f"reading {path} needs the pyarrow package (pip install 'llmlab[data]').") from None
+    place = location(path)
     try:
-        return parquet.ParquetFile(path)
+        return parquet.ParquetFile(place if isinstance(place, Path) else place.open("rb"))
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
         raise DataError(f"cannot read Parquet file {path}: {error}.") from error
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from llmlab.data.jsonl import atomic_writer
+from llmlab.data.paths import atomic_path, is_remote, location
 from llmlab.errors import ConfigError, DataError
 
 END_OF_TEXT = "<|endoftext|>"
@@ -299,7 +300,12 @@ _BYTE_OF_PIECE = {piece: byte for byte, piece in enumerate(BYTE_PIECES)}
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> str:
-    """Write tokenizer.json into directory (created if missing) atomically and return its path."""
+    """Write tokenizer.json into directory (a path or an fsspec URL; created if missing) atomically and return its
+    path."""
+    if is_remote(remote := location(directory)):
+        with atomic_path(remote / TOKENIZER_FILE) as staging:
+            staging.write_text(tokenizer.to_str(pretty=True))
+        return str(remote / TOKENIZER_FILE)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise DataError(f"{directory} is a file, not a directory to write tokenizer.json into.")
     os.makedirs(directory, exist_ok=True)
@@ -310,12 +316,13 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> str:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load a tokenizer from a tokenizer.json file or a directory containing one."""
-    if os.path.isdir(path):
-        path = os.path.join(path, TOKENIZER_FILE)
-    if not os.path.isfile(path):
-        raise DataError(f"no tokenizer file was found at {path}.")
+    """Load a tokenizer from a tokenizer.json file or a directory containing one (a path or an fsspec URL)."""
+    place = location(path)
+    if place.is_dir():
+        place = place / TOKENIZER_FILE
+    if not place.is_file():
+        raise DataError(f"no tokenizer file was found at {place}.")
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_str(place.read_text()) if is_remote(place) else Tokenizer.from_file(str(place))
     except Exception as error:
-        raise DataError(f"{path} is not a valid tokenizer.json file: {error}.") from error
+        raise DataError(f"{place} is not a valid tokenizer.json file: {error}.") from error
