@@ -181,7 +181,7 @@ def test_pipeline_decisions_and_index_equal_the_streaming_deduplicator(tmp_path,
         assert len(list((tmp_path / "a" / "dedup" / "buckets").glob("near-*.npy"))) == 48  # 160 documents × 15 keys / 50
 
 
-def test_file_urls_name_the_same_files_and_other_filesystems_are_refused(tmp_path):
+def test_file_urls_name_the_same_files_and_unknown_filesystems_are_refused(tmp_path):
     from llmlab.errors import ConfigError
 
     write_units(tmp_path / "corpus", planted_corpus(distinct=30, near=10, exact=5), 3)
@@ -193,5 +193,5 @@ def test_file_urls_name_the_same_files_and_other_filesystems_are_refused(tmp_pat
         runs[name] = {path.relative_to(tmp_path / name): path.read_bytes() for path in (tmp_path / name).rglob("*")
                       if path.is_file() and path.name not in ("report.json", "report.md", "recipe.json")}
     assert runs["url"] == runs["plain"] and len(runs["plain"]) > 10
-    with pytest.raises(ConfigError, match="memory://out is not on a local"):
-        run_pipeline(recipe_from_dict({"sources": [{"path": str(tmp_path / "corpus")}]}), "memory://out")
+    with pytest.raises(ConfigError, match="nosuchfs://out names a filesystem that fsspec cannot open"):
+        run_pipeline(recipe_from_dict({"sources": [{"path": str(tmp_path / "corpus")}]}), "nosuchfs://out")
