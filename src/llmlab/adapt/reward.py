@@ -25,7 +25,7 @@ from llmlab.adapt.method import FinetuneContext, MethodParts
 from llmlab.errors import CheckpointError, ConfigError, DataError
 from llmlab.model.checkpoint import atomic_directory, read_safetensors, save_llmlab
 from llmlab.objectives.losses import LossFunction, unwrap
-from llmlab.train.data import step_generator
+from llmlab.train.data import StepIndexed, step_generator
 from llmlab.train.distributed import rank, world_size
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
@@ -184,7 +184,7 @@ def flatten_pairs(batch: dict) -> dict[str, torch.Tensor]:
             if name in batch}
 
 
-class PairBatches:
+class PairBatches(StepIndexed):
     """Step-indexed batches of pairs: step s takes positions [s·B, (s+1)·B) of an endless stream that visits the
     pairs in a new order every epoch (seeded by (seed, epoch)), so a resumed run continues exactly; this rank keeps
     rows [rank·B/W, (rank+1)·B/W) of each step."""
@@ -207,22 +207,6 @@ class PairBatches:
         share = self.batch_size // self.world
         start = step * self.batch_size + self.rank * share
         return collate_pairs([self._pair(position) for position in range(start, start + share)], self.pad_id)
-
-    def __iter__(self) -> PairBatches:
-        return self
-
-    def __next__(self) -> dict:
-        batch = self.batch(self.step)
-        self.step += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        """The position: the next step."""
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue at a position saved by state_dict."""
-        self.step = int(state["step"])
 
 
 def fixed_batches(pairs: Sequence[Pair], batch_size: int, pad_id: int) -> list[dict]:

@@ -14,7 +14,7 @@ from llmlab.adapt.packing import Example, pack, pad
 from llmlab.errors import ConfigError, DataError
 from llmlab.objectives.losses import IGNORE_INDEX, language_model_loss
 from llmlab.train import distributed
-from llmlab.train.data import step_generator
+from llmlab.train.data import StepIndexed, step_generator
 from llmlab.train.distributed import rank_rows
 
 PARAMETERS = {
@@ -75,7 +75,7 @@ def plain_text_encoder(context: FinetuneContext) -> Callable:
     return encode_text
 
 
-class ExampleBatches:
+class ExampleBatches(StepIndexed):
     """Batches by step: rows in a fresh seeded order each epoch (a function of seed and epoch), batch_size rows per
     step, collated by collate (this rank's share of them under torchrun); the position is the step, so that resuming
     continues exactly."""
@@ -98,22 +98,6 @@ class ExampleBatches:
             epoch, index = divmod(position, len(self.rows))
             picked.append(self.rows[self._order(epoch)[index]])
         return rank_rows(self.collate(picked), distributed.rank(), distributed.world_size())
-
-    def __iter__(self) -> ExampleBatches:
-        return self
-
-    def __next__(self) -> dict:
-        batch = self.batch(self.step)
-        self.step += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        """The position: the next step."""
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue at a position saved by state_dict."""
-        self.step = int(state["step"])
 
 
 def stack_rows(rows: list[dict]) -> dict:

@@ -29,7 +29,34 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-class StepBatches:
+class StepIndexed:
+    """An endless iterator of batches that are a function of the step alone (batch(step)), so that its position,
+    the next step, is all a checkpoint needs to resume it exactly."""
+
+    step = 0
+
+    def batch(self, step: int) -> dict:
+        """The batch of step."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = self.batch(self.step)
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        """The position: the next step."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at a position saved by state_dict."""
+        self.step = int(state["step"])
+
+
+class StepBatches(StepIndexed):
     """Batches by step: step s is the objective applied to mixture samples [s·B, (s+1)·B) with a generator seeded
     by (seed, s); this rank keeps rows [rank·B/W, (rank+1)·B/W), so W processes see the one-process batch."""
 
@@ -48,22 +75,6 @@ class StepBatches:
         windows = torch.from_numpy(self.mixture.samples(start, start + self.batch_size))
         batch = self.objective(windows, step_generator(self.seed, step))
         return rank_rows(batch, self.rank, self.world_size)
-
-    def __iter__(self) -> StepBatches:
-        return self
-
-    def __next__(self) -> dict:
-        batch = self.batch(self.step)
-        self.step += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        """The position: the next step."""
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue at a position saved by state_dict."""
-        self.step = int(state["step"])
 
 
 def held_out_batches(mixture: Mixture, objective: Callable, count: int, batch_size: int, seed: int, rank: int = 0,
