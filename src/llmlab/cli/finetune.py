@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.pretrain import _OverridesAnywhere
+from llmlab.cli.pretrain import _OverridesAnywhere, run_in_every_process
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,17 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_finetune(arguments: argparse.Namespace) -> None:
     """Load the recipe, fine-tune (in every process torchrun started, if it did), and say where the model went."""
     from llmlab.adapt.finetune import finetune, load_recipe
-    from llmlab.train import distributed
 
     recipe = load_recipe(arguments.recipe, arguments.overrides)
-    distributed.setup()
-    try:
-        final = finetune(recipe, arguments.out, resume=arguments.resume, progress=not arguments.no_progress)
-        is_main = distributed.is_main()
-    finally:
-        distributed.teardown()
-    if is_main:
-        print(f"wrote {final}")
+    run_in_every_process(lambda: finetune(recipe, arguments.out, resume=arguments.resume,
+                                          progress=not arguments.no_progress))
 
 
 def run_synthetic(arguments: argparse.Namespace) -> None:

@@ -34,14 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_pretrain(arguments: argparse.Namespace) -> None:
     """Load the recipe, train (in every process torchrun started, if it did), and say where the final model went."""
-    from llmlab.train import distributed
     from llmlab.train.pretrain import pretrain
     from llmlab.train.recipe import load_recipe
 
     recipe = load_recipe(arguments.recipe, arguments.overrides)
+    run_in_every_process(lambda: pretrain(recipe, arguments.out, resume=arguments.resume,
+                                          progress=not arguments.no_progress))
+
+
+def run_in_every_process(train) -> None:
+    """Run train() (returning the final model's directory) in every process torchrun started, or in this one, and
+    say where the model went."""
+    from llmlab.train import distributed
+
     distributed.setup()
     try:
-        final = pretrain(recipe, arguments.out, resume=arguments.resume, progress=not arguments.no_progress)
+        final = train()
         is_main = distributed.is_main()
     finally:
         distributed.teardown()
