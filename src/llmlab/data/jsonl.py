@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.data.paths import Location, location
+from llmlab.data.paths import Location, atomic_path, location
 from llmlab.data.sources import open_binary, read_errors
 from llmlab.errors import DataError
-from llmlab.files import follow_umask
 
 Document = dict
 
@@ -101,16 +99,8 @@ def atomic_writer(path: str | os.PathLike):
         raise DataError(f"output directory {directory} does not exist.")
     if path.is_dir():
         raise DataError(f"output {path} is a directory; give a file name for the output.")
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as stream:
-            yield stream
-        follow_umask(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_path(path) as staging, open(staging, "w", encoding="utf-8", newline="\n") as stream:
+        yield stream
 
 
 def write_documents(path: str | os.PathLike, documents: Iterable[Document], text_field: str = "text") -> int:
