@@ -313,7 +313,7 @@ def print_table(results: dict, cuda: bool) -> None:
                 print(f"| {configuration} | {NAMES[implementation]} | failed: {row['error']} | | | | | | | |")
                 continue
             peak = f"{row['peak_gib']:.3f}" + (f" ({row['growth_gib']:.3f})" if row["growth_gib"] is not None else "")
-            ratios = "| | |"
+            ratios = "| | | |"
             if implementation != "llmlab" and "error" not in ours:
                 pairs = list(zip(runs["llmlab"], runs[implementation]))
                 paired = {key: median([mine[key] / theirs[key] for mine, theirs in pairs])
