@@ -59,6 +59,11 @@ LR, BETAS = 1e-4, (0.9, 0.95)
 RESULT = "RESULT "  # the prefix of a worker's one line of results
 
 
+def implementations(configuration: str) -> tuple[str, ...]:
+    """What runs a configuration: llmlab, TRL and, when padded, TRL padding-free."""
+    return IMPLEMENTATIONS if not CONFIGURATIONS[configuration][0] else IMPLEMENTATIONS[:2]
+
+
 # --- the shared model and data ----------------------------------------------------------------------------------------
 
 def prepare(directory: Path, examples: int, seed: int) -> None:
@@ -103,7 +108,7 @@ class Steps:
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
     def batch(self, input_ids) -> None:
-        """Count a step's batch (on the host, before it moves to the device)."""
+        """Count a step's batch."""
         self.tokens.append(int((input_ids != self.pad_id).sum()))
         self.positions.append(input_ids.numel())
 
@@ -183,11 +188,6 @@ def run_llmlab(directory: Path, packed: bool, lora: bool, args) -> dict:
     return {**steps.summary(args.warmup), **memory_report(args.device, baseline)}
 
 
-def implementations(configuration: str) -> tuple[str, ...]:
-    """What runs a configuration: llmlab, TRL and, when padded, TRL padding-free."""
-    return IMPLEMENTATIONS if not CONFIGURATIONS[configuration][0] else IMPLEMENTATIONS[:2]
-
-
 def run_trl(directory: Path, packed: bool, lora: bool, args, padding_free: bool = False) -> dict:
     """TRL's SFTTrainer on AutoModelForCausalLM from the HF export, on the same ids with completion-only loss."""
     import datasets
@@ -208,7 +208,7 @@ def run_trl(directory: Path, packed: bool, lora: bool, args, padding_free: bool 
         output_dir=str(directory / "trl"), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
         learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=0.0, max_grad_norm=1.0,
         lr_scheduler_type="constant", warmup_steps=0, packing=packed, padding_free=padding_free,
-        max_length=None if padding_free else args.seq_len,  # TRL's padding-free needs no truncation (none is needed)
+        max_length=None if padding_free else args.seq_len,  # TRL refuses one unpacked; no example is longer anyway
         completion_only_loss=True, gradient_checkpointing=False, bf16=args.precision == "bf16" and cuda,
         use_cpu=not cuda, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10**9,
         disable_tqdm=True, dataloader_num_workers=0, seed=0)
@@ -333,7 +333,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="the packing window and longest example")
     parser.add_argument("--examples", type=int, default=1000, help="synthetic instruction examples")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds of every configuration, the two implementations' order swapped each round")
+                        help="rounds of every configuration, the implementations' order reversed each round")
     parser.add_argument("--configurations", default=None,
                         help=f"comma-separated, of: {', '.join(CONFIGURATIONS)} (default all)")
     parser.add_argument("--device", default=None, help="default: cuda when there is one, else cpu")
