@@ -49,3 +49,25 @@ def test_token_logprobs_worked_by_hand():
     logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(2.0), math.log(2.0)]]])
     got = token_logprobs(logits, torch.tensor([[1, IGNORE_INDEX]]))
     assert got[0, 0].item() == pytest.approx(math.log(3 / 4)) and got[0, 1].item() == 0.0
+
+
+@pytest.mark.parametrize("preset", ["llama", "prefix_llama", "t5_v1_1"])
+def test_the_head_on_labelled_positions_only_gives_the_full_heads_loss_and_gradient(preset):
+    torch.manual_seed(0)
+    model = Model(presets.get(preset, "tiny", vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_ff=64))
+    ids = torch.randint(3, 50, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = IGNORE_INDEX  # a prompt without loss, as in fine-tuning
+    labels[1, 10:] = IGNORE_INDEX
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    results = []
+    for only in (False, True):
+        model.zero_grad()
+        summed, count, _ = language_model_loss(model, batch, labelled_logits_only=only)
+        summed.backward()
+        results.append((summed.detach(), count, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (full, full_count, full_grads), (only, only_count, only_grads) = results
+    assert int(full_count) == int(only_count)
+    torch.testing.assert_close(only, full, rtol=1e-6, atol=1e-6)
+    for a, b in zip(only_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -128,6 +128,6 @@ def build(context: FinetuneContext) -> MethodParts:
         batches = ExampleBatches(examples, partial(pad, pad_id=pad_id), params["batch_size"], context.seed)
         held_batches = [pad(held_out[start:start + params["batch_size"]], pad_id)
                         for start in range(0, len(held_out), params["batch_size"])]
-    loss_fn = partial(language_model_loss, z_loss_weight=context.train.z_loss)
+    loss_fn = partial(language_model_loss, z_loss_weight=context.train.z_loss, labelled_logits_only=True)
     return MethodParts(loss_fn=loss_fn, batches=batches, held_out=held_batches[:context.train.eval_batches] or None,
                        notes=notes)

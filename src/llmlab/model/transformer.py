@@ -436,9 +436,12 @@ class Model(nn.Module):
         past_key_values: Cache | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
         """The Hugging Face-style call: logits [batch, seq, vocab] through prepare → stack → head, and with labels the
-        mean loss of llmlab.objectives.losses (the Trainer's loss functions; decoders shift labels there)."""
+        mean loss of llmlab.objectives.losses (the Trainer's loss functions; decoders shift labels there).
+        logits_at (bool [batch, seq]) keeps only those positions' logits, [positions, vocab] in row-major order, so
+        that a loss over a few labelled positions never computes the head elsewhere."""
         config = self.config
         check_ids = not self.training and not torch.compiler.is_compiling()  # a host sync: not in every training step
         aux_total, memory = None, encoder_hidden_states
@@ -460,8 +463,14 @@ class Model(nn.Module):
                                   check_ids=check_ids)
             hidden, aux = self.hidden(inputs, memory, memory_padding)
             aux_total = aux if aux_total is None else aux_total + (aux if aux is not None else 0)
-        logits = self.logits(hidden) if config.lm_head else None
         pooled = torch.tanh(self.pooler(hidden[:, 0])) if config.pooler else None
+        if logits_at is not None:
+            if labels is not None:
+                raise ConfigError("Give labels or logits_at, not both: labels need every position's logits.")
+            hidden = hidden[logits_at][None]
+        logits = self.logits(hidden) if config.lm_head else None
+        if logits_at is not None and logits is not None:
+            logits = logits[0]
         loss = None
         if labels is not None and logits is not None:
             from llmlab.objectives.losses import mean_language_model_loss  # the loss functions the Trainer uses

@@ -58,17 +58,35 @@ def mean_language_model_loss(arch: str, logits: torch.Tensor, labels: torch.Tens
     return loss if aux_loss is None else loss + aux_loss
 
 
-def language_model_loss(model, batch: dict, z_loss_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def labelled_positions(arch: str, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [batch, seq] of the positions whose logits predict a label, those labels in row-major order): position
+    t predicts label t + 1 in decoders, label t otherwise."""
+    if arch not in SHIFTED_ARCHS:
+        at = labels != IGNORE_INDEX
+        return at, labels[at]
+    at = torch.zeros_like(labels, dtype=torch.bool)
+    at[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return at, labels[:, 1:][at[:, :-1]]
+
+
+def language_model_loss(model, batch: dict, z_loss_weight: float = 0.0,
+                        labelled_logits_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The pretraining loss of every objective: next-token (decoders), target (encoder-decoders) or masked-token
     (encoders) cross-entropy over the labels; the MoE auxiliary loss and z-loss (weighted) count per labelled
-    position, so that summed / count is their mean plus the mean cross-entropy."""
+    position, so that summed / count is their mean plus the mean cross-entropy. labelled_logits_only computes the
+    head only where a label is predicted (fine-tuning labels few positions; the z-loss then covers only those)."""
     inputs = {name: value for name, value in batch.items() if name != "labels"}
     core = unwrap(model)
     arch = getattr(getattr(core, "config", None), "arch", "decoder")
     if arch == "encoder_decoder" and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = core.shift_right(batch["labels"])  # teacher forcing
-    output = model(**inputs)
-    summed, count = language_model_terms(arch, output.logits, batch["labels"])
+    if labelled_logits_only:
+        inputs["logits_at"], targets = labelled_positions(arch, batch["labels"])
+        output = model(**inputs)
+        summed, count = token_cross_entropy(output.logits, targets)
+    else:
+        output = model(**inputs)
+        summed, count = language_model_terms(arch, output.logits, batch["labels"])
     metrics = {"cross_entropy": summed.detach()}
     if getattr(output, "aux_loss", None) is not None:
         summed = summed + output.aux_loss * count
