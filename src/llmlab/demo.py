@@ -28,8 +28,9 @@ from llmlab.train.pretrain import build_model
 from llmlab.train.recipe import DataConfig, Recipe
 
 CURVES_FILE = "curves.png"
-SFT_TASKS = ("copy", "upper", "lower", "reverse")  # tasks a 4M-parameter model can learn in a minute
-SFT_EXAMPLES, SFT_HELD_OUT, SFT_STEPS = 1500, 40, 120
+SFT_TASKS = ("copy", "count_words", "upper", "lower")  # llmlab.adapt.synthetic tasks
+SFT_EXAMPLES, SFT_HELD_OUT, SFT_STEPS, SFT_LR = 3000, 40, 200, 3e-3
+SFT_WINDOW, SFT_BATCH = 256, 8  # examples packed into windows of SFT_WINDOW tokens, SFT_BATCH windows a step
 PROMPTS = ("Return the", "This module provides", "Raises ValueError if", "The default")
 # The same run as recipes/demo.yaml (`llmlab pretrain recipes/demo.yaml --out DIR`), which a test keeps equal.
 RECIPE = Recipe(
@@ -185,9 +186,10 @@ def instruction_tune_and_show(out_dir: str, seed: int, overwrite: bool, steps: i
     recipe = FinetuneRecipe(
         model=ModelSection(path=out_dir),
         data=FinetuneData(path=str(data), format="alpaca", template="alpaca", held_out_fraction=0.02, seed=seed),
-        method=method_section({"name": "sft", "pack": True, "seq_len": 128, "batch_size": 16}, "the demo"),
-        train=TrainConfig(steps=steps, lr=1e-3, schedule="cosine", warmup=min(10, steps), weight_decay=0.0, grad_clip=1.0,
-                          eval_every=0, log_every=10, seed=seed, deterministic=True, device="cpu"),
+        method=method_section({"name": "sft", "pack": True, "seq_len": SFT_WINDOW, "batch_size": SFT_BATCH},
+                              "the demo"),
+        train=TrainConfig(steps=steps, lr=SFT_LR, schedule="cosine", warmup=min(10, steps), weight_decay=0.0,
+                          grad_clip=1.0, eval_every=0, log_every=10, seed=seed, deterministic=True, device="cpu"),
     )
     say(f"6. Instruction tuning (survey §5.1): {SFT_EXAMPLES} synthetic tasks ({', '.join(SFT_TASKS)}) in Stanford "
         f"Alpaca's prompt; greedy answers to held-out ones before:")
