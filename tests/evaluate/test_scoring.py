@@ -49,9 +49,9 @@ def test_a_greedy_continuation_is_recognised():
 
 
 def test_results_do_not_depend_on_the_batch_size():
-    model = tiny("gpt2")
-    one = loglikelihood(model, REQUESTS, batch_size=1)
-    sixteen = loglikelihood(model, REQUESTS, batch_size=16)
+    model = tiny("gpt2")  # max_length 32: a batch of size 1 reads 32 tokens (one request), one of 16 reads all six
+    one = loglikelihood(model, REQUESTS, batch_size=1, max_length=32)
+    sixteen = loglikelihood(model, REQUESTS, batch_size=16, max_length=32)
     assert [r.is_greedy for r in one] == [r.is_greedy for r in sixteen]
     assert [r.logprob for r in one] == pytest.approx([r.logprob for r in sixteen], abs=1e-5)
 

@@ -51,19 +51,27 @@ def _fit(context: Sequence[int], continuation: Sequence[int], limit: int, index:
     return tuple(context[-keep:]), tuple(continuation)
 
 
-@torch.inference_mode()
 def loglikelihood(model, requests: Sequence[Request], batch_size: int = 16, progress: bool = False,
                   max_length: int | None = None) -> list[Loglikelihood]:
     """Score each (context, continuation) pair of token ids; the results in the requests' order.
 
     A decoder reads context + continuation; an encoder-decoder encodes the context and scores the continuation as
     the decoder's output after its start token. Contexts too long for the model (max_length tokens, its context by
-    default) are cut from the left. batch_size bounds the rows of one forward pass."""
+    default) are cut from the left. One forward pass reads (and caches) at most batch_size × max_length tokens: as
+    many as batch_size requests of the longest kind, more of shorter ones."""
+    return _loglikelihood(model, requests, batch_size, progress, max_length, greedy=True)
+
+
+@torch.inference_mode()
+def _loglikelihood(model, requests: Sequence[Request], batch_size: int, progress: bool, max_length: int | None,
+                   greedy: bool) -> list[Loglikelihood]:
+    """loglikelihood; with greedy False, is_greedy is not computed (and False)."""
     if model.config.arch == "encoder":
         raise ConfigError("An encoder-only model does not give next-token probabilities; score with a decoder.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}.")
     limit = max_length or model.config.max_seq_len
+    budget = batch_size * limit
     fitted = [_fit(context, continuation, limit, i) for i, (context, continuation) in enumerate(requests)]
     results: list[Loglikelihood | None] = [None] * len(fitted)
     groups: dict[tuple, list[int]] = {}
@@ -79,16 +87,29 @@ def loglikelihood(model, requests: Sequence[Request], batch_size: int = 16, prog
 
     with tqdm(total=len(fitted), disable=not progress, desc="loglikelihood", unit="request") as bar:
         def record(batch: list[int], scores: list[tuple[float, bool]]) -> None:
-            for index, (logprob, greedy) in zip(batch, scores, strict=True):
-                results[index] = Loglikelihood(logprob, greedy, len(fitted[index][1]))
+            for index, (logprob, is_greedy) in zip(batch, scores, strict=True):
+                results[index] = Loglikelihood(logprob, is_greedy, len(fitted[index][1]))
             bar.update(len(batch))
 
-        for start in range(0, len(single), batch_size):
-            batch = single[start:start + batch_size]
-            record(batch, _score_batch(model, [fitted[i] for i in batch]))
+        for batch in _batched(single, lambda i: 1, lambda i: sum(map(len, fitted[i])) - 1, budget):
+            record(batch, _score_batch(model, [fitted[i] for i in batch], greedy))
         if shared:
-            _score_shared_contexts(model, fitted, shared, batch_size, record)
+            _score_shared_contexts(model, fitted, shared, budget, record, greedy)
     return results
+
+
+def _batched(items: list, rows, width, budget: int, alone: bool = False):
+    """Consecutive batches of items whose rows times the widest row's tokens read stay within budget (one item at
+    least; every item alone if alone)."""
+    batch, count, widest = [], 0, 0
+    for item in items:
+        if batch and (alone or (count + rows(item)) * max(widest, width(item)) > budget):
+            yield batch
+            batch, count, widest = [], 0, 0
+        batch.append(item)
+        count, widest = count + rows(item), max(widest, width(item))
+    if batch:
+        yield batch
 
 
 def _right_padded(rows: list[Sequence[int]], device) -> torch.Tensor:
@@ -101,28 +122,33 @@ def _lengths_mask(lengths: list[int], width: int, device) -> torch.Tensor:
     return (torch.arange(width, device=device) < torch.tensor(lengths, device=device)[:, None]).long()
 
 
-def _scores(model, hidden: torch.Tensor, targets: torch.Tensor, offsets: list[int], lengths: list[int]
-            ) -> list[tuple[float, bool]]:
+def _scores(model, hidden: torch.Tensor, targets: torch.Tensor, offsets: list[int], lengths: list[int],
+            greedy: bool = True) -> list[tuple[float, bool]]:
     """(summed log-probability, all greedy) per row: hidden[r, p] predicts targets[r, p] for p = offsets[r] + j,
-    j < lengths[r]; the head runs on those positions only, a chunk at a time."""
+    j < lengths[r]; the head runs on those positions only, a chunk at a time (greedy False: all False, not
+    computed)."""
     device = hidden.device
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
     steps = torch.cat([torch.arange(length, device=device) for length in lengths])
     positions = steps + torch.tensor(offsets, device=device).repeat_interleave(torch.tensor(lengths, device=device))
     states, wanted = hidden[rows, positions], targets[rows, positions]
-    chosen, greedy = [], []
+    chosen, hits = [], []
     step = max(1, HEAD_CHUNK // model.config.vocab_size)
     for start in range(0, len(rows), step):
         logprobs = model.logits(states[None, start:start + step])[0].float().log_softmax(-1)
         target = wanted[start:start + step, None]
         chosen.append(logprobs.gather(-1, target)[:, 0])
-        greedy.append(logprobs.argmax(-1) == target[:, 0])
-    totals = torch.zeros(len(lengths), dtype=torch.float64, device=device).index_add_(0, rows, torch.cat(chosen).double())
-    misses = torch.zeros(len(lengths), dtype=torch.long, device=device).index_add_(0, rows, (~torch.cat(greedy)).long())
-    return [(total, miss == 0) for total, miss in zip(totals.tolist(), misses.tolist())]
+        if greedy:
+            hits.append(logprobs.argmax(-1) == target[:, 0])
+    totals = torch.zeros(len(lengths), dtype=torch.float64, device=device)
+    totals = totals.index_add_(0, rows, torch.cat(chosen).double()).tolist()
+    if not greedy:
+        return [(total, False) for total in totals]
+    misses = torch.zeros(len(lengths), dtype=torch.long, device=device).index_add_(0, rows, (~torch.cat(hits)).long())
+    return [(total, miss == 0) for total, miss in zip(totals, misses.tolist())]
 
 
-def _score_batch(model, requests: list[tuple[tuple, tuple]]) -> list[tuple[float, bool]]:
+def _score_batch(model, requests: list[tuple[tuple, tuple]], greedy: bool) -> list[tuple[float, bool]]:
     """One forward for rows of different contexts, padded on the right."""
     device = model.device
     lengths = [len(continuation) for _, continuation in requests]
@@ -135,39 +161,41 @@ def _score_batch(model, requests: list[tuple[tuple, tuple]]) -> list[tuple[float
         targets = _right_padded([continuation for _, continuation in requests], device)
         decoder = torch.cat([targets.new_full((len(requests), 1), start), targets[:, :-1]], dim=1)
         hidden, _ = model.hidden(model.prepare(decoder, check_ids=True), memory, mask)
-        return _scores(model, hidden, targets, [0] * len(requests), lengths)
+        return _scores(model, hidden, targets, [0] * len(requests), lengths, greedy)
     ids = _right_padded([context + continuation for context, continuation in requests], device)
     hidden, _ = model.hidden(model.prepare(ids[:, :-1], check_ids=True))
     # each row's continuation is predicted from the positions just before its tokens
     offsets = [len(context) - 1 for context, _ in requests]
-    return _scores(model, hidden, ids[:, 1:], offsets, lengths)
+    return _scores(model, hidden, ids[:, 1:], offsets, lengths, greedy)
 
 
-def _score_shared_contexts(model, fitted: list[tuple[tuple, tuple]], groups: list[list[int]], batch_size: int,
-                           record) -> None:
+def _score_shared_contexts(model, fitted: list[tuple[tuple, tuple]], groups: list[list[int]], budget: int, record,
+                           greedy: bool) -> None:
     """Every group's context once into a cache (all but its last token), after the prefix all the groups share (run
     once), then all its continuations from there; groups are batched by context length where the model's positions
     allow a padding gap between a context and its continuations (else one group a batch)."""
     device, layers = model.device, model.config.n_layers
-    units = [(fitted[rows[0]][0], rows[start:start + batch_size]) for rows in groups
-             for start in range(0, len(rows), batch_size)]
+    units = []  # (context, rows): a group, or a part of one within the budget
+    for rows in groups:
+        context = fitted[rows[0]][0]
+        per_batch = max(1, budget // (len(context) - 1 + max(len(fitted[i][1]) for i in rows)))
+        units += [(context, rows[start:start + per_batch]) for start in range(0, len(rows), per_batch)]
     prefix = os.path.commonprefix([context[:-1] for context, _ in units])
     base = DynamicCache(layers)
     if prefix:
         model.hidden(model.prepare(torch.tensor([prefix], device=device), cache=base, check_ids=True))
     gapless = model.config.position in GAPLESS_POSITIONS and model.config.attn_window is None
-    units.sort(key=lambda unit: (-len(unit[0]), -max(len(fitted[i][1]) for i in unit[1])))
-    batch: list[tuple[tuple, list[int]]] = []
-    for unit in units:
-        if batch and (not gapless or sum(len(rows) for _, rows in batch) + len(unit[1]) > batch_size):
-            record(*_score_units(model, fitted, batch, base, len(prefix)))
-            batch = []
-        batch.append(unit)
-    record(*_score_units(model, fitted, batch, base, len(prefix)))
+
+    def width(unit):  # the tokens a row reads: the context and the continuation but its last token
+        return len(unit[0]) - 1 + max(len(fitted[i][1]) for i in unit[1])
+
+    units.sort(key=lambda unit: (-len(unit[0]), -width(unit)))
+    for batch in _batched(units, lambda unit: len(unit[1]), width, budget, alone=not gapless):
+        record(*_score_units(model, fitted, batch, base, len(prefix), greedy))
 
 
-def _score_units(model, fitted, units: list[tuple[tuple, list[int]]], base: DynamicCache, prefix: int
-                 ) -> tuple[list[int], list[tuple[float, bool]]]:
+def _score_units(model, fitted, units: list[tuple[tuple, list[int]]], base: DynamicCache, prefix: int,
+                 greedy: bool) -> tuple[list[int], list[tuple[float, bool]]]:
     """The units' contexts after the cached prefix (right-padded), then each unit's continuations (the context's last
     token first) over its context's keys alone."""
     device = model.device
@@ -189,7 +217,7 @@ def _score_units(model, fitted, units: list[tuple[tuple, list[int]]], base: Dyna
     mask = torch.cat([_lengths_mask([len(units[u][0]) - 1 for u in owners], cached, device),
                       _lengths_mask(lengths, ids.shape[1] - 1, device)], dim=1)
     hidden, _ = model.hidden(model.prepare(ids[:, :-1], attention_mask=mask, cache=cache, check_ids=True))
-    return indices, _scores(model, hidden, ids[:, 1:], [0] * len(indices), lengths)
+    return indices, _scores(model, hidden, ids[:, 1:], [0] * len(indices), lengths, greedy)
 
 
 @torch.inference_mode()
@@ -199,7 +227,8 @@ def loglikelihood_rolling(model, texts: Sequence[Sequence[int]], prefix_token: i
 
     Each text is read after prefix_token (a BOS or end-of-text token) in windows of max_length tokens (the model's
     context by default); the windows' scored spans tile the text, every token scored once, each after at least
-    max_length - stride tokens of context where the text has them (stride = max_length: disjoint windows)."""
+    max_length - stride tokens of context where the text has them (stride = max_length: disjoint windows); a
+    forward pass reads at most batch_size windows."""
     max_length = max_length or model.config.max_seq_len
     stride = stride or max_length
     if not 1 <= stride <= max_length:
@@ -213,7 +242,7 @@ def loglikelihood_rolling(model, texts: Sequence[Sequence[int]], prefix_token: i
             begin = min(begin, end - 1)
             requests.append((tokens[begin:end], tokens[end:stop]))
             owners.append(owner)
-    scores = loglikelihood(model, requests, batch_size, progress, max_length)
+    scores = _loglikelihood(model, requests, batch_size, progress, max_length, greedy=False)
     totals = [0.0] * len(texts)
     for owner, score in zip(owners, scores):
         totals[owner] += score.logprob
