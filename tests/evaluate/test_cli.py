@@ -129,7 +129,7 @@ def test_lm_eval_runs_lm_eval_s_command_line_with_the_llmlab_model(checkpoint, t
 
 
 def test_lm_eval_falls_back_to_the_cpu_where_cuda_is_absent(checkpoint, tmp_path, monkeypatch, capsys):
-    """lm-eval's command line asks for cuda:0 unless told otherwise; without CUDA the model warns and runs on the CPU."""
+    """lm-eval's command line asks for cuda:0 unless told otherwise; without CUDA the model warns, runs on the CPU."""
     pytest.importorskip("lm_eval")
     from tests.serve.test_lm_eval import TASK, task_directory
 

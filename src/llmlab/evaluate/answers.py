@@ -1,9 +1,9 @@
 """Answer extraction for GSM8K-style math outputs: lm-evaluation-harness's strict and flexible rules, both.
 
 The rules are lm-eval's gsm8k task filters: "strict-match" takes the first "#### N" (gsm8k-cot's: the first "The
-answer is N."); "flexible-extract" takes the last number-like run anywhere in the text. Each is scored as lm-eval scores it (exact match after deleting commas,
-"$", everything up to "#### " and a final ".", ignoring case) and, optionally, numerically: "18.00", "$18" and "18"
-are the same number.
+answer is N."); "flexible-extract" takes the last number-like run anywhere in the text. Each is scored as lm-eval
+scores it (exact match after deleting commas, "$", everything up to "#### " and a final ".", ignoring case) and,
+optionally, numerically: "18.00", "$18" and "18" are the same number.
 """
 
 from __future__ import annotations

@@ -210,8 +210,10 @@ def _score_units(model, fitted, units: list[tuple[tuple, list[int]]], base: Dyna
     indices = [i for _, rows in units for i in rows]
     owners = [u for u, (_, rows) in enumerate(units) for _ in rows]
     cached = cache.length
-    if cached:
-        cache.reorder(torch.tensor(owners, device=device))
+    if cached:  # each unit's keys and values once per continuation
+        rows = torch.tensor(owners, device=device)
+        # indexing, not DynamicCache.reorder's index_select: that is ~40x slower on the CPU for these shapes
+        cache.keys, cache.values = [k[rows] for k in cache.keys], [v[rows] for v in cache.values]
     ids = _right_padded([(units[u][0][-1],) + fitted[i][1] for u, i in zip(owners, indices)], device)
     lengths = [len(fitted[i][1]) for i in indices]
     mask = torch.cat([_lengths_mask([len(units[u][0]) - 1 for u in owners], cached, device),
