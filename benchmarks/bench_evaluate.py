@@ -1,21 +1,28 @@
 """llmlab's evaluator against lm-evaluation-harness's `hf` model on the same checkpoint (saved for transformers with
-save_hf) and the same tasks, in one run: a multiple-choice task (loglikelihood requests) and a perplexity task
-(rolling log-likelihoods of whole texts), with requests per second, the ratio, and whether the results are equal
-(identical acc / acc_norm, per-request log-likelihoods within 1e-4; perplexities within 1e-5 relative).
+save_hf) and the same requests, in one run: a few-shot multiple-choice task (loglikelihood requests) and a perplexity
+task (rolling log-likelihoods of whole texts), with requests per second, the ratio, and whether the results are equal.
 
-The results come from a whole evaluation on each side (llmlab.evaluate.evaluate, lm_eval.simple_evaluate); the
-timing is of the models answering the same requests (lm-eval's, built once): llmlab's LocalModel.loglikelihood /
-loglikelihood_rolling against HFLM's, prompts and metrics left out on both sides. Each side runs once to warm up,
-then ROUNDS timed rounds alternating sides; the table gives the median.
+The data is Shakespeare (../shared/data/tinyshakespeare.txt): a byte-level BPE tokenizer trained on it, questions
+"which line comes next?" (a line, its true successor among three other lines) after fixed few-shot demonstrations
+(lm-eval's first_n sampler over a train split, as MMLU's dev split), and the play's last lines as perplexity texts.
+The model is a random LLaMA-style checkpoint (LLaMA's 32,000-token vocabulary by default).
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_evaluate.py
-    python benchmarks/bench_evaluate.py --questions 8 --texts 4 --rounds 1   # a smoke run
+Both sides answer lm-eval's own request instances (built once, outside the timing): llmlab's LocalModel.loglikelihood
+/ loglikelihood_rolling on their arguments against HFLM's. Equal results: every choice's log-likelihood within 1e-4,
+identical acc and acc_norm (lm-eval's process_results on its answers, llmlab.evaluate.metrics on llmlab's), each
+text's log-likelihood within 1e-6 relative and identical perplexities to 1e-5 relative; llmlab's prompts (its own
+few-shot builder, llmlab.evaluate.evaluator.contexts) equal lm-eval's. Each side runs once on a few requests to warm
+up, then ROUNDS timed rounds alternating sides; the table gives the median.
+
+    nice python benchmarks/bench_evaluate.py
+    python benchmarks/bench_evaluate.py --questions 16 --text-tokens 4000 --rounds 1   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import tempfile
@@ -26,154 +33,202 @@ import torch
 
 import llmlab
 from llmlab.data.tokenizer import END_OF_TEXT, train_tokenizer
-from llmlab.evaluate.evaluator import LocalModel, evaluate
-from llmlab.evaluate.tasks import builtin_task, task_from_dict
+from llmlab.evaluate import metrics
+from llmlab.evaluate.evaluator import LocalModel, contexts
+from llmlab.evaluate.tasks import task_from_dict
 from llmlab.model import Model, presets
 from llmlab.model.hf import save_hf
 
-WORDS = ("the cat dog sat ran on in to a park mat house tree bird sang quickly slowly under over big small red "
-         "green river hill child ate apple bread walked saw found lost old new").split()
+SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
 MC_TASK, PPL_TASK = "bench_mc", "bench_ppl"
+TEMPLATE = "Line: {{question}}\nNext line:"
+DOCUMENT_TOKENS = 2000
 
 
-def sentence(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
-
-
-def build(directory: Path, args) -> tuple[Path, Path, list[dict], list[str]]:
-    """A random LLaMA-style checkpoint with a byte-level BPE tokenizer, its HF export, MC questions and texts."""
-    rng = random.Random(0)
-    corpus = [sentence(rng, 12) for _ in range(400)]
-    tokenizer = train_tokenizer(corpus, 512, special_tokens=(END_OF_TEXT,))
+def build(directory: Path, args) -> tuple[Path, Path, list[dict], list[dict], list[str]]:
+    """The checkpoint and its HF export, train and test questions, and the perplexity texts."""
+    lines = [line.strip() for line in Path(args.shakespeare).read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if len(line) > 20 and not line.endswith(":")]
+    tokenizer = train_tokenizer(lines, args.tokenizer_vocab, special_tokens=(END_OF_TEXT,))
     eot = tokenizer.token_to_id(END_OF_TEXT)
-    config = presets.llama("tiny", vocab_size=tokenizer.get_vocab_size(), d_model=args.d_model, n_layers=args.layers,
-                           n_heads=args.d_model // 32, n_kv_heads=args.d_model // 32, d_ff=args.d_model * 4,
-                           max_seq_len=args.context, eos_token_id=eot, bos_token_id=eot, init_std=0.05)
+    d_ff = (args.d_model * 8 // 3 + 15) // 16 * 16
+    config = presets.llama("tiny", vocab_size=max(args.vocab, tokenizer.get_vocab_size()), d_model=args.d_model,
+                           n_layers=args.layers, n_heads=args.d_model // 64, n_kv_heads=args.d_model // 64,
+                           d_ff=d_ff, max_seq_len=args.context, eos_token_id=eot, bos_token_id=eot, init_std=0.02)
     torch.manual_seed(0)
     model = Model(config)
     model.tokenizer = tokenizer
     llmlab.save(model, directory / "model")
     hf_dir = save_hf(model, directory / "hf")
-    questions = [{"question": sentence(rng, 10), "answer": rng.randrange(args.choices),
-                  "choices": [sentence(rng, rng.randint(2, 8)) for _ in range(args.choices)]}
-                 for _ in range(args.questions)]
-    texts = [" ".join(sentence(rng, 12) for _ in range(args.text_sentences)) for _ in range(args.texts)]
-    return directory / "model", hf_dir, questions, texts
+    rng = random.Random(0)
+    half = len(lines) // 2
+
+    def question(index: int) -> dict:
+        others = rng.sample(lines[:half], 3)
+        answer = rng.randrange(4)
+        return {"question": lines[index], "choices": others[:answer] + [lines[index + 1]] + others[answer:],
+                "answer": answer}
+
+    train = [question(i) for i in range(5)]
+    test = [question(i) for i in rng.sample(range(half, len(lines) - 1), args.questions)]
+    ending, tokens = [], 0  # the play's last lines, in documents of about DOCUMENT_TOKENS tokens
+    for line in reversed(lines):
+        if tokens >= args.text_tokens:
+            break
+        ending.insert(0, (line, len(tokenizer.encode(line + "\n").ids)))
+        tokens += ending[0][1]
+    texts, document, size = [], [], 0
+    for line, count in ending:
+        document.append(line)
+        size += count
+        if size >= DOCUMENT_TOKENS or line is ending[-1][0]:
+            texts.append("\n".join(document))
+            document, size = [], 0
+    return directory / "model", hf_dir, train, test, texts
 
 
-def lm_eval_tasks(directory: Path, questions: list[dict], texts: list[str]) -> Path:
+def lm_eval_tasks(directory: Path, train: list[dict], test: list[dict], texts: list[str], shots: int) -> Path:
     """The two tasks in lm-eval's YAML."""
     tasks = directory / "lm_eval_tasks"
     tasks.mkdir()
-    (tasks / "mc.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    (tasks / "ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-
-    def source(name):
-        return f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(tasks / name))}\n"
+    for name, rows in (("train", train), ("test", test), ("ppl", [{"text": t} for t in texts])):
+        (tasks / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     (tasks / f"{MC_TASK}.yaml").write_text(
-        f"task: {MC_TASK}\n{source('mc.jsonl')}output_type: multiple_choice\ntest_split: test\n"
-        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
-        "doc_to_choice: choices\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+        f"task: {MC_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    train: {json.dumps(str(tasks / 'train.jsonl'))}\n    test: {json.dumps(str(tasks / 'test.jsonl'))}\n"
+        f"output_type: multiple_choice\ntest_split: test\nfewshot_split: train\nnum_fewshot: {shots}\n"
+        "fewshot_config:\n  sampler: first_n\n"
+        f"doc_to_text: {json.dumps(TEMPLATE)}\ndoc_to_choice: choices\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
     (tasks / f"{PPL_TASK}.yaml").write_text(
-        f"task: {PPL_TASK}\n{source('ppl.jsonl')}output_type: loglikelihood_rolling\ntest_split: test\n"
-        "doc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
+        f"task: {PPL_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {json.dumps(str(tasks / 'ppl.jsonl'))}\n"
+        "output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
     return tasks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shakespeare", default=str(SHAKESPEARE), help="tinyshakespeare.txt")
     parser.add_argument("--questions", type=int, default=200)
-    parser.add_argument("--choices", type=int, default=4)
-    parser.add_argument("--texts", type=int, default=40)
-    parser.add_argument("--text-sentences", type=int, default=20, help="sentences per perplexity text")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--text-tokens", type=int, default=100_000, help="tokens of perplexity text, about")
+    parser.add_argument("--tokenizer-vocab", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=32000, help="the model's vocabulary (rows past the "
+                        "tokenizer's are never produced by it, as in many published checkpoints)")
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        checkpoint, hf_dir, questions, texts = build(directory, args)
-        manager = TaskManager(include_path=str(lm_eval_tasks(directory, questions, texts)))
+        checkpoint, hf_dir, train, test, texts = build(directory, args)
+        manager = TaskManager(include_path=str(lm_eval_tasks(directory, train, test, texts, args.shots)))
         hf = HFLM(pretrained=str(hf_dir), device=args.device, dtype="float32", batch_size=args.batch_size,
                   max_length=args.context)
-        ours = LocalModel(llmlab.load(checkpoint, device=args.device), batch_size=args.batch_size)
-        (directory / "mc.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-        (directory / "ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        mc = task_from_dict({"name": MC_TASK, "kind": "multiple_choice", "data": "mc.jsonl", "choices": "choices",
-                             "template": "Question: {{question}}\nAnswer:", "target": "{{answer}}"}, "bench", directory)
-        ppl = builtin_task(f"perplexity:{directory / 'ppl.jsonl'}")
-
-        def run_lm_eval(task):
-            return lm_eval.simple_evaluate(model=hf, tasks=[task], task_manager=manager, log_samples=True,
-                                           bootstrap_iters=0, batch_size=args.batch_size)
-
-        outputs = {("multiple choice", "llmlab"): evaluate(ours, [mc]),
-                   ("multiple choice", "lm-eval hf"): run_lm_eval(MC_TASK),
-                   ("perplexity", "llmlab"): evaluate(ours, [ppl]),
-                   ("perplexity", "lm-eval hf"): run_lm_eval(PPL_TASK)}
-        mc_requests, ppl_requests = lm_eval_requests(MC_TASK, manager), lm_eval_requests(PPL_TASK, manager)
-        # the same requests (lm-eval's, as text) answered by each model
+        model = llmlab.load(checkpoint, device=args.device)
+        ours = LocalModel(model, batch_size=args.batch_size, identity="bench")
+        parameters = model.num_parameters()
+        mc_task, mc_requests = lm_eval_requests(MC_TASK, manager)
+        ppl_task, ppl_requests = lm_eval_requests(PPL_TASK, manager)
         pairs = [instance.args for instance in mc_requests]
         documents = [instance.args[0] for instance in ppl_requests]
-        sides = {("multiple choice", "llmlab"): lambda: ours.loglikelihood(pairs),
-                 ("multiple choice", "lm-eval hf"): lambda: hf.loglikelihood(mc_requests, disable_tqdm=True),
-                 ("perplexity", "llmlab"): lambda: ours.loglikelihood_rolling(documents),
-                 ("perplexity", "lm-eval hf"): lambda: hf.loglikelihood_rolling(ppl_requests, disable_tqdm=True)}
+        same_prompts = llmlab_prompts(directory, train, test) == [pairs[i][0] for i in range(0, len(pairs), 4)]
+        sides = {("multiple choice", "llmlab"): lambda n: ours.loglikelihood(pairs[:n]),
+                 ("multiple choice", "lm-eval hf"): lambda n: hf.loglikelihood(mc_requests[:n], disable_tqdm=True),
+                 ("perplexity", "llmlab"): lambda n: ours.loglikelihood_rolling(documents[:n]),
+                 ("perplexity", "lm-eval hf"): lambda n: hf.loglikelihood_rolling(ppl_requests[:n],
+                                                                                    disable_tqdm=True)}
+        for run in sides.values():
+            run(4)  # warm-up
         times = {key: [] for key in sides}
-        for round_ in range(args.rounds + 1):
+        answers = {}
+        for _ in range(args.rounds):
             for key, run in sides.items():
                 start = time.perf_counter()
-                run()
-                if round_:  # round 0 warms up
-                    times[key].append(time.perf_counter() - start)
+                answers[key] = run(None)
+                times[key].append(time.perf_counter() - start)
 
-    requests = {"multiple choice": sum(len(q["choices"]) for q in questions), "perplexity": len(texts)}
-    equal = {"multiple choice": mc_equal(outputs[("multiple choice", "llmlab")],
-                                         outputs[("multiple choice", "lm-eval hf")]),
-             "perplexity": ppl_equal(outputs[("perplexity", "llmlab")], outputs[("perplexity", "lm-eval hf")])}
+    tokens = sum(len(ours.encode(text)) for text in documents)
+    equal = {"multiple choice": mc_equal(mc_task, answers[("multiple choice", "llmlab")],
+                                         answers[("multiple choice", "lm-eval hf")]),
+             "perplexity": ppl_equal(ppl_task, answers[("perplexity", "llmlab")],
+                                     answers[("perplexity", "lm-eval hf")])}
+    requests = {"multiple choice": len(pairs), "perplexity": len(documents)}
     print("| task | requests | llmlab req/s | lm-eval hf req/s | ratio | results equal |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for kind in ("multiple choice", "perplexity"):
         ours_rate = requests[kind] / statistics.median(times[(kind, "llmlab")])
         theirs_rate = requests[kind] / statistics.median(times[(kind, "lm-eval hf")])
-        print(f"| {kind} | {requests[kind]} | {ours_rate:.1f} | {theirs_rate:.1f} | {ours_rate / theirs_rate:.2f}x | "
+        print(f"| {kind} | {requests[kind]} | {ours_rate:.2f} | {theirs_rate:.2f} | {ours_rate / theirs_rate:.2f}x | "
               f"{equal[kind]} |")
-    print(f"\n{args.questions} questions x {args.choices} choices, {args.texts} texts; llama d_model {args.d_model}, "
-          f"{args.layers} layers, context {args.context}; batch size {args.batch_size}; {args.device}; "
-          f"median of {args.rounds} rounds of answering the task's requests; results from whole evaluations.")
+    print(f"\n{args.questions} questions x 4 choices after {args.shots} fixed demonstrations (llmlab's prompts equal "
+          f"lm-eval's: {same_prompts}); {len(documents)} texts of {tokens} tokens in all; llama d_model "
+          f"{args.d_model}, {args.layers} layers, vocabulary {model.config.vocab_size}, {parameters / 1e6:.1f}M "
+          f"parameters, context {args.context}; batch size {args.batch_size}; {args.device}, "
+          f"{torch.get_num_threads()} threads; median of {args.rounds} round(s).")
 
 
-def lm_eval_requests(name: str, manager) -> list:
-    """lm-eval's request instances of one task, built once, outside the timing."""
+def lm_eval_requests(name: str, manager) -> tuple:
+    """lm-eval's task and its request instances, built once, outside the timing."""
     task = manager.load(name)["tasks"][name]
     task.build_all_requests(rank=0, world_size=1)
-    return [instance for instance in task.instances]
+    return task, list(task.instances)
 
 
-def mc_equal(ours: dict, theirs: dict) -> bool:
-    """Identical acc and acc_norm, and every choice's log-likelihood within 1e-4."""
-    metrics, reference = ours["results"][MC_TASK]["metrics"], theirs["results"][MC_TASK]
-    same = all(metrics[name]["value"] == reference[f"{name},none"] for name in ("acc", "acc_norm"))
-    expected = {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in theirs["samples"][MC_TASK]}
-    return same and all(all(abs(a - b) <= 1e-4 for a, b in zip(s["loglikelihoods"], expected[s["doc_id"]], strict=True))
-                        for s in ours["samples"][MC_TASK])
+def llmlab_prompts(directory: Path, train: list[dict], test: list[dict]) -> list[str]:
+    """Each question's prompt as llmlab's evaluator builds it (fixed first demonstrations from the train file)."""
+    for name, rows in (("train", train), ("test", test)):
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = task_from_dict({"name": MC_TASK, "kind": "multiple_choice", "data": "test.jsonl", "choices": "choices",
+                           "template": TEMPLATE, "target": "{{answer}}",
+                           "fewshot": {"k": len(train), "data": "train.jsonl", "selection": "first"}},
+                          "bench", directory)
+    return contexts(task, test, len(train), seed=0)
 
 
-def ppl_equal(ours: dict, theirs: dict) -> bool:
-    """Word and byte perplexity and bits per byte within 1e-5 relative."""
-    metrics, reference = ours["results"]["perplexity"]["metrics"], theirs["results"][PPL_TASK]
-    return all(abs(metrics[name]["value"] - reference[f"{name},none"]) <= 1e-5 * abs(reference[f"{name},none"])
-               for name in ("word_perplexity", "byte_perplexity", "bits_per_byte"))
+def _per_document(task, instances: list, answers: list) -> list[tuple[dict, list]]:
+    """(document, its answers in request order) of lm-eval's instances."""
+    documents: dict[int, tuple[dict, list]] = {}
+    for instance, answer in zip(instances, answers, strict=True):
+        documents.setdefault(instance.doc_id, (instance.doc, []))[1].append(answer)
+    return list(documents.values())
+
+
+def mc_equal(task, ours: list, theirs: list) -> bool:
+    """Every choice's log-likelihood within 1e-4 and identical acc and acc_norm: lm-eval's process_results on its
+    answers, llmlab.evaluate.metrics.multiple_choice on llmlab's."""
+    if not all(abs(a[0] - b[0]) <= 1e-4 for a, b in zip(ours, theirs, strict=True)):
+        return False
+    reference = [task.process_results(doc, answers) for doc, answers in _per_document(task, task.instances, theirs)]
+    got = [metrics.multiple_choice([a[0] for a in answers], doc["choices"], doc["answer"])
+           for doc, answers in _per_document(task, task.instances, ours)]
+    return all(sum(r[name] for r in reference) == sum(g[name] for g in got) for name in ("acc", "acc_norm"))
+
+
+def ppl_equal(task, ours: list, theirs: list) -> bool:
+    """Each text's log-likelihood within 1e-6 relative; word and byte perplexity and bits per byte (lm-eval's
+    aggregation on its answers, llmlab.evaluate.metrics on llmlab's) within 1e-5 relative."""
+    if not all(abs(a[0] - b) <= 1e-6 * abs(b) for a, b in zip(ours, theirs, strict=True)):
+        return False
+    items = [task.process_results(instance.doc, [answer]) for instance, answer in zip(task.instances, theirs)]
+    aggregate = task.aggregation()
+    texts = [instance.args[0] for instance in task.instances]
+    lls, words = sum(a[0] for a in ours), sum(metrics.word_count(t) for t in texts)
+    bytes_ = sum(metrics.byte_count(t) for t in texts)
+    got = {"word_perplexity": metrics.perplexity(lls, words), "byte_perplexity": metrics.perplexity(lls, bytes_),
+           "bits_per_byte": metrics.bits_per_byte(lls, bytes_)}
+    return all(math.isclose(got[name], aggregate[name]([item[name] for item in items]), rel_tol=1e-5)
+               for name in got)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,20 @@ def test_extraction_on_hand_written_outputs(output, strict, flexible):
     assert (answers.extract_strict(output), answers.extract_flexible(output)) == (strict, flexible)
 
 
+@pytest.mark.parametrize("output, strict", [
+    ("Leah had 32 chocolates and her sister 42, 32 + 42 = 74; after eating 35, 74 - 35 = 39. The answer is 39.", "39"),
+    ("The answer is 1,234.50.", "1,234.50"),
+    ("The answer is 72", "7"),  # the pattern's final "." takes any character: here the number's last digit
+    ("The answer is 5. The answer is 6.", "5."),  # the first; the "." after it joins the number (scoring drops it)
+    ("The answer is -3 degrees.", "-3"),
+    ("The answer is $18.", answers.INVALID),  # "$" is not in the number's characters
+    ("the answer is 18.", answers.INVALID),  # case matters
+    ("#### 18", answers.INVALID),
+])
+def test_chain_of_thought_strict_extraction_on_hand_written_outputs(output, strict):
+    assert answers.extract_cot_strict(output) == strict
+
+
 def test_scoring_as_lm_eval_does():
     assert answers.score_gsm8k("So the answer is 72.", GOLD) == {
         "strict_answer": answers.INVALID, "flexible_answer": "72.", "strict-match": 0.0, "flexible-extract": 1.0}

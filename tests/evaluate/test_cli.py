@@ -126,3 +126,19 @@ def test_lm_eval_runs_lm_eval_s_command_line_with_the_llmlab_model(checkpoint, t
                                     "--batch_size", "4", "--device", "cpu"], capsys)
     assert code == 0, stderr
     assert TASK in stdout and "acc_norm" in stdout
+
+
+def test_lm_eval_falls_back_to_the_cpu_where_cuda_is_absent(checkpoint, tmp_path, monkeypatch, capsys):
+    """lm-eval's command line asks for cuda:0 unless told otherwise; without CUDA the model warns, runs on the CPU."""
+    pytest.importorskip("lm_eval")
+    from tests.serve.test_lm_eval import TASK, task_directory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    tasks_dir = task_directory(tmp_path / "tasks")
+    with pytest.warns(UserWarning, match="Device 'cuda:0' is not available"):
+        code, stdout, stderr = run_cli(["lm-eval", "run", "--model", "llmlab", "--model_args",
+                                        f"pretrained={checkpoint}", "--tasks", TASK, "--include_path",
+                                        str(tasks_dir), "--limit", "2", "--batch_size", "4"], capsys)
+    assert code == 0, stderr
+    assert TASK in stdout and "acc_norm" in stdout

@@ -1,10 +1,12 @@
 """lm-eval's model "llmlab" against lm-eval's own `hf` model on the same weights (saved with save_hf): a local
-multiple-choice task (identical acc and acc_norm, every choice's log-likelihood within 1e-4, at batch sizes 1 and 16)
-and a perplexity task read in rolling windows shorter than the texts."""
+multiple-choice task (identical acc and acc_norm, every choice's log-likelihood within 1e-4, at batch sizes 1 and 16),
+a perplexity task read in rolling windows shorter than the texts, and greedy generate_until requests answered in
+batches (the same texts as the hf model's and as one request at a time)."""
 
 import json
 
 import pytest
+from lm_eval.api.instance import Instance
 
 import llmlab
 from llmlab.model.hf import save_hf
@@ -69,3 +71,21 @@ def test_rolling_perplexity_equals_lm_eval_s_hf_model(checkpoints, tmp_path, mon
     got_totals = [sample["resps"][0][0] for sample in got["samples"][ROLLING_TASK]]
     expected_totals = [sample["resps"][0][0] for sample in expected["samples"][ROLLING_TASK]]
     assert got_totals == pytest.approx(expected_totals, abs=1e-4)
+
+
+def test_generate_until_in_batches_equals_one_at_a_time_and_lm_eval_s_hf_model(checkpoints):
+    from lm_eval.models.huggingface import HFLM
+
+    checkpoint, hf_dir = checkpoints
+    short = {"until": [".", "hi"], "max_gen_toks": 12, "do_sample": False}
+    long = {"until": ["\n\n", "he"], "max_gen_toks": 20}
+    prompts = [("The cat", short), ("Once upon a time, there was", long), ("hello there, how can", short),
+               ("The dog ran to the", long), ("The user said hello to the assistant and", short), ("A", long)]
+    requests = [Instance("generate_until", {}, (prompt, dict(options)), index) for index, (prompt, options)
+                in enumerate(prompts)]
+    ours = lm_eval.api.registry.get_model("llmlab")(pretrained=str(checkpoint), batch_size=4)
+    batched = ours.generate_until(requests, disable_tqdm=True)
+    assert batched == [ours.generate_until([request], disable_tqdm=True)[0] for request in requests]
+    hf = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=1)
+    assert batched == hf.generate_until(requests, disable_tqdm=True)
+    assert len(set(batched)) == len(batched) and all(batched)

@@ -49,11 +49,44 @@ def test_a_greedy_continuation_is_recognised():
 
 
 def test_results_do_not_depend_on_the_batch_size():
-    model = tiny("gpt2")
-    one = loglikelihood(model, REQUESTS, batch_size=1)
-    sixteen = loglikelihood(model, REQUESTS, batch_size=16)
+    model = tiny("gpt2")  # max_length 32: a batch of size 1 reads 32 tokens (one request), one of 16 reads all six
+    one = loglikelihood(model, REQUESTS, batch_size=1, max_length=32)
+    sixteen = loglikelihood(model, REQUESTS, batch_size=16, max_length=32)
     assert [r.is_greedy for r in one] == [r.is_greedy for r in sixteen]
     assert [r.logprob for r in one] == pytest.approx([r.logprob for r in sixteen], abs=1e-5)
+
+
+def multiple_choice_requests(model, shared_prefix: bool):
+    """Five questions of 0-6 tokens after a 20-token prefix (an instruction, fixed demonstrations) or none, each with
+    four choices of 1-5 tokens, one of them the greedy next token."""
+    generator = torch.Generator().manual_seed(3)
+
+    def tokens(count):
+        return torch.randint(1, VOCAB, (count,), generator=generator).tolist()
+
+    prefix = tokens(20)
+    requests = []
+    for length in (6, 0, 3, 6, 1):
+        context = (prefix if shared_prefix else tokens(20)) + tokens(length)
+        with torch.no_grad():
+            greedy = model(torch.tensor([context])).logits[0, -1].argmax().item()
+        choices = [tokens(int(n)) for n in torch.randint(1, 6, (3,), generator=generator)] + [[greedy]]
+        requests += [(context, choice) for choice in choices]
+    return requests
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "gpt_neo"])  # rotary, learned, ALiBi, sliding window
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_shared_contexts_score_as_the_whole_sequence_does_at_any_batch_size(name, shared_prefix):
+    model = tiny(name)
+    requests = multiple_choice_requests(model, shared_prefix)
+    expected = [reference(model, context, continuation) for context, continuation in requests]
+    assert sum(greedy for _, greedy in expected) >= 5
+    for batch_size in (1, 3, 16):
+        results = loglikelihood(model, requests, batch_size=batch_size)
+        assert [r.logprob for r in results] == pytest.approx([total for total, _ in expected], abs=1e-4)
+        assert [r.is_greedy for r in results] == [greedy for _, greedy in expected]
+        assert [r.tokens for r in results] == [len(continuation) for _, continuation in requests]
 
 
 def test_encoder_decoders_score_the_continuation_as_the_decoder_output():

@@ -1,9 +1,9 @@
 """Answer extraction for GSM8K-style math outputs: lm-evaluation-harness's strict and flexible rules, both.
 
-The rules are lm-eval's gsm8k task filters: "strict-match" takes the first "#### N"; "flexible-extract" takes the
-last number-like run anywhere in the text. Each is scored as lm-eval scores it (exact match after deleting commas,
-"$", everything up to "#### " and a final ".", ignoring case) and, optionally, numerically: "18.00", "$18" and "18"
-are the same number.
+The rules are lm-eval's gsm8k task filters: "strict-match" takes the first "#### N" (gsm8k-cot's: the first "The
+answer is N."); "flexible-extract" takes the last number-like run anywhere in the text. Each is scored as lm-eval
+scores it (exact match after deleting commas, "$", everything up to "#### " and a final ".", ignoring case) and,
+optionally, numerically: "18.00", "$18" and "18" are the same number.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from .metrics import exact_match
 
 STRICT_PATTERN = re.compile(r"#### (\-?[0-9\.\,]+)")
+COT_STRICT_PATTERN = re.compile(r"The answer is (\-?[0-9\.\,]+).")  # gsm8k-cot.yaml's, its "." any character
 FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 INVALID = "[invalid]"  # lm-eval's fallback when nothing matches
 LM_EVAL_NORMALIZATION = {"regexes_to_ignore": (",", r"\$", "(?s).*#### ", r"\.$"), "ignore_case": True}
@@ -33,6 +34,11 @@ def _select(pattern: re.Pattern, text: str, index: int) -> str:
 def extract_strict(text: str) -> str:
     """lm-eval's strict-match: the number after the first "#### ", else "[invalid]"."""
     return _select(STRICT_PATTERN, text, 0)
+
+
+def extract_cot_strict(text: str) -> str:
+    """lm-eval's gsm8k-cot strict-match: the number of the first "The answer is N.", else "[invalid]"."""
+    return _select(COT_STRICT_PATTERN, text, 0)
 
 
 def extract_flexible(text: str) -> str:

@@ -22,8 +22,8 @@ import torch
 from llmlab.errors import ConfigError
 from llmlab.evaluate import answers, metrics
 from llmlab.evaluate.metrics import Aggregate
-from llmlab.evaluate.tasks import (COT_STRICT_PATTERN, GenerationOptions, Task, check_templates, doc_choices,
-                                   doc_gold, doc_target, load_documents, render)
+from llmlab.evaluate.tasks import (GenerationOptions, Task, check_templates, doc_choices, doc_gold, doc_target,
+                                   load_documents, render)
 
 CACHE_FILE = "requests.jsonl"
 PASS_AT_K_CURVE = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -51,9 +51,12 @@ def _digest(value) -> str:
 
 class LocalModel:
     """An llmlab model (decoder or encoder-decoder) answering evaluation requests, tokenized as lm-eval's hf model
-    tokenizes them; `identity` names its weights for the request cache (default: a hash of its parameters)."""
+    tokenizes them; `identity` names its weights for the request cache (default: a hash of its parameters);
+    max_length (default: the model's context) bounds what the model reads, prefix_token replaces an empty context
+    (default: the BOS id, else the EOS id)."""
 
-    def __init__(self, model, tokenizer=None, batch_size: int = 16, identity: str | None = None):
+    def __init__(self, model, tokenizer=None, batch_size: int = 16, identity: str | None = None,
+                 max_length: int | None = None, prefix_token: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         if self.tokenizer is None:
@@ -64,9 +67,12 @@ class LocalModel:
         self.identity = identity or _parameters_digest(model)
         self.can_generate = model.config.arch != "encoder"
         config = model.config
+        self.max_length = int(max_length or config.max_seq_len)
         eos = config.eos_token_id
-        eos = (eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else 0
-        self.prefix_token = config.bos_token_id if config.bos_token_id is not None else eos
+        self.eot_token = (eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else 0
+        if prefix_token is None:
+            prefix_token = config.bos_token_id if config.bos_token_id is not None else self.eot_token
+        self.prefix_token = prefix_token
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text, without special tokens."""
@@ -74,9 +80,11 @@ class LocalModel:
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-eval's split: the context's trailing spaces join the continuation, the whole text is encoded, and the
-        continuation is what follows the context's tokens; an empty context is the prefix token."""
+        continuation is what follows the context's tokens; an empty context is the prefix token (or the
+        continuation's first token where that is the prefix token)."""
         if not context:
-            return [self.prefix_token], self.encode(continuation)
+            ids = self.encode(continuation)
+            return (ids[:1], ids[1:]) if ids and ids[0] == self.prefix_token else ([self.prefix_token], ids)
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -87,19 +95,21 @@ class LocalModel:
         """(log p(continuation | context), greedy, continuation tokens) of each (context, continuation)."""
         from llmlab.evaluate.scoring import loglikelihood
 
-        results = loglikelihood(self.model, [self.encode_pair(*pair) for pair in requests], self.batch_size)
+        results = loglikelihood(self.model, [self.encode_pair(*pair) for pair in requests], self.batch_size,
+                                max_length=self.max_length)
         return [(r.logprob, r.is_greedy, r.tokens) for r in results]
 
     def loglikelihood_rolling(self, texts: Sequence[str | list[int]]) -> list[tuple[float, int]]:
-        """(log p(text), tokens) of each whole text (or token ids), in windows of the model's context."""
+        """(log p(text), tokens) of each whole text (or token ids), in windows of max_length tokens."""
         from llmlab.evaluate.scoring import loglikelihood_rolling
 
         ids = [self.encode(text) if isinstance(text, str) else list(text) for text in texts]
-        totals = loglikelihood_rolling(self.model, ids, self.prefix_token, batch_size=self.batch_size)
+        totals = loglikelihood_rolling(self.model, ids, self.prefix_token, self.max_length, batch_size=self.batch_size)
         return [(total, len(row)) for total, row in zip(totals, ids)]
 
     def generate(self, prompts: Sequence[str], options: GenerationOptions, seed: int = 0) -> list[list[str]]:
-        """options.n continuations of each prompt, each cut before the first of options.until."""
+        """options.n continuations of each prompt, each cut before the first of options.until; prompts are batched
+        longest first (results do not depend on the batch: sample j of every prompt has seed + j)."""
         from llmlab.infer.config import GenerationConfig
         from llmlab.infer.generate import generate
 
@@ -109,13 +119,16 @@ class LocalModel:
         config = GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=sample,
                                   temperature=options.temperature if sample else 1.0, stop=options.until,
                                   n=options.n, seed=seed if sample else None)
-        keep = max(1, self.model.config.max_seq_len - options.max_new_tokens)
-        texts = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start:start + self.batch_size]
-            ids = [self.encode(prompt)[-keep:] or [self.prefix_token] for prompt in batch]
-            texts += generate(self.model, ids, config, tokenizer=self.tokenizer).text
-        return [texts[i * options.n:(i + 1) * options.n] for i in range(len(prompts))]
+        keep = max(1, self.max_length - options.max_new_tokens)
+        ids = [self.encode(prompt)[-keep:] or [self.prefix_token] for prompt in prompts]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        texts: list[list[str]] = [[] for _ in prompts]
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            result = generate(self.model, [ids[i] for i in batch], config, tokenizer=self.tokenizer).text
+            for row, index in enumerate(batch):
+                texts[index] = result[row * options.n:(row + 1) * options.n]
+        return texts
 
     def describe(self) -> dict:
         """What results.json records of the model."""
@@ -300,15 +313,9 @@ def _perplexity(requests, task, docs):
     return values, samples
 
 
-def _extract_cot_strict(text: str) -> str:
-    """lm-eval's gsm8k-cot strict filter: the number of the first "The answer is N."."""
-    match = COT_STRICT_PATTERN.search(text)
-    return match.group(1).strip() if match else answers.INVALID
-
-
 def _gsm8k_answers(task: Task, output: str) -> dict[str, str]:
     """The strict and flexible answers of one output."""
-    strict = _extract_cot_strict(output) if task.answer == "gsm8k_cot" else answers.extract_strict(output)
+    strict = answers.extract_cot_strict(output) if task.answer == "gsm8k_cot" else answers.extract_strict(output)
     return {"strict-match": strict, "flexible-extract": answers.extract_flexible(output)}
 
 

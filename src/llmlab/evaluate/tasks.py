@@ -47,8 +47,6 @@ ORDERS = ("as_selected", "most_similar_first", "most_similar_last", "random")
 NORMALIZE_FIELDS = ("ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore", "strip", "squad")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".txt")
 PASS_AT = re.compile(r"pass@(\d+)$")
-# lm-eval's gsm8k-cot strict filter; the flexible one is answers.FLEXIBLE_PATTERN
-COT_STRICT_PATTERN = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex's stop sequences (Chen et al. 2021)
 
 
