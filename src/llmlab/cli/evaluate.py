@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="demonstrations per prompt, overriding the tasks' (several, as 0,1,5, plot accuracy "
                              "against shots)")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N documents of each task")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="a forward pass reads at most B x the model's context tokens (default: 16)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="B",
+                        help="a forward pass reads at most B x the model's context tokens (default: 16)")
     parser.add_argument("--data-dir", metavar="D", help="where built-in tasks and relative YAML data paths are found")
     parser.add_argument("--out", metavar="DIR", help="write results.json, samples.jsonl, report.md and plots here")
     parser.add_argument("--seed", type=int, default=0, help="seed of demonstration choice, sampling and "
