@@ -68,3 +68,23 @@ def test_batches_resume_exactly_and_visit_every_row_each_epoch():
     resumed = ExampleBatches(rows, stack_rows, batch_size=2, seed=0)
     resumed.load_state_dict({"step": 3})
     assert [next(resumed)["input_ids"].tolist() for _ in range(2)] == seen[3:]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_the_sft_loss_falls_on_a_tiny_model(packed):
+    from functools import partial
+
+    from llmlab.train.loop import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = Model(presets.llama("tiny", vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=32))
+    data = examples(torch.Generator().manual_seed(1))
+    if packed:
+        rows = pack(data, 16, pad_id=0)
+        rows = [{name: value[row] for name, value in rows.items()} for row in range(len(rows["input_ids"]))]
+        batches = ExampleBatches(rows, stack_rows, batch_size=4, seed=0)
+    else:
+        batches = ExampleBatches(data, partial(pad, pad_id=0), batch_size=4, seed=0)
+    loss = partial(language_model_loss, labelled_logits_only=True)
+    losses = Trainer(model, TrainConfig(steps=40, lr=1e-2, warmup=2), batches, progress=False, loss_fn=loss).fit()
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5  # the replies are memorised
