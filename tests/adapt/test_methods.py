@@ -270,3 +270,13 @@ def test_the_synthetic_task_asks_with_the_prompt_sft_trains_on(tiny_checkpoint, 
         asked = local.encode(render(task.template, doc))
         assert asked == encoder.encode_prompt({"instruction": doc["instruction"], "input": doc["input"]})
     assert task.target == "output"
+
+
+def test_the_demonstration_table_gives_the_mean_and_sample_deviation_over_seeds():
+    from llmlab.adapt.report import table
+
+    text = table({"base": {"all": [0.1, 0.1, 0.1]}, "sft": {"all": [0.2, 0.4, 0.6]}}, [0, 1, 2])
+    rows = text.splitlines()
+    assert rows[0] == "| model | held-out set | exact match % (mean ± sd) | seed 0 | seed 1 | seed 2 |"
+    assert rows[2] == "| base | all | 10.0 ± 0.0 | 10.0 | 10.0 | 10.0 |"
+    assert rows[3] == "| sft | all | 40.0 ± 20.0 | 20.0 | 40.0 | 60.0 |"  # sd: sqrt((0.2² + 0 + 0.2²) / 2)
