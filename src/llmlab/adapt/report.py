@@ -36,6 +36,7 @@ DATA = (
 )
 HELD_OUT = (("all", "held-out"), ("addition", "held-out-addition"))  # (name in the table, directory in out)
 PAIRS = 400  # preference pairs per seed
+TASK_DATA = "synthetic-held-out.jsonl"  # the data file recipes/tasks/synthetic.yaml reads under --data-dir
 
 
 def llmlab(argv: list[str], output: Path) -> None:
@@ -95,6 +96,28 @@ def demonstrate(base: Path, out: Path, seeds: list[int], overrides: dict[str, li
             for held_out, directory in HELD_OUT:
                 accuracy[stage][held_out].append(evaluate(model, f"seed-{seed}-{stage}", directory, out))
     return accuracy
+
+
+def per_task(out: Path, labels: list[str]) -> dict[str, float]:
+    """Exact-match accuracy per synthetic task on the main held-out set, over the evaluations of the given labels."""
+    tasks = [json.loads(line)["task"] for line in (out / HELD_OUT[0][1] / TASK_DATA).read_text().splitlines()]
+    hits: dict[str, list[float]] = {}
+    for label in labels:
+        samples = (out / "eval" / f"{label}-{HELD_OUT[0][1]}" / "samples.jsonl").read_text().splitlines()
+        for sample in map(json.loads, samples):
+            hits.setdefault(tasks[sample["doc_id"]], []).append(sample["scores"]["exact_match"])
+    return {task: statistics.mean(values) for task, values in sorted(hits.items())}
+
+
+def task_table(out: Path, seeds: list[int]) -> str:
+    """A Markdown table of exact-match accuracy per task (columns) and model (rows), the mean over seeds."""
+    rows = {"base": per_task(out, ["base"])}
+    rows.update({stage: per_task(out, [f"seed-{seed}-{stage}" for seed in seeds]) for stage in STAGES})
+    tasks = list(rows["base"])
+    lines = ["| model | " + " | ".join(tasks) + " |", "| --- | " + " | ".join("---:" for _ in tasks) + " |"]
+    lines += [f"| {stage} | " + " | ".join(f"{100 * row[task]:.0f}" for task in tasks) + " |"
+              for stage, row in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def mean_and_spread(values: list[float]) -> str:
@@ -161,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(seed) for seed in arguments.seeds.split(",")]
     out = Path(arguments.out)
     accuracy = demonstrate(Path(arguments.base), out, seeds, overrides)
-    text = table(accuracy, seeds)
+    text = table(accuracy, seeds) + "\nBy task, on the held-out set of all tasks (mean over seeds):\n\n" + \
+        task_table(out, seeds)
     (out / "report.md").write_text(text)
     plot(out, seeds, out / "curves.png")
     print(text)

@@ -1,6 +1,6 @@
 """Synthetic instruction tasks for an offline demonstration: arithmetic, reversing, sorting, counting, copying, case
 changes and lookups on the bundled corpus, each asked in several phrasings, with one exact answer, written as
-Alpaca-format JSONL (instruction, input, output)."""
+Alpaca-format JSONL (instruction, input, output); and preference pairs of them against a model's own answers."""
 
 from __future__ import annotations
 
@@ -172,8 +172,8 @@ REJECTED_FROM = ("model", "corrupted")  # where a preference pair's rejected ans
 
 
 def corrupt(answer: str, rng: random.Random) -> str:
-    """A wrong answer close to the gold one: a number moved by 1 to 3, two different words swapped, or (one word)
-    its case flipped — never the answer itself."""
+    """A wrong answer close to the gold one: a number moved by 1 to 3, two different words swapped (the last one
+    dropped when all are the same), or a single word's case flipped — never the answer itself."""
     if answer.lstrip("-").isdigit():
         offset = rng.randint(1, 3)
         return str(int(answer) + (offset if int(answer) < 3 or rng.random() < 0.5 else -offset))
