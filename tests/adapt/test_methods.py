@@ -113,6 +113,17 @@ def test_a_right_answer_is_replaced_by_a_corrupted_one(tiny_checkpoint):
     assert pair["rejected_from"] == "corrupted" and pair["chosen"] == said["rejected"] != pair["rejected"]
 
 
+def test_exclude_keeps_held_out_prompts_out_of_training(tmp_path):
+    def prompts(path):
+        return {(row["instruction"], row["input"]) for row in map(json.loads, path.read_text().splitlines())}
+
+    train = prompts(write_tasks(tmp_path / "train.jsonl", 100, seed=0, tasks=["count_letter"]))
+    unfiltered = prompts(write_tasks(tmp_path / "a.jsonl", 100, seed=1, tasks=["count_letter"]))
+    held_out = prompts(write_tasks(tmp_path / "b.jsonl", 100, seed=1, tasks=["count_letter"],
+                                   exclude=[tmp_path / "train.jsonl"]))
+    assert train & unfiltered and not train & held_out  # a few hundred prompts: drawn twice, they meet
+
+
 def test_corrupted_answers_are_near_misses():
     import random
 
