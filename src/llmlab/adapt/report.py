@@ -120,6 +120,17 @@ def task_table(out: Path, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held_out_reports(out: Path, seeds: list[int]) -> str:
+    """A Markdown table of what DPO and GRPO measured on their own held-out data (finetune_report.json), per seed."""
+    lines = ["| stage | metric | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in seeds) + " |"]
+    for stage, names in (("dpo", ("rewards/accuracies", "rewards/margins")), ("grpo", ("reward",))):
+        reports = [json.loads((out / f"seed-{seed}" / stage / "finetune_report.json").read_text()) for seed in seeds]
+        lines += [f"| {stage} | {name} | " + " | ".join(f"{report[name]:.3f}" for report in reports) + " |"
+                  for name in names]
+    return "\n".join(lines) + "\n"
+
+
 def mean_and_spread(values: list[float]) -> str:
     """mean ± sample standard deviation, as percentages."""
     spread = statistics.stdev(values) if len(values) > 1 else math.nan
@@ -184,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(seed) for seed in arguments.seeds.split(",")]
     out = Path(arguments.out)
     accuracy = demonstrate(Path(arguments.base), out, seeds, overrides)
-    text = table(accuracy, seeds) + "\nBy task, on the held-out set of all tasks (mean over seeds):\n\n" + \
-        task_table(out, seeds)
+    text = (table(accuracy, seeds) + "\nBy task, on the held-out set of all tasks (mean over seeds):\n\n"
+            + task_table(out, seeds) + "\nOn the stages' own held-out data (finetune_report.json):\n\n"
+            + held_out_reports(out, seeds))
     (out / "report.md").write_text(text)
     plot(out, seeds, out / "curves.png")
     print(text)
