@@ -87,6 +87,7 @@ def test_preference_pairs_prefer_the_gold_answer_to_the_models_own(pairs, tiny_c
     gold = generate_tasks(40, seed=3, tasks=TASKS)
     model = llmlab.load(tiny_checkpoint)
     eos, tokenizer = model.config.eos_token_id, model.tokenizer
+    stops = set(getattr(model.generation_config, "eos_token_ids", None) or [eos])
     for line, task in zip(lines, gold, strict=True):
         key = "prompt_input" if task["input"] else "prompt_no_input"
         assert line["prompt"] == ALPACA_PROMPTS[key].format(**task) and line["chosen"] == task["output"]
@@ -97,11 +98,14 @@ def test_preference_pairs_prefer_the_gold_answer_to_the_models_own(pairs, tiny_c
         for _ in range(8):
             with torch.no_grad():
                 token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
-            if token == eos:
+            if token in stops:
                 break
             new.append(token)
         answer = tokenizer.decode(new, skip_special_tokens=True).strip()
-        assert line["rejected"] == answer if answer and answer != line["chosen"] else line["rejected_from"] == "corrupted"
+        if answer and answer != line["chosen"]:
+            assert line["rejected_from"] == "model" and line["rejected"] == answer
+        else:
+            assert line["rejected_from"] == "corrupted"
 
 
 def test_a_right_answer_is_replaced_by_a_corrupted_one(tiny_checkpoint):
