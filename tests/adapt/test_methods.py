@@ -273,18 +273,18 @@ def test_ppo_with_a_reward_function_or_the_reward_model(scored_by, reward_run, t
 
 # --- the evaluation task ------------------------------------------------------------------------------------------
 
-def test_the_synthetic_task_asks_with_the_prompt_sft_trains_on(tiny_checkpoint, tmp_path):
-    held_out = write_tasks(tmp_path / "synthetic-held-out.jsonl", 6, seed=1, tasks=["addition", "reverse"])
-    task = load_task_file(RECIPES / "tasks" / "synthetic.yaml", tmp_path)
+def test_the_synthetic_tasks_ask_with_the_prompt_sft_trains_on(tiny_checkpoint):
     model = llmlab.load(tiny_checkpoint)
     encoder = Encoder(model.tokenizer, load_template("alpaca", model.tokenizer, model.config.eos_token_id),
                       model.config.eos_token_id, model.config.bos_token_id)
     local = LocalModel(model)
-    for line in held_out.read_text().splitlines():
-        doc = json.loads(line)
+    task, addition = (load_task_file(RECIPES / "tasks" / f"synthetic{name}.yaml") for name in ("", "-addition"))
+    assert addition.template == task.template and addition.target == task.target == "output"
+    docs = [json.loads(line) for line in Path(task.data).read_text().splitlines()]
+    assert len(docs) == 200 and {doc["task"] for doc in docs} == {record["task"] for record in generate_tasks(10)}
+    for doc in docs[:20]:  # every kind of task, with and without an input
         asked = local.encode(render(task.template, doc))
         assert asked == encoder.encode_prompt({"instruction": doc["instruction"], "input": doc["input"]})
-    assert task.target == "output"
 
 
 def test_the_demonstration_table_gives_the_mean_and_sample_deviation_over_seeds():

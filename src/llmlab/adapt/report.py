@@ -1,7 +1,7 @@
 """The adaptation demonstration of docs/adaptation.md as the `llmlab` commands it runs: synthetic tasks, SFT of a
 pretrained model (all weights, and LoRA), DPO on preference pairs built from each SFT model, GRPO with an exact-match
 reward on addition, and exact-match accuracy on held-out examples before and after each (`llmlab evaluate` with
-recipes/tasks/synthetic.yaml), for each train.seed; then a table (report.md) and a plot of reward and accuracy against
+recipes/tasks/synthetic.yaml and synthetic-addition.yaml), for each train.seed; then a table (report.md) and a plot of reward and accuracy against
 steps (curves.png).
 
     python -m llmlab.adapt.report --base runs/demo --out runs/adaptation --seeds 0,1,2 [section.field=value ...]
@@ -23,20 +23,18 @@ from pathlib import Path
 from llmlab.errors import ConfigError
 
 RECIPES = Path(__file__).parents[3] / "recipes"  # a source checkout's recipes/
-TASK = RECIPES / "tasks" / "synthetic.yaml"
 STAGES = ("sft", "sft-lora", "dpo", "grpo")
-# (file, finetune-data synthetic options): the shared data; held-out prompts never appear in training
+# (name in the tables, the evaluation task, its held-out data, where its evaluations go: out/eval/LABEL-SUFFIX)
+HELD_OUT = (("all", RECIPES / "tasks" / "synthetic.yaml", RECIPES / "tasks" / "data" / "synthetic-held-out.jsonl",
+             "held-out"),
+            ("addition", RECIPES / "tasks" / "synthetic-addition.yaml",
+             RECIPES / "tasks" / "data" / "synthetic-addition-held-out.jsonl", "held-out-addition"))
+# (file, finetune-data synthetic options): the training data, sharing no prompt with the held-out data
 DATA = (
     ("sft-tasks.jsonl", ["--n", "2000", "--seed", "0"]),
-    ("held-out/synthetic-held-out.jsonl", ["--n", "200", "--seed", "1", "--exclude", "{out}/sft-tasks.jsonl"]),
-    ("held-out-addition/synthetic-held-out.jsonl", ["--n", "100", "--seed", "2", "--tasks", "addition",
-                                                    "--exclude", "{out}/sft-tasks.jsonl"]),
-    ("addition.jsonl", ["--n", "500", "--seed", "3", "--tasks", "addition",
-                        "--exclude", "{out}/held-out-addition/synthetic-held-out.jsonl"]),
+    ("addition.jsonl", ["--n", "500", "--seed", "3", "--tasks", "addition", "--exclude", str(HELD_OUT[1][2])]),
 )
-HELD_OUT = (("all", "held-out"), ("addition", "held-out-addition"))  # (name in the table, directory in out)
 PAIRS = 400  # preference pairs per seed
-TASK_DATA = "synthetic-held-out.jsonl"  # the data file recipes/tasks/synthetic.yaml reads under --data-dir
 
 
 def llmlab(argv: list[str], output: Path) -> None:
@@ -51,11 +49,11 @@ def llmlab(argv: list[str], output: Path) -> None:
         raise ConfigError(f"the demonstration stopped at `llmlab {shlex.join(argv)}`.")
 
 
-def evaluate(model: Path, label: str, held_out: str, out: Path) -> float:
-    """Exact-match accuracy of model's greedy answers to the tasks in out/held_out (evaluated into out/eval/label-*)."""
-    directory = out / "eval" / f"{label}-{held_out}"
-    llmlab(["evaluate", str(model), "--tasks", str(TASK), "--data-dir", str(out / held_out), "--out", str(directory),
-            "--batch-size", "32", "--no-progress"], directory / "results.json")
+def evaluate(model: Path, label: str, task: Path, suffix: str, out: Path) -> float:
+    """Exact-match accuracy of model's greedy answers to an evaluation task (evaluated into out/eval/label-suffix)."""
+    directory = out / "eval" / f"{label}-{suffix}"
+    llmlab(["evaluate", str(model), "--tasks", str(task), "--out", str(directory), "--batch-size", "32",
+            "--no-progress"], directory / "results.json")
     results = json.loads((directory / "results.json").read_text())["results"]
     return next(iter(results.values()))["metrics"]["exact_match"]["value"]
 
@@ -69,12 +67,11 @@ def finetune(stage: str, recipe: str, out: Path, overrides: list[str]) -> Path:
 
 def demonstrate(base: Path, out: Path, seeds: list[int], overrides: dict[str, list[str]]) -> dict:
     """Run every stage for every seed; return {stage: {held-out set: [accuracy per seed]}} with the base's."""
+    out.mkdir(parents=True, exist_ok=True)
     for name, options in DATA:
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        llmlab(["finetune-data", "synthetic", str(out / name), *[option.format(out=out) for option in options]],
-               out / name)
-    accuracy = {"base": {held_out: [evaluate(base, "base", directory, out)] * len(seeds)
-                         for held_out, directory in HELD_OUT}}
+        llmlab(["finetune-data", "synthetic", str(out / name), *options], out / name)
+    accuracy = {"base": {name: [evaluate(base, "base", task, suffix, out)] * len(seeds)
+                         for name, task, _, suffix in HELD_OUT}}
     for stage in STAGES:
         accuracy[stage] = {"all": [], "addition": []}
     for seed in seeds:
@@ -86,24 +83,24 @@ def demonstrate(base: Path, out: Path, seeds: list[int], overrides: dict[str, li
                                                  "adapter.kind=lora", *common, *overrides["sft-lora"]])
         pairs = run / "pairs.jsonl"
         llmlab(["finetune-data", "preference", str(pairs), "--model", str(sft), "--n", str(PAIRS), "--seed",
-                str(100 + seed), "--exclude", str(out / DATA[1][0])], pairs)
+                str(100 + seed), "--exclude", str(HELD_OUT[0][2])], pairs)
         template = RECIPES / "adaptation" / "prompt.jinja"
         dpo = finetune("dpo", "dpo", run, [f"model.path={sft}", f"data.path={pairs}", f"data.template={template}",
                                            *common, *overrides["dpo"]])
         grpo = finetune("grpo", "grpo", run, [f"model.path={sft}", f"data.path={out / 'addition.jsonl'}", *common,
                                               *overrides["grpo"]])
         for stage, model in (("sft", sft), ("sft-lora", lora), ("dpo", dpo), ("grpo", grpo)):
-            for held_out, directory in HELD_OUT:
-                accuracy[stage][held_out].append(evaluate(model, f"seed-{seed}-{stage}", directory, out))
+            for name, task, _, suffix in HELD_OUT:
+                accuracy[stage][name].append(evaluate(model, f"seed-{seed}-{stage}", task, suffix, out))
     return accuracy
 
 
 def per_task(out: Path, labels: list[str]) -> dict[str, float]:
     """Exact-match accuracy per synthetic task on the main held-out set, over the evaluations of the given labels."""
-    tasks = [json.loads(line)["task"] for line in (out / HELD_OUT[0][1] / TASK_DATA).read_text().splitlines()]
+    tasks = [json.loads(line)["task"] for line in HELD_OUT[0][2].read_text().splitlines()]
     hits: dict[str, list[float]] = {}
     for label in labels:
-        samples = (out / "eval" / f"{label}-{HELD_OUT[0][1]}" / "samples.jsonl").read_text().splitlines()
+        samples = (out / "eval" / f"{label}-{HELD_OUT[0][3]}" / "samples.jsonl").read_text().splitlines()
         for sample in map(json.loads, samples):
             hits.setdefault(tasks[sample["doc_id"]], []).append(sample["scores"]["exact_match"])
     return {task: statistics.mean(values) for task, values in sorted(hits.items())}
