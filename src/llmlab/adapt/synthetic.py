@@ -1,13 +1,13 @@
 """Synthetic instruction tasks for an offline demonstration: arithmetic, reversing, sorting, counting, copying, case
 changes and lookups on the bundled corpus, each asked in several phrasings, with one exact answer, written as
-Alpaca-format JSONL (instruction, input, output)."""
+Alpaca-format JSONL (instruction, input, output); and preference pairs of them against a model's own answers."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from llmlab.errors import ConfigError
 WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket", "garden", "silver", "candle",
          "forest", "window", "planet", "bridge", "honey", "marble", "violet", "anchor", "basket")
 LOOKUP_CHARS = 200_000  # of the bundled corpus, for lookups
+MAX_DRAWS = 1000  # draws of a task before its excluded prompts are taken to cover all it can ask
 
 Task = Callable[[random.Random], tuple[str, str, str]]  # rng -> (instruction, input, output)
 
@@ -118,8 +119,10 @@ TASKS: dict[str, Task] = {"addition": addition, "multiplication": multiplication
                           "copy": copy, "upper": upper_case, "lower": lower_case, "lookup": lookup}
 
 
-def generate_tasks(n: int, seed: int = 0, tasks: Sequence[str] | None = None) -> list[dict]:
-    """n Alpaca records {instruction, input, output, task}, the tasks taken in turn, drawn from seed."""
+def generate_tasks(n: int, seed: int = 0, tasks: Sequence[str] | None = None,
+                   exclude: Collection[tuple[str, str]] = ()) -> list[dict]:
+    """n Alpaca records {instruction, input, output, task}, the tasks taken in turn, drawn from seed; a draw whose
+    (instruction, input) is in exclude (another split's prompts) is drawn again."""
     names = list(tasks) if tasks else list(TASKS)
     unknown = [name for name in names if name not in TASKS]
     if unknown:
@@ -128,14 +131,27 @@ def generate_tasks(n: int, seed: int = 0, tasks: Sequence[str] | None = None) ->
     records = []
     for index in range(n):
         name = names[index % len(names)]
-        instruction, given, output = TASKS[name](rng)
+        for _ in range(MAX_DRAWS):
+            instruction, given, output = TASKS[name](rng)
+            if (instruction, given) not in exclude:
+                break
+        else:
+            raise ConfigError(f"the synthetic task {name} has no prompt left that the excluded files do not hold.")
         records.append({"instruction": instruction, "input": given, "output": output, "task": name})
     return records
 
 
+def read_prompts(paths: Sequence[str | os.PathLike]) -> set[tuple[str, str]]:
+    """The (instruction, input) of every record of Alpaca JSONL files (to keep held-out prompts out of training)."""
+    from llmlab.data.jsonl import read_records
+
+    return {(record.get("instruction"), record.get("input") or "") for path in paths for record in read_records(path)}
+
+
 def write_tasks(path: str | os.PathLike, n: int, seed: int = 0, tasks: Sequence[str] | None = None,
-                overwrite: bool = False) -> Path:
-    """Write n synthetic tasks as Alpaca-format JSONL to path, atomically; an existing file needs overwrite."""
+                overwrite: bool = False, exclude: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write n synthetic tasks as Alpaca-format JSONL to path, atomically, none with a prompt of the exclude files;
+    an existing file needs overwrite."""
     from llmlab.data.jsonl import atomic_writer
 
     path = Path(path)
@@ -143,8 +159,81 @@ def write_tasks(path: str | os.PathLike, n: int, seed: int = 0, tasks: Sequence[
         raise ConfigError(f"the number of synthetic tasks must be at least 1, not {n}.")
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; choose another file or pass --overwrite.")
-    records = generate_tasks(n, seed, tasks)
+    records = generate_tasks(n, seed, tasks, read_prompts(exclude))
     with atomic_writer(path) as stream:
         for record in records:
             stream.write(json.dumps(record) + "\n")
     return path
+
+
+# --- preference pairs -------------------------------------------------------------------------------------------------
+
+REJECTED_FROM = ("model", "corrupted")  # where a preference pair's rejected answer came from
+
+
+def corrupt(answer: str, rng: random.Random) -> str:
+    """A wrong answer close to the gold one: a number moved by 1 to 3, two different words swapped (the last one
+    dropped when all are the same), or a single word's case flipped — never the answer itself."""
+    if answer.lstrip("-").isdigit():
+        offset = rng.randint(1, 3)
+        return str(int(answer) + (offset if int(answer) < 3 or rng.random() < 0.5 else -offset))
+    words = answer.split(" ")
+    pairs = [(i, j) for i in range(len(words)) for j in range(i + 1, len(words)) if words[i] != words[j]]
+    if pairs:
+        i, j = rng.choice(pairs)
+        words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+    if len(words) > 1:
+        return " ".join(words[:-1])
+    flipped = answer.swapcase()
+    return flipped if flipped != answer else answer + answer[-1:] + "?"
+
+
+def preference_pairs(model, records: Sequence[dict], max_new_tokens: int = 32, batch_size: int = 32,
+                     seed: int = 0) -> list[dict]:
+    """Preference records of synthetic tasks: prompt the Alpaca prompt as text, chosen the gold output, rejected the
+    model's own greedy answer where it is wrong (rejected_from "model"), else a corrupted gold answer ("corrupted")."""
+    from llmlab.adapt.templates import Encoder, load_template
+    from llmlab.infer.chat import require_tokenizer
+    from llmlab.infer.config import GenerationConfig
+    from llmlab.infer.generate import generate
+
+    tokenizer, config = require_tokenizer(model, "the model"), model.config
+    encoder = Encoder(tokenizer, load_template("alpaca", tokenizer, config.eos_token_id), config.eos_token_id,
+                      config.bos_token_id)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    greedy = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)
+    prompts = [{"instruction": record["instruction"], "input": record["input"]} for record in records]
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [encoder.encode_prompt(prompt) for prompt in prompts[start:start + batch_size]]
+        answers += [text.strip() for text in generate(model.eval(), ids, greedy, tokenizer=tokenizer).text]
+    rng, pairs = random.Random(seed), []
+    for record, prompt, answer in zip(records, prompts, answers):
+        wrong = bool(answer) and answer != record["output"]
+        pairs.append({"prompt": encoder.template.render(prompt), "chosen": record["output"],
+                      "rejected": answer if wrong else corrupt(record["output"], rng),
+                      "rejected_from": REJECTED_FROM[0] if wrong else REJECTED_FROM[1], "task": record["task"]})
+    return pairs
+
+
+def write_preferences(path: str | os.PathLike, model_path: str | os.PathLike, n: int, seed: int = 0,
+                      tasks: Sequence[str] | None = None, max_new_tokens: int = 32, overwrite: bool = False,
+                      device: str = "cpu", exclude: Sequence[str | os.PathLike] = ()) -> tuple[Path, dict[str, int]]:
+    """Write n preference pairs of synthetic tasks (see preference_pairs, none with a prompt of the exclude files)
+    built from the model in model_path as JSONL, atomically; return the path and how many rejected answers came from
+    the model and how many were corrupted."""
+    import llmlab
+    from llmlab.data.jsonl import atomic_writer
+
+    path = Path(path)
+    if n < 1:
+        raise ConfigError(f"the number of preference pairs must be at least 1, not {n}.")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; choose another file or pass --overwrite.")
+    records = generate_tasks(n, seed, tasks, read_prompts(exclude))
+    pairs = preference_pairs(llmlab.load(model_path, device=device), records, max_new_tokens, seed=seed)
+    with atomic_writer(path) as stream:
+        for pair in pairs:
+            stream.write(json.dumps(pair) + "\n")
+    return path, {source: sum(pair["rejected_from"] == source for pair in pairs) for source in REJECTED_FROM}
