@@ -208,7 +208,9 @@ def exact_match(model, questions: list[dict], shown: int = 4) -> float:
     from llmlab.evaluate.evaluator import LocalModel, evaluate
     from llmlab.evaluate.tasks import GenerationOptions, Task
 
-    documents = [{"prompt": ALPACA_PROMPTS["prompt_input" if q["input"] else "prompt_no_input"].format(**q),
+    bos = model.config.bos_token_id  # llmlab finetune starts every example with it; lm-eval's generation does not
+    start = model.tokenizer.id_to_token(bos) if bos is not None else ""
+    documents = [{"prompt": start + ALPACA_PROMPTS["prompt_input" if q["input"] else "prompt_no_input"].format(**q),
                   "output": q["output"]} for q in questions]
     task = Task(name="synthetic instructions", kind="generation", data=documents, template="{{prompt}}",
                 target="output", metrics=("exact_match",), normalize={"strip": True},
