@@ -1,0 +1,42 @@
+"""`llmlab finetune` under torchrun: two DDP processes (gloo, CPU) of an SFT run follow one process with the same
+global batch — the same losses and the same final weights — and only rank 0 writes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llmlab
+from llmlab.adapt.synthetic import write_tasks
+from llmlab.cli.main import main
+from tests.adapt.test_finetune import RECIPE, small
+
+pytestmark = pytest.mark.xdist_group("distributed")  # with the other torchrun tests on one xdist worker
+REPOSITORY = Path(__file__).parents[2]
+
+
+def losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [record["loss"] for record in records if "loss" in record]
+
+
+@pytest.mark.parametrize("adapter", ["none"])  # lora: DDP's losses drift from one process's by 5e-4 (open bug)
+def test_sft_under_torchrun_follows_one_process(tiny_checkpoint, tmp_path, adapter):
+    data = write_tasks(tmp_path / "tasks.jsonl", 60, seed=0, tasks=["addition", "copy", "upper"])
+    overrides = [*small(tiny_checkpoint, data), f"adapter.kind={adapter}", "train.eval_every=0"]
+    assert main(["finetune", RECIPE, "--out", str(tmp_path / "single"), "--no-progress", *overrides]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmlab",
+               "finetune", RECIPE, "--out", str(tmp_path / "ddp"), "--no-progress", "train.parallel=ddp", *overrides]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    finished = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert finished.stdout.count("wrote") == 1  # rank 0 only
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    single, ddp = (llmlab.load(tmp_path / run / "final").state_dict() for run in ("single", "ddp"))
+    assert single.keys() == ddp.keys()
+    for name, tensor in single.items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=0, atol=1e-5, msg=name)
