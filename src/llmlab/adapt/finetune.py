@@ -265,7 +265,9 @@ def finetune(recipe: FinetuneRecipe, out_dir: str | os.PathLike, resume: bool = 
     if recipe.adapter.kind == "lora":
         from llmlab.adapt import lora
 
-        wrapped = lora.apply_lora(model, lora.LoraConfig(**recipe.adapter.lora_fields()))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(recipe.train.seed)  # the adapter's initialisation: a function of train.seed alone
+            wrapped = lora.apply_lora(model, lora.LoraConfig(**recipe.adapter.lora_fields()))
         print(f"LoRA wrapped {wrapped} modules")
         adapter_disabled = lambda: lora.disabled(model)  # noqa: E731
     params = {key: value for key, value in recipe.method.items() if key != "name"}
