@@ -252,3 +252,33 @@ def test_the_async_engine_streams_concurrent_requests_and_aborts_abandoned_ones(
         assert seen[-1] == expected[0]
         assert all(seen[i] == seen[i + 1][:len(seen[i])] for i in range(len(seen) - 1))  # each extends the last
     assert stats.running == stats.waiting == 0 and stats.kv_blocks_used == 0
+
+
+def test_requests_added_from_another_thread_while_steps_run_are_all_taken_in():
+    import sys
+    import threading
+
+    engine = small_engine(tiny_model("llama"), max_num_seqs=4)
+    config = GenerationConfig(max_new_tokens=1, ignore_eos=True)
+    added, failures = [], []
+
+    def add():  # as the server's event loop does, while the engine thread steps; named ids check the arrivals
+        try:
+            for index in range(3000):
+                added.append(engine.add_request([5, 9, 14], config, request_id=f"r{index}"))
+        except Exception as error:  # a race would raise here, e.g. a deque mutated during iteration
+            failures.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that a race shows within the test's few seconds
+    try:
+        adder = threading.Thread(target=add)
+        adder.start()
+        finished = set()
+        while adder.is_alive() or engine.has_unfinished():
+            finished.update(output.request_id for output in engine.step() if output.finished)
+        adder.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures
+    assert finished == set(added) and len(added) == 3000

@@ -94,7 +94,12 @@ def cli_server(checkpoint: Path, *options: str, env: dict | None = None):
             except AssertionError as error:
                 log.seek(0)
                 raise AssertionError(f"{error}; its output:\n{log.read()[-4000:]}") from None
-            yield base, process
+            try:
+                yield base, process
+            except BaseException:  # the server's own account of a failure, beside the client's
+                log.seek(0)
+                print(f"llmlab serve's output:\n{log.read()[-8000:]}", file=sys.stderr)
+                raise
         finally:
             if process.poll() is None:
                 process.terminate()

@@ -217,7 +217,7 @@ class Engine:
         self._arrivals: deque[_Request] = deque()  # added from any thread, taken in by step()
         self._aborts: deque[str] = deque()
         self._ids = itertools.count()
-        self._id_lock = threading.Lock()
+        self._arrival_lock = threading.Lock()  # request ids and the arrivals queue, shared with add_request
         self._prefix_queries = self._prefix_hits = self._generated = self._preemptions = 0
         self._stats = self._count()
 
@@ -259,7 +259,7 @@ class Engine:
         if total > self.max_model_len:
             raise ConfigError(f"The prompt's {len(inputs)} tokens and max_new_tokens={max_new} make {total}, more "
                               f"than the engine's context of {self.max_model_len} tokens (max_model_len).")
-        with self._id_lock:
+        with self._arrival_lock:
             if self.max_waiting is not None and len(self.waiting) + len(self._arrivals) >= self.max_waiting:
                 raise EngineFullError(f"The engine's queue is full ({self.max_waiting} waiting requests); retry later.")
             request_id = f"request-{next(self._ids)}" if request_id is None else str(request_id)
@@ -323,8 +323,10 @@ class Engine:
         """Schedule, run the model, choose tokens and retire finished sequences; the outputs of every request this
         step changed (finished ones for the last time)."""
         touched: dict[str, _Request] = {}
-        while self._arrivals:
-            request = self._arrivals.popleft()
+        with self._arrival_lock:  # add_request iterates over the arrivals from another thread
+            arrivals = list(self._arrivals)
+            self._arrivals.clear()
+        for request in arrivals:
             self.requests[request.id] = request
             self.waiting.append(request.sequences[0])
         while self._aborts:
@@ -603,8 +605,9 @@ class Engine:
 
     def abort_all(self) -> list[str]:
         """Abort every request and start again with an empty cache (after an internal error); their ids."""
-        ids = [request.id for request in self._arrivals] + list(self.requests)
-        self._arrivals.clear()
+        with self._arrival_lock:
+            ids = [request.id for request in self._arrivals] + list(self.requests)
+            self._arrivals.clear()
         for request in self.requests.values():
             for sequence in request.sequences:
                 sequence.finish_reason = sequence.finish_reason or "abort"
