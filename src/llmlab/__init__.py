@@ -18,6 +18,8 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'llmlab' has no attribute {name!r}")
     import importlib
 
+    if _LAZY[name] == "llmlab.model":
+        importlib.import_module("llmlab.infer")  # which gives Model.generate its implementation
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value

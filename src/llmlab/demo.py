@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import llmlab
+import llmlab.infer  # noqa: F401  (Model.generate's implementation)
 from llmlab.data.mixture import Mixture
 from llmlab.data.pipeline import run_pipeline
 from llmlab.data.pipeline_recipe import recipe_from_dict

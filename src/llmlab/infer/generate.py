@@ -22,7 +22,8 @@ from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.paged import PagedCache
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
 from llmlab.infer.stopping import StopStrings, truncate_at_stop
-from llmlab.model.transformer import FIXED_CONTEXT_POSITIONS, check_model_inputs, positions_from_mask
+from llmlab.model.transformer import (FIXED_CONTEXT_POSITIONS, check_model_inputs, positions_from_mask,
+                                      register_generation)
 
 if TYPE_CHECKING:
     from llmlab.infer.speculative import SpeculationStats
@@ -496,3 +497,6 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     prompt = state.sequence
     new, _ = decode(state, config, max_new_tokens, pad=_pad_id(model, config), batch_generator=generator)
     return torch.cat([prompt, new], dim=1)
+
+
+register_generation(generate_ids)  # Model.generate, the Hugging Face-style call, is this

@@ -495,6 +495,17 @@ class Model(nn.Module):
         """The Hugging Face-style call of llmlab.infer.generate: prompt + new tokens [batch, prompt + new] (the decoder
         ids, from the start token, for encoder-decoders); options are GenerationConfig fields, generator and
         use_cache."""
-        from llmlab.infer.generate import generate_ids  # the one implementation of generation
+        if _generate_ids is None:
+            raise ConfigError("Model.generate is llmlab.infer's generation; import llmlab.infer (llmlab.load does) "
+                              "before calling it.")
+        return _generate_ids(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, **options)
 
-        return generate_ids(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, **options)
+
+# Model.generate's implementation, registered by llmlab.infer on import: the model never imports the inference code.
+_generate_ids = None
+
+
+def register_generation(generate_ids) -> None:
+    """Give Model.generate its implementation (llmlab.infer.generate.generate_ids registers itself)."""
+    global _generate_ids
+    _generate_ids = generate_ids

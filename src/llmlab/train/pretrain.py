@@ -135,6 +135,8 @@ def build_objective(recipe: Recipe, tokenizer, config: ModelConfig):
 def greedy_sampler(tokenizer, prompt: str, max_new_tokens: int):
     """A function of a model giving prompt plus its greedy continuation (None for models that cannot generate)."""
 
+    import llmlab.infer  # noqa: F401  (Model.generate's implementation)
+
     def sample(model: Model) -> str:
         start = [model.config.bos_token_id] if model.config.bos_token_id is not None else []
         ids = torch.tensor([start + tokenizer.encode(prompt).ids], device=model.device)
