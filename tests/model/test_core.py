@@ -198,3 +198,22 @@ def test_prefix_decoder_generation_attends_bidirectionally_over_the_prompt():
     assert generated[0, -1].item() == logits[0, -1].argmax().item()
     causal_logits = model(prompt).logits
     assert not torch.allclose(logits[0, 0], causal_logits[0, 0])
+
+
+def test_the_model_needs_no_inference_code_until_generate_is_called():
+    import subprocess
+    import sys
+
+    script = ("import sys, torch\n"
+              "from llmlab.errors import ConfigError\n"
+              "from llmlab.model import Model, presets\n"
+              "assert not any(name.startswith('llmlab.infer') for name in sys.modules)\n"
+              "model = Model(presets.llama('tiny', vocab_size=50, d_model=32, n_layers=1, n_heads=2, d_ff=64))\n"
+              "try:\n    model.generate(torch.tensor([[1, 2]]))\nexcept ConfigError as error:\n    print(error)\n"
+              "import llmlab.infer\n"
+              "print(tuple(model.generate(torch.tensor([[1, 2]]), max_new_tokens=3).shape))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "Model.generate is llmlab.infer's generation; import llmlab.infer (llmlab.load does) before calling it.",
+        "(1, 5)"]
