@@ -14,6 +14,7 @@ torch.cuda.max_memory_allocated less the allocation before.
 
     python benchmarks/bench_generate.py                 # GPT-2 124M and LLaMA 370M, the full measurement
     python benchmarks/bench_generate.py --quick         # GPT-2 124M, 16 new tokens, one round
+    python benchmarks/bench_generate.py --impls static,packed,hf   # with llmlab's weights prepacked (CPU)
     python benchmarks/bench_generate.py --device cuda --impls static,compiled,hf
 """
 
@@ -43,7 +44,9 @@ MODELS = {
 IMPLS = {  # name → llmlab's options (None: transformers)
     "dynamic": dict(cache="dynamic"), "static": dict(cache="static"),
     "compiled": dict(cache="static", compile=True), "hf": None,
+    "packed": dict(cache="static"),  # on a second copy of the model, its linear weights prepacked for oneDNN
 }
+PREPACKED = {"packed"}
 
 
 def prompts(batch: int, generator: torch.Generator, vocab: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -55,17 +58,27 @@ def prompts(batch: int, generator: torch.Generator, vocab: int) -> tuple[torch.T
     return ids.masked_fill(mask == 0, 0), (None if batch == 1 else mask)
 
 
-def load_pair(directory: Path, device: str, impls: list[str]):
-    """(llmlab model, transformers model) from the checkpoint directory, each only if some impl needs it."""
+def load_models(directory: Path, device: str, impls: list[str]) -> dict:
+    """impl → the model it runs, from the checkpoint directory: llmlab's as loaded, llmlab's prepacked (a second
+    copy), transformers'; each loaded only if some impl needs it."""
     import llmlab
+    from llmlab.infer.prepack import prepack
     from transformers import AutoModelForCausalLM
 
-    ours = llmlab.load(directory, device=device).eval() if any(IMPLS[i] is not None for i in impls) else None
-    theirs = None
-    if "hf" in impls:
-        theirs = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
-        theirs.generation_config.eos_token_id = None  # the same 128 tokens on both sides
-    return ours, theirs
+    models, ours, packed = {}, None, None
+    for impl in impls:
+        if IMPLS[impl] is None:
+            models[impl] = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
+            models[impl].generation_config.eos_token_id = None  # the same 128 tokens on both sides
+        elif impl in PREPACKED:
+            if packed is None:
+                packed = llmlab.load(directory, device=device).eval()
+                prepack(packed)
+            models[impl] = packed
+        else:
+            ours = ours or llmlab.load(directory, device=device).eval()
+            models[impl] = ours
+    return models
 
 
 class FirstToken:
@@ -89,15 +102,15 @@ class FirstToken:
         return []
 
 
-def call(impl: str, ours, theirs, ids, mask, new_tokens: int, first: FirstToken | None = None) -> torch.Tensor:
+def call(impl: str, model, ids, mask, new_tokens: int, first: FirstToken | None = None) -> torch.Tensor:
     """One greedy generation: prompt + new tokens [batch, T + new_tokens]."""
     with torch.no_grad():
         if IMPLS[impl] is None:
-            return theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                                    num_beams=1, pad_token_id=0, streamer=first)
         # generate_ids's own steps, with decode's on_step to time the first token
         config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
-        state = DecodeState(ours, ids, mask, new_tokens, **IMPLS[impl])
+        state = DecodeState(model, ids, mask, new_tokens, **IMPLS[impl])
         prompt = state.sequence
         new, _ = decode(state, config, new_tokens, pad=0, on_step=first)
         return torch.cat([prompt, new], dim=1)
@@ -173,13 +186,13 @@ def main() -> None:
             directory = Path(temporary) / name
             save_hf(reference, directory)
             del reference
-            ours, theirs = load_pair(directory, device, impls)
-            vocab = (ours or theirs).config.vocab_size
+            models = load_models(directory, device, impls)
+            vocab = models[impls[0]].config.vocab_size
             for batch in batches:
                 ids, mask = prompts(batch, torch.Generator().manual_seed(batch), vocab)
                 ids, mask = ids.to(device), None if mask is None else mask.to(device)
                 for impl in impls:
-                    call(impl, ours, theirs, ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
+                    call(impl, models[impl], ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
                 outputs = {}
                 seconds, first, memory = ({impl: [] for impl in impls} for _ in range(3))
                 for round_ in range(rounds):
@@ -188,7 +201,7 @@ def main() -> None:
                         marker = FirstToken()
                         started = time.perf_counter()
                         elapsed, added, out = measured(
-                            device, lambda: call(impl, ours, theirs, ids, mask, new_tokens, marker))
+                            device, lambda: call(impl, models[impl], ids, mask, new_tokens, marker))
                         seconds[impl].append(elapsed)
                         first[impl].append(marker.at - started)
                         memory[impl].append(added)
@@ -207,7 +220,7 @@ def main() -> None:
                     row["mem_mib"] = statistics.median(memory[impl])
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-            del ours, theirs
+            del models
     print()
     print("| model | batch | impl | tokens/s | × transformers (per round) | TTFT ms | peak +MiB | of BW bound | "
           "same tokens |")

@@ -6,7 +6,8 @@ from 16–256, EOS ignored so that every request produces its requested tokens, 
 writes it with save_hf, transformers reads it with from_pretrained). All requests arrive at once.
 
 - llmlab: an Engine with max_num_seqs = the batch size; each request stops at its own output length and a waiting one
-  takes its place at the next step.
+  takes its place at the next step. Run twice: with the linear weights prepacked for oneDNN (what `llmlab serve` does
+  on the CPU) and as loaded.
 - transformers: the requests in arrival order, in static batches of the batch size, left-padded; a batch runs to its
   longest output length (sdpa attention, greedy). Only each request's requested tokens count as output.
 
@@ -28,6 +29,7 @@ import torch
 
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.engine import Engine
+from llmlab.infer.prepack import prepack
 from llmlab.model import Model, presets
 from llmlab.model.hf import save_hf
 
@@ -129,8 +131,11 @@ def main() -> None:
         theirs = AutoModelForCausalLM.from_pretrained(temporary, attn_implementation="sdpa").eval()
         theirs.generation_config.eos_token_id = None
     run_engine(ours, requests[:2], batch)  # warm-up
-    results = {"llmlab engine": run_engine(ours, requests, batch),
-               "transformers static batches": run_transformers(theirs, requests, batch)}
+    results = {"llmlab engine, weights as loaded": run_engine(ours, requests, batch)}
+    prepack(ours)
+    run_engine(ours, requests[:2], batch)
+    results["llmlab engine, prepacked (llmlab serve)"] = run_engine(ours, requests, batch)
+    results["transformers static batches"] = run_transformers(theirs, requests, batch)
     output_tokens = sum(new for _, new in requests)
     print(f"{count} requests, prompt and output lengths uniform in {low}–{high}, {output_tokens} output tokens, "
           f"batch {batch}, {arguments.threads} threads, GPT-2 124M (random weights)")
@@ -140,10 +145,10 @@ def main() -> None:
         print(f"| {name} | {output_tokens / seconds:.1f} | {count / seconds:.2f} | {percentile(first, 50):.1f} / "
               f"{percentile(first, 99):.1f} | {1000 * percentile(per_token, 50):.0f} / "
               f"{1000 * percentile(per_token, 99):.0f} |")
-    (_, ours_tokens, _, _), (_, their_tokens, _, _) = results.values()
-    same = sum(a == b for a, b in zip(ours_tokens, their_tokens))
-    engine_seconds, hf_seconds = results["llmlab engine"][0], results["transformers static batches"][0]
-    print(f"speed-up {hf_seconds / engine_seconds:.2f}x; {same}/{count} requests give the same tokens")
+    hf_seconds, their_tokens = results["transformers static batches"][:2]
+    for name, (seconds, tokens, _, _) in list(results.items())[:-1]:
+        same = sum(a == b for a, b in zip(tokens, their_tokens))
+        print(f"{name}: {hf_seconds / seconds:.2f}x transformers; {same}/{count} requests give the same tokens")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmlab.cli.generate import add_generation_arguments, generation_changes, note_unused_sampling_options
+from llmlab.cli.generate import (add_generation_arguments, generation_changes, load_for_generation,
+                                 note_unused_sampling_options)
 from llmlab.errors import LlmlabError
 
 COMMANDS = ("Commands: /reset clears the conversation, /exit leaves; Ctrl-C stops a reply, "
@@ -40,10 +41,9 @@ def print_reply(pieces) -> None:
 
 def run_chat(arguments: argparse.Namespace) -> None:
     """Load MODEL and answer each line read from the terminal until /exit, Ctrl-D or Ctrl-C at the prompt."""
-    import llmlab
     from llmlab.infer.chat import ChatSession, read_chat_template, require_tokenizer
 
-    model = llmlab.load(arguments.model)
+    model = load_for_generation(arguments)
     tokenizer = require_tokenizer(model, arguments.model)
     template = None if arguments.no_chat_template else read_chat_template(arguments.model)
     session = ChatSession(model, template, tokenizer=tokenizer, **generation_changes(arguments))

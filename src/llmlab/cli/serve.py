@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from llmlab.cli.generate import NO_PREPACK_HELP
+
 DEFAULT_PORT = 8000
 SERVE_MODULES = ("fastapi", "uvicorn", "prometheus_client")  # the serve extra
 
@@ -29,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="tokens the paged KV cache holds (default: the engine's choice)")
     parser.add_argument("--max-waiting", type=int, metavar="N",
                         help="most queued requests before new ones are refused with 503 (default: no limit)")
+    parser.add_argument("--no-prepack", action="store_true", help=NO_PREPACK_HELP)
     parser.set_defaults(handler=run_serve)
 
 
@@ -47,4 +50,4 @@ def run_serve(arguments: argparse.Namespace) -> None:
     serve(arguments.model, host=arguments.host, port=arguments.port, api_key=arguments.api_key,
           served_model_name=arguments.served_model_name, max_num_seqs=arguments.max_num_seqs,
           max_model_len=arguments.max_model_len, kv_cache_tokens=arguments.kv_cache_tokens,
-          max_waiting=arguments.max_waiting)
+          max_waiting=arguments.max_waiting, prepack_weights=not arguments.no_prepack)

@@ -5,7 +5,8 @@ from llmlab.infer.config import GenerationConfig
 from llmlab.infer.engine import AsyncEngine, Engine, EngineFullError, RequestOutput
 from llmlab.infer.generate import BlankTokens, GenerationResult, Piece, generate, stream
 from llmlab.infer.paged import BlockAllocator, PagedCache
+from llmlab.infer.prepack import prepack, unpack
 
 __all__ = ["AsyncEngine", "BlankTokens", "BlockAllocator", "DynamicCache", "Engine", "EngineFullError",
            "GenerationConfig", "GenerationResult", "PagedCache", "Piece", "RequestOutput", "StaticCache", "generate",
-           "stream"]
+           "prepack", "stream", "unpack"]

@@ -29,20 +29,24 @@ def _draining_server(config, service):
 
 def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, max_num_seqs: int = 64, max_model_len: int | None = None,
-          kv_cache_tokens: int | None = None, max_waiting: int | None = None, log_level: str = "info") -> None:
+          kv_cache_tokens: int | None = None, max_waiting: int | None = None, prepack_weights: bool = True,
+          log_level: str = "info") -> None:
     """Serve the checkpoint at model_path with OpenAI's API until SIGTERM or Ctrl-C (the key defaults to
-    $LLMLAB_API_KEY)."""
+    $LLMLAB_API_KEY); on the CPU, prepack_weights packs the linear weights for oneDNN (llmlab.infer.prepack)."""
     import uvicorn
 
     import llmlab
     from llmlab.infer.chat import read_chat_template, require_tokenizer
     from llmlab.infer.engine import AsyncEngine, Engine
+    from llmlab.infer.prepack import prepack
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}.")
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     model = llmlab.load(model_path)
     tokenizer = require_tokenizer(model, model_path)
+    if prepack_weights:
+        prepack(model)
     engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                     kv_cache_tokens=kv_cache_tokens, max_waiting=max_waiting)
     name = served_model_name or str(model_path)
