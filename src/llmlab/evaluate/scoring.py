@@ -56,9 +56,10 @@ def loglikelihood(model, requests: Sequence[Request], batch_size: int = 16, prog
     """Score each (context, continuation) pair of token ids; the results in the requests' order.
 
     A decoder reads context + continuation (a prefix decoder the context bidirectionally, as its prefix); an
-    encoder-decoder encodes the context and scores the continuation as the decoder's output after its start token. Contexts too long for the model (max_length tokens, its context by
-    default) are cut from the left. One forward pass reads (and caches) at most batch_size × max_length tokens: as
-    many as batch_size requests of the longest kind, more of shorter ones."""
+    encoder-decoder encodes the context and scores the continuation as the decoder's output after its start token.
+    Contexts too long for the model (max_length tokens, its context by default) are cut from the left. One forward
+    pass reads (and caches) at most batch_size × max_length tokens: as many as batch_size requests of the longest
+    kind, more of shorter ones."""
     return _loglikelihood(model, requests, batch_size, progress, max_length, greedy=True)
 
 

@@ -313,7 +313,8 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
             train_unless_finished(recipe, runs[key], advance)
     rows = [{"variant": name, "seed": seed, **final_metrics(runs[name, seed]),
              **{f"loss_at_{length}": held_out_loss_at(runs[name, seed], recipes[name, seed], length)
-                for length in experiment.eval_lengths}, **probe_metrics(runs[name, seed], experiment.probes, recipes[name, seed]),
+                for length in experiment.eval_lengths},
+             **probe_metrics(runs[name, seed], experiment.probes, recipes[name, seed]),
              "run": f"{RUNS_DIRECTORY}/{name}-s{seed}"}
             for name, seed in recipes]
     buffer = io.StringIO()
@@ -327,8 +328,9 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, progress: boo
 
 def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path) -> None:
     """Held-out loss against step per variant (each seed faint, their mean bold), each variant's final held-out loss
-    per seed (against x, one line per group of variants, when the experiment names x) and with eval_lengths the
-    loss against evaluation length, into out (PNG), atomically."""
+    per seed (against x, one line per group of variants, when the experiment names x), with eval_lengths the loss
+    against evaluation length, and with the continuation probe its loss and choice accuracies per seed, into out
+    (PNG), atomically."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -336,9 +338,11 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
     from llmlab.data.shards import atomic_path
     from llmlab.train.plot import read_metrics
 
-    lengths = experiment.eval_lengths
-    figure = Figure(figsize=(16 if lengths else 11, 4.4), dpi=100, layout="constrained")
-    curves, finals, *by_length = figure.subplots(1, 3 if lengths else 2)
+    lengths, continued = experiment.eval_lengths, "continuation" in experiment.probes
+    panels = 2 + bool(lengths) + 2 * continued
+    figure = Figure(figsize=(5.5 * panels, 4.4), dpi=100, layout="constrained")
+    curves, finals, *more = figure.subplots(1, panels)
+    by_length, probed = more[:bool(lengths)], more[bool(lengths):]
     names = list(experiment.variants)
     group_of = experiment.group if experiment.x else (lambda name: name)  # drawn against x: one line per group
     groups, labelled = list(dict.fromkeys(map(group_of, names))), set()
@@ -364,6 +368,14 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
         if by_length:
             means = [sum(row[f"loss_at_{length}"] for row in mine) / len(mine) for length in lengths]
             by_length[0].plot(lengths, means, "o-", color=colour, label=name)
+        if probed:  # continuation loss, and acc (filled) beside acc_norm (open) per seed
+            probed[0].plot([index] * len(mine), [row["continuation_loss"] for row in mine], "o", color=colour,
+                           alpha=0.7)
+            probed[0].plot([index], [sum(row["continuation_loss"] for row in mine) / len(mine)], "_", color="black",
+                           markersize=20)
+            probed[1].plot([index - 0.1] * len(mine), [row["choice_acc"] for row in mine], "o", color=colour)
+            probed[1].plot([index + 0.1] * len(mine), [row["choice_acc_norm"] for row in mine], "o", color=colour,
+                           fillstyle="none")
         diverged = sum(row["diverged"] for row in mine)
         if diverged:
             finals.annotate(f"{diverged} diverged", (where, max(row["eval_loss"] for row in mine)), fontsize=7)
@@ -372,7 +384,8 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
         means = [sum(row["eval_loss"] for row in rows if row["variant"] == name) / len(experiment.seeds)
                  for name in members]
         finals.plot([experiment.x_value(name) for name in members], means, "-", color=f"C{index % 10}", label=group)
-    curves.set(xlabel="step", ylabel="held-out loss", title="held-out loss (seeds faint, mean bold)")
+    own = " of its own objective" if probed else ""  # an objective's loss is not the others'
+    curves.set(xlabel="step", ylabel="held-out loss", title=f"held-out loss{own} (seeds faint, mean bold)")
     curves.legend(fontsize=8)
     curves.grid(alpha=0.3)
     if experiment.x:
@@ -390,6 +403,15 @@ def plot_results(experiment: Experiment, rows: list[dict], runs: dict, out: Path
         by_length[0].minorticks_off()
         by_length[0].legend(fontsize=8)
         by_length[0].grid(alpha=0.3)
+    if probed:
+        probed[0].set(ylabel="cross-entropy per continuation token",
+                      title="held-out continuation loss (— mean of seeds)")
+        probed[1].axhline(1 / CHOICES, color="grey", linestyle="--", linewidth=1, label="chance")
+        probed[1].set(ylabel="accuracy", title=f"zero-shot {CHOICES}-way choice: acc (●), acc_norm (○)")
+        probed[1].legend(fontsize=8)
+        for axis in probed:
+            axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            axis.grid(alpha=0.3, axis="y")
     if experiment.title:
         figure.suptitle(experiment.title)
     with atomic_path(out) as staging:
