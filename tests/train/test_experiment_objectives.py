@@ -170,3 +170,33 @@ def test_the_layouts_use_t5s_first_sentinel_and_ul2s_sequential_mode_token(shipp
     assert continuation_layout("ul2", tokenizer, eos) == Layout(before=(mode,), after=(eos,))
     with pytest.raises(ConfigError, match="no layout for models trained on the mlm objective"):
         continuation_layout("mlm", tokenizer, eos)
+
+
+def test_the_shipped_variants_train_with_equal_flops_per_step(shipped):
+    """Equal compute as the experiment claims it: torch's FLOP counter over forward and backward of a training step
+    (padding included), the shipped model sizes and batch sizes, mean of 20 steps, within 5% of the causal decoder."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmlab.data.mixture import Mixture
+    from llmlab.objectives.losses import language_model_loss
+    from llmlab.train.data import StepBatches, open_sources, shard_tokenizer
+    from llmlab.train.pretrain import build_model, build_objective
+    from llmlab.train.recipe import load_recipe
+
+    experiment, out, _ = shipped
+    flops = {}
+    for name, overrides in experiment.variants.items():
+        recipe = load_recipe(experiment.recipe, [*overrides, f"data.source={out / 'data-ul2-512-60000'}"])
+        sources = open_sources(recipe.data)
+        tokenizer = shard_tokenizer(sources[0].stream)
+        model = build_model(recipe, tokenizer, sources[0].stream)
+        mixture = Mixture(sources, recipe.data.seq_len, 0, recipe.data.held_out_fraction)
+        batches = StepBatches(mixture, build_objective(recipe, tokenizer, model.config), recipe.data.batch_size)
+        counted = []
+        for step in range(20):
+            with FlopCounterMode(display=False) as counter:
+                language_model_loss(model, batches.batch(step))[0].backward()
+            counted.append(counter.get_total_flops())
+        flops[name] = sum(counted) / len(counted)
+    assert {name: value / flops["causal-decoder"] for name, value in flops.items()} == pytest.approx(
+        dict.fromkeys(flops, 1.0), abs=0.05)
