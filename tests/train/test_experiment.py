@@ -170,6 +170,10 @@ def test_shared_overrides_reach_every_variant_and_may_not_change_on_a_rerun(tmp_
     changed = write_experiment(tmp_path, variants=variants, seeds=[0], overrides=["model.norm_eps=0.001"])
     code, _, error = run_cli(["experiment", str(changed), "--out", str(out), "--no-progress"], capsys)
     assert code == 2 and "trained with the overrides" in error
+    retokenized = write_experiment(tmp_path, variants=variants, seeds=[0], tokenize_as="ul2",
+                                   overrides=["model.norm_eps=0.0001", "model.d_ff=96"])
+    code, _, error = run_cli(["experiment", str(retokenized), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "tokenized for each objective, not for ul2" in error
 
 
 @pytest.mark.parametrize("name", ["positions", "norms", "norms-noclip", "moe", "duplicates", "objectives"])

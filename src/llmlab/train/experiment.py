@@ -261,8 +261,8 @@ def final_metrics(run_dir: Path) -> dict:
 
 
 def check_variants(plan_file: Path, experiment: Experiment) -> dict[str, list[str]]:
-    """Refuse a rerun that gives a variant already trained other overrides (variants and seeds may be added);
-    return the variants trained so far."""
+    """Refuse a rerun that gives a variant already trained other overrides or tokenization (variants and seeds may be
+    added); return the variants trained so far."""
     if not plan_file.is_file():
         return {}
     from llmlab.errors import DataError
@@ -272,6 +272,10 @@ def check_variants(plan_file: Path, experiment: Experiment) -> dict[str, list[st
     if plan.get("overrides", []) != experiment.overrides:
         raise ConfigError(f"--out {plan_file.parent} holds runs trained with the overrides {plan.get('overrides', [])} "
                           f"for every variant, not {experiment.overrides}; choose another --out.")
+    if plan.get("tokenize_as") != experiment.tokenize_as:
+        raise ConfigError(f"--out {plan_file.parent} holds runs trained on the corpus tokenized for "
+                          f"{plan.get('tokenize_as') or 'each objective'}, not for "
+                          f"{experiment.tokenize_as or 'each objective'}; choose another --out.")
     trained = plan.get("variants") or {}
     for name, overrides in experiment.variants.items():
         if name in trained and trained[name] != overrides:
