@@ -86,6 +86,8 @@ def test_a_run_diverged_when_its_last_loss_is_not_below_its_first_or_steps_were_
     ({"seeds": [0, -1]}, "seeds must be a list of non-negative whole numbers"),
     ({"variants": {"a": ["model.no_such_field=1"]}}, "names no field of model"),
     ({"x": "train.lr", "variants": {"a-lr1e-3": ["train.lr=1e-3"], "b": []}}, "the variant b does not set it once"),
+    ({"probes": ["copy", "perplexity"]}, "probes must be a list of copy, continuation"),
+    ({"tokenize_as": "gpt2"}, "tokenize_as must be an objective"),
 ])
 def test_a_bad_experiment_file_is_one_sentence_and_exit_2(tmp_path, capsys, fields, said):
     code, _, error = run_cli(["experiment", str(write_experiment(tmp_path, **fields)), "--out",
@@ -168,9 +170,13 @@ def test_shared_overrides_reach_every_variant_and_may_not_change_on_a_rerun(tmp_
     changed = write_experiment(tmp_path, variants=variants, seeds=[0], overrides=["model.norm_eps=0.001"])
     code, _, error = run_cli(["experiment", str(changed), "--out", str(out), "--no-progress"], capsys)
     assert code == 2 and "trained with the overrides" in error
+    retokenized = write_experiment(tmp_path, variants=variants, seeds=[0], tokenize_as="ul2",
+                                   overrides=["model.norm_eps=0.0001", "model.d_ff=96"])
+    code, _, error = run_cli(["experiment", str(retokenized), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "tokenized for each objective, not for ul2" in error
 
 
-@pytest.mark.parametrize("name", ["positions", "norms", "norms-noclip", "moe", "duplicates"])
+@pytest.mark.parametrize("name", ["positions", "norms", "norms-noclip", "moe", "duplicates", "objectives"])
 def test_the_shipped_experiments_load_and_every_variant_builds(name):
     from llmlab.train.experiment import load_experiment
     from llmlab.train.recipe import load_recipe

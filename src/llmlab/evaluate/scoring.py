@@ -55,10 +55,11 @@ def loglikelihood(model, requests: Sequence[Request], batch_size: int = 16, prog
                   max_length: int | None = None) -> list[Loglikelihood]:
     """Score each (context, continuation) pair of token ids; the results in the requests' order.
 
-    A decoder reads context + continuation; an encoder-decoder encodes the context and scores the continuation as
-    the decoder's output after its start token. Contexts too long for the model (max_length tokens, its context by
-    default) are cut from the left. One forward pass reads (and caches) at most batch_size × max_length tokens: as
-    many as batch_size requests of the longest kind, more of shorter ones."""
+    A decoder reads context + continuation (a prefix decoder the context bidirectionally, as its prefix); an
+    encoder-decoder encodes the context and scores the continuation as the decoder's output after its start token.
+    Contexts too long for the model (max_length tokens, its context by default) are cut from the left. One forward
+    pass reads (and caches) at most batch_size × max_length tokens: as many as batch_size requests of the longest
+    kind, more of shorter ones."""
     return _loglikelihood(model, requests, batch_size, progress, max_length, greedy=True)
 
 
@@ -77,9 +78,10 @@ def _loglikelihood(model, requests: Sequence[Request], batch_size: int, progress
     groups: dict[tuple, list[int]] = {}
     for index, (context, _) in enumerate(fitted):
         groups.setdefault(context, []).append(index)
-    # a context of one token leaves nothing to cache; an encoder-decoder's context is the encoder's input
+    # a context of one token leaves nothing to cache; an encoder-decoder's context is the encoder's input, a prefix
+    # decoder's is read whole as its bidirectional prefix
     shared = [rows for context, rows in groups.items()
-              if len(rows) > 1 and len(context) > 1 and model.config.arch != "encoder_decoder"]
+              if len(rows) > 1 and len(context) > 1 and model.config.arch == "decoder"]
     in_shared = {i for rows in shared for i in rows}
     single = sorted((i for i in range(len(fitted)) if i not in in_shared),
                     key=lambda i: -sum(map(len, fitted[i])))  # longest first: a memory error shows at once
@@ -163,7 +165,10 @@ def _score_batch(model, requests: list[tuple[tuple, tuple]], greedy: bool) -> li
         hidden, _ = model.hidden(model.prepare(decoder, check_ids=True), memory, mask)
         return _scores(model, hidden, targets, [0] * len(requests), lengths, greedy)
     ids = _right_padded([context + continuation for context, continuation in requests], device)
-    hidden, _ = model.hidden(model.prepare(ids[:, :-1], check_ids=True))
+    prefix = None
+    if model.config.arch == "prefix_decoder":  # the context is the prefix, as prefix-LM training and generate have it
+        prefix = torch.tensor([len(context) for context, _ in requests], device=device)
+    hidden, _ = model.hidden(model.prepare(ids[:, :-1], prefix_lengths=prefix, check_ids=True))
     # each row's continuation is predicted from the positions just before its tokens
     offsets = [len(context) - 1 for context, _ in requests]
     return _scores(model, hidden, ids[:, 1:], offsets, lengths, greedy)
