@@ -213,3 +213,14 @@ def test_the_copy_probe_scores_a_perfect_copier_and_a_uniform_guesser_as_worked_
     assert perfect["first_copy_loss"] == pytest.approx(math.log(10))
     uniform = copy_probe(_Copier(vocab=10, context=16, perfect=False))
     assert uniform["copy_loss"] == pytest.approx(math.log(10))
+
+
+def test_the_cli_prints_each_probes_columns_as_results_csv_holds_them(tmp_path, capsys):
+    path = write_experiment(tmp_path, variants={"dense": SMALL}, seeds=[0], probes=["copy"])
+    code, printed, _ = run_cli(["experiment", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    (row,) = csv.DictReader((tmp_path / "out" / "results.csv").read_text().splitlines())
+    header, values = next((line, printed.splitlines()[i + 1]) for i, line in enumerate(printed.splitlines())
+                          if "copy_accuracy" in line)
+    assert code == 0 and header.split()[1:4] == ["copy_loss", "first_copy_loss", "copy_accuracy"]
+    assert [float(value) for value in values.split()[1:]] == pytest.approx(
+        [float(row[column]) for column in ("copy_loss", "first_copy_loss", "copy_accuracy")], abs=1e-4)

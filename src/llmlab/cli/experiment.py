@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Train and compare the variants, and print each one's final held-out loss over the seeds."""
-    from llmlab.train.experiment import PLOT_FILE, RESULTS_FILE, load_experiment, run_experiment
+    from llmlab.train.experiment import PLOT_FILE, PROBE_COLUMNS, RESULTS_FILE, load_experiment, run_experiment
 
     experiment = load_experiment(arguments.experiment)
     rows = run_experiment(experiment, arguments.out, progress=not arguments.no_progress)
@@ -37,5 +37,12 @@ def run(arguments: argparse.Namespace) -> None:
             mine = [row for row in rows if row["variant"] == name]
             print(f"{name:<16} " + " ".join(f"{sum(row[f'loss_at_{length}'] for row in mine) / len(mine):>10.4f}"
                                             for length in experiment.eval_lengths))
+    columns = [column for probe in experiment.probes for column in PROBE_COLUMNS[probe]]
+    if columns:
+        print(f"{'variant':<16} " + " ".join(f"{column:>17}" for column in columns) + "  (mean over seeds)")
+        for name in experiment.variants:
+            mine = [row for row in rows if row["variant"] == name]
+            print(f"{name:<16} " + " ".join(f"{sum(row[column] for row in mine) / len(mine):>17.4f}"
+                                            for column in columns))
     for name in (RESULTS_FILE, PLOT_FILE):
         print(f"wrote {arguments.out}/{name}")

@@ -22,6 +22,8 @@ PLAN_FILE, RESULTS_FILE, PLOT_FILE, RUNS_DIRECTORY = "experiment.json", "results
 FIELDS = ("recipe", "title", "seeds", "variants", "overrides", "eval_lengths", "x", "probes", "tokenize_as")
 LENGTH_EVAL_WINDOWS = 64  # held-out windows per length (fewer where the held-out split holds fewer)
 PROBES = ("copy", "continuation")
+PROBE_COLUMNS = {"copy": ("copy_loss", "first_copy_loss", "copy_accuracy"),  # what each probe adds to a result row
+                 "continuation": ("continuation_loss", "choice_acc", "choice_acc_norm")}
 COPY_PROBE_SEQUENCES = 64
 CONTINUATION_PROBE_WINDOWS = 256  # held-out windows (fewer where the held-out split holds fewer)
 CHOICES = 4  # the true continuation and three from other windows: chance is 1/4
