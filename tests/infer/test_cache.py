@@ -41,6 +41,18 @@ def test_greedy_tokens_equal_across_caches_for_a_left_padded_batch(model):
         assert torch.equal(generate_ids(model, ids, mask, cache=cache, **options), reference), cache
 
 
+def test_a_static_cache_shows_attention_its_longest_rows_slots_unless_its_shapes_are_fixed():
+    from llmlab.infer.cache import StaticCache
+
+    for fixed, seen in ((False, 6), (True, 16)):
+        cache = StaticCache(1, 2, 1, 4, capacity=16, fixed_shapes=fixed)
+        cache.lengths = torch.tensor([3, 5])
+        slots, key_count = cache.slots(1, torch.device("cpu"))
+        keys, values = cache.update(0, slots, torch.ones(2, 1, 1, 4), torch.full((2, 1, 1, 4), 2.0))
+        assert slots.tolist() == [[3], [5]] and key_count == seen and keys.shape == values.shape == (2, 1, seen, 4)
+        assert keys[0, 0, 3].tolist() == [1.0] * 4 and values[1, 0, 5].tolist() == [2.0] * 4
+
+
 def test_unknown_cache_kind_is_one_sentence():
     with pytest.raises(LlmlabError, match="paged"):
         generate_ids(tiny("llama"), prompt(3, 0), cache="pages")

@@ -75,14 +75,18 @@ class DynamicCache(_CrossAttentionStore):
 
 
 class StaticCache(_CrossAttentionStore):
-    """Preallocated keys and values [batch, kv_heads, capacity, head_dim] per layer, written by slot: fixed shapes
-    for torch.compile and CUDA graphs, and a length of its own per row."""
+    """Preallocated keys and values [batch, kv_heads, capacity, head_dim] per layer, written by slot, with a length of
+    its own per row. Attention sees the slots up to the longest row's, or with fixed_shapes all capacity slots every
+    step (the fixed shapes torch.compile and CUDA graphs replay)."""
 
     contiguous = False
 
     def __init__(self, n_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 fixed_shapes: bool = False):
         super().__init__(n_layers)
+        self.fixed_shapes = fixed_shapes
+        self._key_count = capacity  # the slots attention sees in this step
         shape = (batch, kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -90,26 +94,32 @@ class StaticCache(_CrossAttentionStore):
         self.capacity = capacity
 
     @classmethod
-    def for_model(cls, model, batch: int, capacity: int, dtype: torch.dtype | None = None) -> "StaticCache":
+    def for_model(cls, model, batch: int, capacity: int, dtype: torch.dtype | None = None,
+                  fixed_shapes: bool = False) -> "StaticCache":
         """A cache sized for model's decoder layers and attention heads."""
         config = model.config
         layers = config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers
         if capacity > config.max_seq_len and config.position in ("learned", "sinusoidal", "glm2d"):
             raise ConfigError(f"A cache of {capacity} positions exceeds the model's max_seq_len {config.max_seq_len}.")
         dtype = dtype or next(model.parameters()).dtype
-        return cls(layers, batch, config.kv_heads, config.dim_head, capacity, dtype, model.device)
+        return cls(layers, batch, config.kv_heads, config.dim_head, capacity, dtype, model.device, fixed_shapes)
 
     def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
-        """Each row's next new_tokens slots (its own length on); attention sees all capacity slots, masked causally."""
-        return self.lengths[:, None] + torch.arange(new_tokens, device=device), self.capacity
+        """Each row's next new_tokens slots (its own length on); attention sees the slots up to the longest row's end
+        after them (all capacity slots with fixed_shapes), a shorter row's later ones masked causally."""
+        self._key_count = self.capacity if self.fixed_shapes else int(self.lengths.max()) + new_tokens
+        return self.lengths[:, None] + torch.arange(new_tokens, device=device), self._key_count
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write keys/values [batch, kv_heads, new, head_dim] at slots positions [batch, new]; return the buffers."""
+        """Write keys/values [batch, kv_heads, new, head_dim] at slots positions [batch, new]; return the buffers'
+        slots attention sees."""
         index = positions[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])
         self.keys[layer].scatter_(2, index, keys.to(self.keys[layer].dtype))
         self.values[layer].scatter_(2, index, values.to(self.values[layer].dtype))
-        return self.keys[layer], self.values[layer]
+        if self._key_count == self.capacity:
+            return self.keys[layer], self.values[layer]
+        return self.keys[layer][:, :, :self._key_count], self.values[layer][:, :, :self._key_count]
 
     def advance(self, new_tokens: int) -> None:
         """Every row has written new_tokens more slots."""

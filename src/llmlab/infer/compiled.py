@@ -26,7 +26,7 @@ def _decode_one(model, cache: StaticCache, ids: torch.Tensor, positions: torch.T
     """Next-token logits [batch, vocab] after one token per row, ids [batch, 1] at positions [batch, 1]."""
     inputs = model.prepare(ids, None, position_ids=positions, cache=cache, check_ids=False)
     if key_padding is not None:  # prepare sees no mask: the prompt's padding joins the causal description here
-        inputs.attention = replace(inputs.attention, key_padding=key_padding)
+        inputs.attention = replace(inputs.attention, key_padding=key_padding[:, :inputs.attention.key_count])
     hidden, _ = model.hidden(inputs)
     return model.logits(hidden, -1)
 

@@ -56,12 +56,12 @@ class Piece:
     finish_reason: str | None = None
 
 
-def _new_cache(model, kind: str, batch: int, capacity: int):
+def _new_cache(model, kind: str, batch: int, capacity: int, fixed_shapes: bool = False):
     config = model.config
     if kind == "dynamic":
         return DynamicCache(config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers)
     if kind == "static":
-        return StaticCache.for_model(model, batch, capacity)
+        return StaticCache.for_model(model, batch, capacity, fixed_shapes=fixed_shapes)
     if kind == "paged":  # one sequence a row, blocks enough for all of them
         paged = PagedCache.for_model(model, batch * -(-capacity // PAGED_BLOCK_SIZE), PAGED_BLOCK_SIZE)
         for row in range(batch):
@@ -101,7 +101,7 @@ class DecodeState:
             raise ConfigError("compile needs cache=\"static\" and a decoder-only model (GLM blank infilling aside).")
         capacity = self.sequence.shape[1] + max_new_tokens
         capacity = capacity if compile is False else compiled_capacity(model, capacity)
-        self.cache = None if cache is None else _new_cache(model, cache, batch, capacity)
+        self.cache = None if cache is None else _new_cache(model, cache, batch, capacity, fixed_shapes=compile is not False)
         self.blank_positions = blank_positions
         self.prompt_length = self.sequence.shape[1]
         self.cached = 0  # how many of the tokens so far the cache holds
