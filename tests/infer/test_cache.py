@@ -320,18 +320,25 @@ def test_registered_blocks_stay_findable_when_free_until_the_pool_needs_them():
 
 
 def test_a_decode_batch_keeps_its_gathered_keys_and_matches_recomputation(model):
-    cache = PagedCache.for_model(model, num_blocks=32, block_size=4)
-    a, b = Sequence(model, cache, "a", prompt(5, 2)), Sequence(model, cache, "b", prompt(9, 3))
-    decode_together(model, cache, [a, b], 2)
-    mirror = cache._mirror  # built by the first one-token step of the batch, then written to in place
-    decode_together(model, cache, [a, b], 5)
-    assert cache._mirror is mirror and mirror.batch == ("a", "b")
-    assert mirror.lengths == (cache.lengths["a"], cache.lengths["b"])
-    c = Sequence(model, cache, "c", prompt(3, 4))  # a prefill of another sequence leaves the mirror alone
+    cache = PagedCache.for_model(model, num_blocks=64, block_size=4)
+    a, b, c = (Sequence(model, cache, name, prompt(length, seed)) for name, length, seed in
+               (("a", 5, 2), ("b", 9, 3), ("c", 4, 6)))
+    decode_together(model, cache, [a, b, c], 2)
+    mirror = cache._mirror  # built by the first one-token step of the batch (rows for 4), then written to in place
+    decode_together(model, cache, [a, b, c], 3)
+    assert cache._mirror is mirror and mirror.batch == ["a", "b", "c"]
+    assert mirror.lengths == [cache.lengths[name] for name in "abc"]
+    d = Sequence(model, cache, "d", prompt(3, 4))  # a prefill of another sequence leaves the mirror alone
+    assert cache._mirror is mirror and cache.decode_order(["d", "c", "b", "a"]) == ["a", "b", "c", "d"]
+    decode_together(model, cache, [a, b, c, d], 4)  # d joins: only its keys are gathered, into a row of its own
+    assert cache._mirror is mirror and mirror.batch == ["a", "b", "c", "d"]
+    cache.free_sequence("a")  # a leaves: the last row moves into its place
+    assert cache._mirror is mirror and cache.decode_order(["b", "c", "d"]) == ["d", "b", "c"]
+    decode_together(model, cache, [d, b, c], 3)
+    assert cache._mirror is mirror and mirror.batch == ["d", "b", "c"]
+    a2 = Sequence(model, cache, "a", prompt(6, 5))  # the freed id started anew is gathered anew, not taken as "a"
+    assert cache.decode_order(["a", "b", "c", "d"]) == ["d", "b", "c", "a"]
+    decode_together(model, cache, [d, b, c, a2], 4)
     assert cache._mirror is mirror
-    decode_together(model, cache, [a, b, c], 4)  # a new batch: gathered again
-    assert cache._mirror.batch == ("a", "b", "c")
-    cache.free_sequence("b")
-    assert cache._mirror is None
-    for sequence, new in ((a, 12), (b, 12), (c, 5)):
+    for sequence, new in ((a, 10), (b, 17), (c, 17), (d, 12), (a2, 5)):
         assert torch.equal(sequence.tokens, alone(model, sequence.ids[None], new)), sequence.id

@@ -335,7 +335,8 @@ class Engine:
                 self._finish_request(request, "abort")
                 touched[request.id] = request
         plan = self._schedule()
-        ones = [sequence for sequence, count in plan if sequence.pending == 1]
+        ones = {sequence.id: sequence for sequence, count in plan if sequence.pending == 1}
+        ones = [ones[seq_id] for seq_id in self.cache.decode_order(list(ones))]  # least copying of gathered keys
         if ones:
             logits = self._forward(ones, 1)
             self._choose(ones, logits, touched)

@@ -124,12 +124,31 @@ class BlockAllocator:
 
 @dataclass
 class _Mirror:
-    """A batch's keys/values gathered once: per layer [2, batch, kv_heads, capacity, head_dim], rows at lengths."""
+    """One-token batches' keys/values gathered once, per layer [2, rows, kv_heads, capacity, head_dim]: row i holds
+    batch[i]'s first lengths[i] slots (its later slots stale but finite, and masked). A freed sequence's row holds a
+    placeholder, so that its id, started anew, is gathered anew."""
 
-    batch: tuple
-    lengths: tuple
+    batch: list
+    lengths: list
     capacity: int
     layers: list
+
+    @property
+    def rows(self) -> int:
+        """The rows allocated."""
+        return self.layers[0].shape[1] if self.layers and self.layers[0] is not None else 0
+
+
+@dataclass
+class _MirrorPlan:
+    """How a one-token step uses the mirror: "append" to it as it is, "patch" it (rows moved into the rows of
+    sequences that left, sequences that joined gathered into rows of their own) or "build" it anew."""
+
+    kind: str
+    moves: tuple[list[int], list[int]] = ([], [])  # (from rows, to rows)
+    joined: int = 0  # the batch's last rows to gather from the pool
+    capacity: int = 0  # a new mirror's slots and rows
+    rows: int = 0
 
 
 class PagedCache:
@@ -154,9 +173,9 @@ class PagedCache:
         self._cross_batch: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self._version = 0  # bumped whenever a batch row's block table changes
         self._table: tuple | None = None  # ((version, width), the batch's table, its gather rows)
-        self._step: tuple | None = None  # (write blocks, write offsets, gather rows, key_count, slots, mirror use)
-        # the last one-token batch's keys/values as gathered, kept while its rows only grow by one-token steps, so
-        # that a decode step writes its token there too instead of gathering every row again
+        self._step: tuple | None = None  # (write blocks, write offsets, gather rows, key_count, slots, mirror plan)
+        # one-token batches' keys/values as gathered, kept across steps: a decode step writes its token there too
+        # instead of gathering every row again, and a batch that changed gathers only the sequences that joined it
         self._mirror: _Mirror | None = None
 
     @classmethod
@@ -205,7 +224,7 @@ class PagedCache:
         block first, so that a prefix cache gives up a prompt's tail before its head."""
         self.allocator.free(reversed(self.block_tables.pop(seq_id)))
         if self._mirror is not None and seq_id in self._mirror.batch:
-            self._mirror = None
+            self._mirror.batch[self._mirror.batch.index(seq_id)] = object()  # never equal to a sequence id
         del self.lengths[seq_id], self._cross[seq_id]
         if seq_id in self.batch:
             self.set_batch([s for s in self.batch if s != seq_id])
@@ -268,6 +287,33 @@ class PagedCache:
             self.pool[:, :, copies_to] = self.pool[:, :, copies_from]
         self._version += 1
 
+    def decode_order(self, seq_ids: Sequence[SeqId]) -> list[SeqId]:
+        """seq_ids in the order a one-token step over them copies least: the mirror's rows that are still valid where
+        they are (the last ones moved into the rows of sequences that left), then the others."""
+        order, moves, joined = self._rows_after(seq_ids)
+        return order
+
+    def _rows_after(self, seq_ids: Sequence[SeqId]) -> tuple[list[SeqId], tuple[list[int], list[int]], int]:
+        """(the order of seq_ids, the row moves that bring the mirror to it, how many rows at its end are new)."""
+        mirror, wanted = self._mirror, set(seq_ids)
+        if mirror is None:
+            return list(seq_ids), ([], []), len(seq_ids)
+        rows = [s if s in wanted and self.lengths.get(s) == length else None
+                for s, length in zip(mirror.batch, mirror.lengths)]
+        sources, targets = [], []
+        while rows and rows[-1] is None:
+            rows.pop()
+        for row in range(len(rows)):
+            if row < len(rows) and rows[row] is None:  # the last valid row fills the hole
+                sources.append(len(rows) - 1)
+                targets.append(row)
+                rows[row] = rows.pop()
+                while rows and rows[-1] is None:
+                    rows.pop()
+        kept = set(rows)
+        joining = [s for s in seq_ids if s not in kept]
+        return rows + joining, (sources, targets), len(joining)
+
     def _batch_table(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's block tables as one tensor [batch, width], rows padded with block 0 (masked causally), and the
         pool rows (block × kv_heads + head) to gather, in attention's order [batch, kv_heads, blocks]."""
@@ -295,48 +341,64 @@ class PagedCache:
         on_pool = slots.to(table.device)
         blocks = table.gather(1, on_pool // self.block_size).flatten()  # each new token's block and offset in it
         self._step = (blocks, (on_pool % self.block_size).flatten(), rows, key_count, slots,
-                      self._mirror_use(lengths, new_tokens, key_count))
+                      self._mirror_use(new_tokens, key_count))
         return slots, key_count
 
-    def _mirror_use(self, lengths: list[int], new_tokens: int, key_count: int) -> str | None:
-        """"append" when the mirror holds this batch as it is now, "build" for a one-token batch at least as large
-        as the mirror's whose mirror fits in the pool's size, else None; a mirror this batch's rows outdate goes."""
-        mirror, batch = self._mirror, tuple(self.batch)
-        if mirror is not None and mirror.batch == batch and mirror.lengths == tuple(lengths) \
-                and key_count <= mirror.capacity and new_tokens == 1:
-            return "append"
-        if mirror is not None and not set(batch).isdisjoint(mirror.batch):
-            self._mirror = None
-        capacity = -(-(key_count + 4 * self.block_size) // self.block_size) * self.block_size
-        fits = len(batch) * capacity <= self.num_blocks * self.block_size
-        if new_tokens == 1 and fits and (self._mirror is None or len(batch) >= len(self._mirror.batch)):
-            return "build"  # (a smaller one-token step, such as an encoder-decoder's start token, keeps the mirror)
+    def _mirror_use(self, new_tokens: int, key_count: int) -> _MirrorPlan | None:
+        """How this step uses the mirror: none for a step of several tokens or of a batch that shares no sequence
+        with the mirror's; "append" or "patch" when the batch is in decode_order and fits the mirror's rows and
+        capacity; else "build" with room to grow, where that fits in the pool's size (a mirror takes no more memory
+        than the pool)."""
+        if new_tokens != 1:
+            return None
+        mirror, batch = self._mirror, list(self.batch)
+        if mirror is not None:
+            valid = [s for s, length in zip(mirror.batch, mirror.lengths) if self.lengths.get(s) == length]
+            if valid and set(valid).isdisjoint(batch):
+                return None  # another batch's step (an encoder-decoder's start tokens): the mirror waits for its own
+            order, moves, joined = self._rows_after(batch)
+            if order == batch and key_count <= mirror.capacity and len(batch) <= mirror.rows:
+                if not joined and not moves[0] and mirror.batch[:len(batch)] == batch:
+                    return _MirrorPlan("append")
+                return _MirrorPlan("patch", moves, joined)
+        pool_tokens = self.num_blocks * self.block_size
+        rows = 1 << (len(batch) - 1).bit_length()  # room for the batch to grow, in powers of two
+        for capacity, rows in ((2 * key_count, rows), (key_count, rows), (key_count, len(batch))):
+            capacity = -(-(capacity + 4 * self.block_size) // self.block_size) * self.block_size
+            if rows * capacity <= pool_tokens:
+                return _MirrorPlan("build", capacity=capacity, rows=rows)
         return None
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values [batch, kv_heads, new, head_dim] at the slots slots() gave (positions) into the rows'
         blocks; return the rows' keys/values [batch, kv_heads, key_count, head_dim] gathered through their tables."""
-        blocks, offsets, rows, key_count, slots, mirror_use = self._step
+        blocks, offsets, rows, key_count, slots, plan = self._step
         pool = self.pool[layer]  # [2, num_blocks, kv_heads, block_size, head_dim]
         batch, heads, _, dim = keys.shape
         new = torch.stack([keys, values], 2).transpose(1, 3).reshape(-1, 2, heads, dim)  # [batch × new, 2, heads, dim]
         pool[:, blocks, :, offsets] = new.to(pool.dtype)
-        if mirror_use == "append":
-            mirrored = self._mirror.layers[layer]  # [2, batch, heads, capacity, dim]
+        flat = pool.view(2, -1, pool.shape[3] * dim)  # (block, head) rows: a gather of them gives contiguous keys
+        if plan is not None and plan.kind != "build":
+            mirrored = self._mirror.layers[layer]  # [2, rows, heads, capacity, dim]
+            sources, targets = plan.moves
+            if sources:
+                mirrored[:, targets] = mirrored[:, sources]
+            if plan.joined:  # their (block, head) rows are the last of the batch's, in the order [batch, heads, blocks]
+                gathered = flat.index_select(1, rows[-plan.joined * heads * (rows.numel() // (batch * heads)):])
+                gathered = gathered.view(2, plan.joined, heads, -1, dim)[:, :, :, :key_count]
+                mirrored[:, batch - plan.joined:batch, :, :gathered.shape[3]] = gathered
             index = slots.to(pool.device)[:, None, :, None].expand(batch, heads, -1, dim)
-            mirrored[0].scatter_(2, index, keys.to(pool.dtype))
-            mirrored[1].scatter_(2, index, values.to(pool.dtype))
-            return mirrored[0, :, :, :key_count], mirrored[1, :, :, :key_count]
-        # the (block, head) rows of the batch's tables, in the order [batch, heads, blocks]: one gather, keys contiguous
-        gathered = pool.view(2, -1, pool.shape[3] * dim).index_select(1, rows).view(2, batch, heads, -1, dim)
-        if mirror_use == "build":
+            mirrored[0, :batch].scatter_(2, index, keys.to(pool.dtype))
+            mirrored[1, :batch].scatter_(2, index, values.to(pool.dtype))
+            return mirrored[0, :batch, :, :key_count], mirrored[1, :batch, :, :key_count]
+        gathered = flat.index_select(1, rows).view(2, batch, heads, -1, dim)
+        if plan is not None:  # build
             if layer == 0:
-                lengths = tuple(self.lengths[s] for s in self.batch)
-                capacity = -(-(key_count + 4 * self.block_size) // self.block_size) * self.block_size
-                self._mirror = _Mirror(tuple(self.batch), lengths, capacity, [None] * len(self.keys))
-            mirrored = gathered.new_zeros(2, batch, heads, self._mirror.capacity, dim)
-            mirrored[:, :, :, :key_count] = gathered[:, :, :, :key_count]
+                self._mirror = _Mirror(list(self.batch), [self.lengths[s] for s in self.batch], plan.capacity,
+                                       [None] * len(self.keys))
+            mirrored = gathered.new_zeros(2, plan.rows, heads, plan.capacity, dim)
+            mirrored[:, :batch, :, :key_count] = gathered[:, :, :, :key_count]
             self._mirror.layers[layer] = mirrored
         return gathered[0, :, :, :key_count], gathered[1, :, :, :key_count]
 
@@ -344,8 +406,10 @@ class PagedCache:
         """Every row has written new_tokens more slots."""
         for seq_id in self.batch:
             self.lengths[seq_id] += new_tokens
-        if self._step is not None and self._step[5] is not None and self._mirror is not None:
-            self._mirror.lengths = tuple(self.lengths[s] for s in self.batch)
+        if self._step is not None and self._step[5] is not None:  # the mirror's first rows are now the batch
+            self._mirror.batch[:len(self.batch)] = self.batch
+            self._mirror.lengths[:len(self.batch)] = [self.lengths[s] for s in self.batch]
+            del self._mirror.batch[len(self.batch):], self._mirror.lengths[len(self.batch):]
         self._step = None
 
     def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
