@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from llmlab.cli.generate import NO_PREPACK_HELP
+
 
 def _shots(text: str) -> list[int]:
     try:
@@ -52,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, metavar="N",
                         help="samples per problem for humaneval (pass@k) and gsm8k_cot_sc (maj@N)")
     parser.add_argument("--device", default="cpu", help="device of a local model (default: cpu)")
+    parser.add_argument("--no-prepack", action="store_true", help=NO_PREPACK_HELP)
     parser.add_argument("--model-name", metavar="NAME", help="the model's name on the server (default: its first)")
     parser.add_argument("--api-key", metavar="KEY", help="the server's API key (default: $OPENAI_API_KEY)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -90,12 +93,15 @@ def _load_model(arguments):
     import llmlab
     from llmlab.errors import CheckpointError
     from llmlab.evaluate.evaluator import LocalModel, _digest, sha256_files
+    from llmlab.infer.prepack import prepack
 
     if not Path(arguments.model).is_dir():
         raise CheckpointError(f"the model {arguments.model} is neither a checkpoint directory nor a server URL.")
     hashes = {name: digest for name, digest in sha256_files(arguments.model).items()
               if not name.startswith(".") and "/" not in name}
     model = llmlab.load(arguments.model, device=arguments.device)
+    if not arguments.no_prepack:
+        prepack(model)
     return LocalModel(model, batch_size=arguments.batch_size, identity=_digest(hashes)), hashes
 
 
