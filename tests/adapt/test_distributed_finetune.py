@@ -40,3 +40,15 @@ def test_sft_under_torchrun_follows_one_process(tiny_checkpoint, tmp_path, adapt
     assert single.keys() == ddp.keys()
     for name, tensor in single.items():
         torch.testing.assert_close(ddp[name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("main_rank", [True, False])
+def test_only_rank_zero_writes_a_lora_final_and_replaces_the_runs_own(monkeypatch, tmp_path, main_rank):
+    from llmlab.adapt import finetune, lora
+    from llmlab.train import distributed
+
+    written = []
+    monkeypatch.setattr(distributed, "is_main", lambda: main_rank)
+    monkeypatch.setattr(lora, "save_adapter", lambda model, final, base, overwrite=False: written.append(overwrite))
+    final = finetune.save_final(None, tmp_path / "final", tmp_path, 3, None, "", adapter=True)
+    assert final == tmp_path / "final" and written == ([True] if main_rank else [])

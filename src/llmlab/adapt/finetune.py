@@ -205,7 +205,9 @@ def save_final(model, final: Path, base: Path, step: int, extra_state: dict | No
     if adapter:
         from llmlab.adapt.lora import save_adapter
 
-        save_adapter(model, final, base=str(base))
+        if distributed.is_main():  # every rank holds the same adapter; one writes the run's own final/ (replaced)
+            save_adapter(model, final, base=str(base), overwrite=True)
+        distributed.barrier()
     else:
         tokenizer = base / TOKENIZER_FILE
         save_model(model, final, tokenizer if tokenizer.exists() else None, {"step": step, "base": str(base)},
