@@ -93,6 +93,18 @@ def test_held_out_windows_are_the_last_of_each_source_and_never_trained_on():
     assert train == set(range(16)) | set(range(100, 108))
 
 
+def test_a_held_out_split_of_another_length_starts_after_the_training_windows():
+    # 100 tokens, 10% held out: training windows of 4 cover tokens 0..87 (22 of 25 windows); the last 10% of windows
+    # of 6 would start at window 14 (token 84), inside them; after the training split, the first is window 15 (90)
+    stream = MixtureSource(TokenArray(np.arange(100)), name="tokens")
+    plain = Mixture([stream], 6, held_out_fraction=0.1, split="held_out")
+    after = Mixture([stream], 6, held_out_fraction=0.1, split="held_out", split_seq_len=4)
+    assert plain.samples(0, 2)[:, 0].tolist() in ([84, 90], [90, 84])  # the overlap this option removes
+    assert len(after) == 1 and after.samples(0, 1).tolist() == [list(range(90, 96))]
+    same_length = Mixture([stream], 4, held_out_fraction=0.1, split="held_out", split_seq_len=4)
+    assert sorted(same_length.samples(0, 3)[:, 0].tolist()) == [88, 92, 96]  # the split as before
+
+
 def test_windows_cross_document_and_shard_boundaries_of_real_shards(tmp_path):
     dtype = token_dtype(100)
     entries = [write_shard(tmp_path, "a", [[1, 2, 3], [4]], dtype, 0),

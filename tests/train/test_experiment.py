@@ -109,7 +109,8 @@ def test_held_out_loss_at_other_lengths_is_the_mean_cross_entropy_of_those_windo
     recipe = load_recipe(TINY, [*SMALL, f"data.source={out / 'data-causal-512-60000'}"])
     model = llmlab.load(run / "final").eval()
     for length in (32, 48):
-        windows = Mixture(open_sources(recipe.data), length, 0, recipe.data.held_out_fraction, split="held_out")
+        windows = Mixture(open_sources(recipe.data), length, 0, recipe.data.held_out_fraction, split="held_out",
+                          split_seq_len=recipe.data.seq_len)  # after the training windows (tests/data/test_mixture.py)
         count = min(64, len(windows)) // 4 * 4
         ids = torch.from_numpy(windows.samples(0, count)).long()
         with torch.no_grad():  # written out: next-token cross-entropy over every window's positions

@@ -87,7 +87,9 @@ class Mixture:
     """The windows of one split (train or held_out) of weighted sources; see the module's docstring."""
 
     def __init__(self, sources: Sequence[MixtureSource], seq_len: int, seed: int = 0,
-                 held_out_fraction: float = 0.0, split: str = "train"):
+                 held_out_fraction: float = 0.0, split: str = "train", split_seq_len: int | None = None):
+        """split_seq_len (held_out only): cut the held-out split into windows of seq_len after the training split of
+        windows of split_seq_len ends, so that evaluating at another length reads no token the model trained on."""
         if not sources:
             raise ConfigError("a mixture needs at least one source.")
         if seq_len < 1:
@@ -105,8 +107,13 @@ class Mixture:
                 raise DataError(f"the source {source.name} has {source.stream.tokens} tokens: too few for a training "
                                 f"window of {seq_len} tokens besides its held-out share.")
             train_windows.append(total - held_out)
-            self.first_window.append(0 if split == "train" else total - held_out)
-            self.windows.append(total - held_out if split == "train" else held_out)
+            first = 0 if split == "train" else total - held_out
+            if split == "held_out" and split_seq_len is not None and source.held_out:
+                trained = source.stream.tokens // split_seq_len
+                trained = (trained - math.ceil(trained * held_out_fraction)) * split_seq_len  # tokens
+                first = min(-(-trained // seq_len), total)
+            self.first_window.append(first)
+            self.windows.append(total - held_out if split == "train" else total - first)
         self.weights = source_weights(self.sources, train_windows)
         if split == "held_out":  # sources without held-out windows drop out of this split
             self.weights = normalised([w if n else 0.0 for w, n in zip(self.weights, self.windows)])

@@ -100,12 +100,14 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 
 
 def held_out_mixture(recipe, seq_len: int):
-    """The recipe's held-out split cut into windows of seq_len tokens (a ConfigError when it holds none)."""
+    """The recipe's held-out split cut into windows of seq_len tokens, none of them overlapping the training windows
+    of the recipe's own length (a ConfigError when it holds none)."""
     from llmlab.data.mixture import Mixture
     from llmlab.train.data import open_sources
 
     data = recipe.data
-    mixture = Mixture(open_sources(data), seq_len, data.seed, data.held_out_fraction, split="held_out")
+    mixture = Mixture(open_sources(data), seq_len, data.seed, data.held_out_fraction, split="held_out",
+                      split_seq_len=data.seq_len)
     if len(mixture) == 0:
         raise ConfigError(f"the held-out split holds no window of {seq_len} tokens; lower eval_lengths or raise "
                           f"data.held_out_fraction.")
