@@ -101,6 +101,14 @@ def test_a_lora_target_that_matches_nothing(target, tiny_checkpoint, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+def test_lora_under_fsdp(tiny_checkpoint, tmp_path, capsys):
+    data = jsonl(tmp_path / "tasks.jsonl", {"instruction": "Add 2 and 2.", "input": "", "output": "4"})
+    code, _, err = finetune("sft", tmp_path / "run", tiny_checkpoint, data, capsys, "adapter.kind=lora",
+                            "train.parallel=fsdp")
+    refused(code, err, "a LoRA adapter trains under train.parallel=ddp")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: nf4 is allowed")
 def test_nf4_without_a_gpu(tiny_checkpoint, tmp_path, capsys):
     data = jsonl(tmp_path / "tasks.jsonl", {"instruction": "Add 2 and 2.", "input": "", "output": "4"})

@@ -250,6 +250,9 @@ def finetune(recipe: FinetuneRecipe, out_dir: str | os.PathLike, resume: bool = 
                           f"{' or '.join(METHOD_DATA[name])} data.")
     if recipe.data.pretraining_ratio and name != "sft":
         raise ConfigError(f"data.pretraining_ratio mixes plain text into sft only, not into {name}.")
+    if recipe.adapter.kind == "lora" and recipe.train.parallel == "fsdp":
+        raise ConfigError("a LoRA adapter trains under train.parallel=ddp (its weights are small enough to copy to "
+                          "every rank), not fsdp.")
     base = Path(recipe.model.path)
     device = torch.device(recipe.train.resolved_device())
     model = llmlab.load(base, device=device)
