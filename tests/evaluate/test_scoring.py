@@ -40,6 +40,20 @@ def test_continuations_score_as_the_whole_sequence_does():
         assert result.tokens == len(continuation)
 
 
+def test_a_prefix_decoder_reads_the_context_as_its_bidirectional_prefix():
+    model = tiny("prefix_llama")
+    results = loglikelihood(model, REQUESTS, batch_size=4)
+    for (context, continuation), result in zip(REQUESTS, results):
+        ids = torch.tensor([list(context) + list(continuation)])
+        with torch.no_grad():  # by hand: the context attends to all of itself, the continuation causally
+            inputs = model.prepare(ids, prefix_lengths=torch.tensor([len(context)]))
+            logprobs = model.logits(model.hidden(inputs)[0])[0].log_softmax(-1)
+        total = sum(logprobs[p, ids[0, p + 1]].item() for p in range(len(context) - 1, ids.shape[1] - 1))
+        assert result.logprob == pytest.approx(total, abs=1e-4)
+    causal = [reference(model, context, continuation)[0] for context, continuation in REQUESTS]
+    assert any(abs(result.logprob - c) > 1e-3 for result, c in zip(results, causal))  # not read causally
+
+
 def test_a_greedy_continuation_is_recognised():
     model = tiny()
     context = [5, 9, 14]
