@@ -290,8 +290,7 @@ class PagedCache:
     def decode_order(self, seq_ids: Sequence[SeqId]) -> list[SeqId]:
         """seq_ids in the order a one-token step over them copies least: the mirror's rows that are still valid where
         they are (the last ones moved into the rows of sequences that left), then the others."""
-        order, moves, joined = self._rows_after(seq_ids)
-        return order
+        return self._rows_after(seq_ids)[0]
 
     def _rows_after(self, seq_ids: Sequence[SeqId]) -> tuple[list[SeqId], tuple[list[int], list[int]], int]:
         """(the order of seq_ids, the row moves that bring the mirror to it, how many rows at its end are new)."""
@@ -358,12 +357,12 @@ class PagedCache:
                 return None  # another batch's step (an encoder-decoder's start tokens): the mirror waits for its own
             order, moves, joined = self._rows_after(batch)
             if order == batch and key_count <= mirror.capacity and len(batch) <= mirror.rows:
-                if not joined and not moves[0] and mirror.batch[:len(batch)] == batch:
+                if not joined and not moves[0]:
                     return _MirrorPlan("append")
                 return _MirrorPlan("patch", moves, joined)
         pool_tokens = self.num_blocks * self.block_size
-        rows = 1 << (len(batch) - 1).bit_length()  # room for the batch to grow, in powers of two
-        for capacity, rows in ((2 * key_count, rows), (key_count, rows), (key_count, len(batch))):
+        grown = 1 << (len(batch) - 1).bit_length()  # room for the batch to grow, in powers of two
+        for capacity, rows in ((2 * key_count, grown), (key_count, grown), (key_count, len(batch))):
             capacity = -(-(capacity + 4 * self.block_size) // self.block_size) * self.block_size
             if rows * capacity <= pool_tokens:
                 return _MirrorPlan("build", capacity=capacity, rows=rows)
