@@ -101,20 +101,18 @@ def test_a_lora_target_that_matches_nothing(target, tiny_checkpoint, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
-def test_lora_under_fsdp(tiny_checkpoint, tmp_path, capsys):
-    data = jsonl(tmp_path / "tasks.jsonl", {"instruction": "Add 2 and 2.", "input": "", "output": "4"})
-    code, _, err = finetune("sft", tmp_path / "run", tiny_checkpoint, data, capsys, "adapter.kind=lora",
-                            "train.parallel=fsdp")
-    refused(code, err, "a LoRA adapter trains under train.parallel=ddp")
-    assert not (tmp_path / "run").exists()
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: nf4 is allowed")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: nf4 is allowed")
-def test_nf4_without_a_gpu(tiny_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("setting, words", [
+    ("train.parallel=fsdp", "a LoRA adapter trains under train.parallel=ddp"),
+    pytest.param("adapter.quantize=nf4", "LoRA quantize: nf4 (QLoRA) needs a CUDA GPU, and none is available",
+                 marks=NO_GPU),
+])
+def test_a_lora_setting_this_run_cannot_have(setting, words, tiny_checkpoint, tmp_path, capsys):
     data = jsonl(tmp_path / "tasks.jsonl", {"instruction": "Add 2 and 2.", "input": "", "output": "4"})
-    code, _, err = finetune("sft", tmp_path / "run", tiny_checkpoint, data, capsys, "adapter.kind=lora",
-                            "adapter.quantize=nf4")
-    refused(code, err, "LoRA quantize: nf4 (QLoRA) needs a CUDA GPU, and none is available")
+    code, _, err = finetune("sft", tmp_path / "run", tiny_checkpoint, data, capsys, "adapter.kind=lora", setting)
+    refused(code, err, words)
     assert not (tmp_path / "run").exists()
 
 
