@@ -2,9 +2,6 @@
 global batch — the same losses and the same final weights — and only rank 0 writes."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,9 @@ import llmlab
 from llmlab.adapt.synthetic import write_tasks
 from llmlab.cli.main import main
 from tests.adapt.test_finetune import RECIPE, small
+from tests.train.test_distributed import torchrun
 
 pytestmark = pytest.mark.xdist_group("distributed")  # with the other torchrun tests on one xdist worker
-REPOSITORY = Path(__file__).parents[2]
 
 
 def losses(run: Path) -> list[float]:
@@ -29,12 +26,9 @@ def test_sft_under_torchrun_follows_one_process(tiny_checkpoint, tmp_path, adapt
     data = write_tasks(tmp_path / "tasks.jsonl", 60, seed=0, tasks=["addition", "copy", "upper"])
     overrides = [*small(tiny_checkpoint, data), f"adapter.kind={adapter}", "train.eval_every=0"]
     assert main(["finetune", RECIPE, "--out", str(tmp_path / "single"), "--no-progress", *overrides]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmlab",
-               "finetune", RECIPE, "--out", str(tmp_path / "ddp"), "--no-progress", "train.parallel=ddp", *overrides]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    finished = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-4000:]
-    assert finished.stdout.count("wrote") == 1  # rank 0 only
+    printed = torchrun("llmlab", "finetune", RECIPE, "--out", str(tmp_path / "ddp"), "--no-progress",
+                       "train.parallel=ddp", *overrides, timeout=300)
+    assert printed.count("wrote") == 1  # rank 0 only
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
     single, ddp = (llmlab.load(tmp_path / run / "final").state_dict() for run in ("single", "ddp"))
     assert single.keys() == ddp.keys()

@@ -80,13 +80,20 @@ def worker(parallel: str, out: Path, single_checkpoint: Path) -> None:
     distributed.teardown()
 
 
+def torchrun(module: str, *arguments: str, timeout: int = 240) -> str:
+    """Run `python -m module arguments` in 2 processes with torchrun (one thread each); its stdout, once it succeeded."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", module,
+               *arguments]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    finished = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True,
+                              timeout=timeout)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    return finished.stdout
+
+
 def launch(parallel: str, out: Path, single_checkpoint: Path) -> dict:
     """Run worker in 2 processes with torchrun; rank 0's results."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "tests.train.test_distributed", parallel, str(out), str(single_checkpoint)]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    finished = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=240)
-    assert finished.returncode == 0, finished.stderr[-4000:]
+    torchrun("tests.train.test_distributed", parallel, str(out), str(single_checkpoint))
     return json.loads((out / "results.json").read_text())
 
 
@@ -155,12 +162,9 @@ def test_llmlab_pretrain_under_torchrun_follows_one_process(tmp_path):
                  "model.n_layers=2", "model.d_ff=128", "train.steps=3", "train.log_every=1", "train.eval_every=0",
                  "train.sample_every=3", "train.sample_tokens=4", "train.checkpoint_every=3"]  # fmt: skip
     assert main(["pretrain", recipe, "--out", str(tmp_path / "single"), "--no-progress", *overrides]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmlab",
-               "pretrain", recipe, "--out", str(tmp_path / "fsdp"), "--no-progress", "train.parallel=fsdp", *overrides]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    finished = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=240)
-    assert finished.returncode == 0, finished.stderr[-4000:]
-    assert finished.stdout.count("wrote") == 1  # rank 0 only
+    printed = torchrun("llmlab", "pretrain", recipe, "--out", str(tmp_path / "fsdp"), "--no-progress",
+                       "train.parallel=fsdp", *overrides)
+    assert printed.count("wrote") == 1  # rank 0 only
     assert logged(tmp_path / "fsdp", "loss") == pytest.approx(logged(tmp_path / "single", "loss"), abs=1e-5)
     assert logged(tmp_path / "fsdp", "sample") == logged(tmp_path / "single", "sample")
     assert (tmp_path / "fsdp" / CHECKPOINTS_DIRECTORY / "step-3" / SHARDED_DIRECTORY).is_dir()
