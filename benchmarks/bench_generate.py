@@ -15,6 +15,7 @@ torch.cuda.max_memory_allocated less the allocation before.
     python benchmarks/bench_generate.py                 # GPT-2 124M and LLaMA 370M, the full measurement
     python benchmarks/bench_generate.py --quick         # GPT-2 124M, 16 new tokens, one round
     python benchmarks/bench_generate.py --impls static,packed,hf   # with llmlab's weights prepacked (CPU)
+    python benchmarks/bench_generate.py --impls packed,packed-ragged,hf   # the ragged cache: no padding stored
     python benchmarks/bench_generate.py --device cuda --impls static,compiled,hf
 """
 
@@ -42,11 +43,12 @@ MODELS = {
     "llama-370m": lambda: presets.llama("7b", n_layers=24, d_model=1024, n_heads=16, d_ff=2816),
 }
 IMPLS = {  # name → llmlab's options (None: transformers)
-    "dynamic": dict(cache="dynamic"), "static": dict(cache="static"),
+    "dynamic": dict(cache="dynamic"), "static": dict(cache="static"), "ragged": dict(cache="ragged"),
     "compiled": dict(cache="static", compile=True), "hf": None,
-    "packed": dict(cache="static"),  # on a second copy of the model, its linear weights prepacked for oneDNN
+    # on a second copy of the model, its linear weights prepacked for oneDNN
+    "packed": dict(cache="static"), "packed-ragged": dict(cache="ragged"),
 }
-PREPACKED = {"packed"}
+PREPACKED = {"packed", "packed-ragged"}
 
 
 def prompts(batch: int, generator: torch.Generator, vocab: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -95,9 +95,10 @@ def test_every_cache_gives_the_same_beams(name):
     eos = generate(model, PROMPTS[1:2], max_new_tokens=2, ignore_eos=True).tokens[0][1]
     options = dict(max_new_tokens=12, eos_token_id=eos, num_beams=4, n=3, length_penalty=0.6)
     dynamic = generate(model, PROMPTS, cache="dynamic", **options)
-    static = generate(model, PROMPTS, cache="static", **options)
-    assert static.tokens == dynamic.tokens and static.finish_reasons == dynamic.finish_reasons
-    assert static.sequences_scores == pytest.approx(dynamic.sequences_scores, abs=1e-5)
+    for cache in ("static", "ragged"):
+        other = generate(model, PROMPTS, cache=cache, **options)
+        assert other.tokens == dynamic.tokens and other.finish_reasons == dynamic.finish_reasons, cache
+        assert other.sequences_scores == pytest.approx(dynamic.sequences_scores, abs=1e-5), cache
 
 
 def test_model_generate_with_beams_returns_what_transformers_returns(tmp_path):

@@ -1,16 +1,18 @@
-"""The caches against recomputation without a cache and against dense keys/values kept by hand: dynamic, static and
-paged give the same greedy tokens; the paged cache's sequences keep their own lengths, share blocks and free them."""
+"""The caches against recomputation without a cache and against dense keys/values kept by hand: dynamic, static,
+ragged and paged give the same greedy tokens; the ragged cache stores no padding; the paged cache's sequences keep their own lengths, share blocks and free them."""
 
 import pytest
 import torch
 
 from llmlab.errors import CacheFullError, LlmlabError
+from llmlab.infer.cache import StaticCache
 from llmlab.infer.generate import generate_ids
 from llmlab.infer.paged import BlockAllocator, PagedCache
 from llmlab.model import Model, presets
 from llmlab.model.attention import AttentionSpec
 
-FAMILIES = ["llama", "bloom", "t5", "prefix_llama"]  # rotary decoder, ALiBi, encoder-decoder, prefix decoder
+# rotary decoder, ALiBi, encoder-decoder, prefix decoder, sliding-window layers (16 slots)
+FAMILIES = ["llama", "bloom", "t5", "prefix_llama", "gpt_neo"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -37,13 +39,11 @@ def test_greedy_tokens_equal_across_caches_for_a_left_padded_batch(model):
     mask[2, :5] = 0  # prompts of 7, 4 and 2 tokens
     options = dict(max_new_tokens=20, ignore_eos=True)  # 7 + 20 slots: the paged cache crosses a 16-token block
     reference = generate_ids(model, ids, mask, use_cache=False, **options)
-    for cache in ("dynamic", "static", "paged"):
+    for cache in ("dynamic", "static", "ragged", "paged"):
         assert torch.equal(generate_ids(model, ids, mask, cache=cache, **options), reference), cache
 
 
 def test_a_static_cache_shows_attention_its_longest_rows_slots_unless_its_shapes_are_fixed():
-    from llmlab.infer.cache import StaticCache
-
     for fixed, seen in ((False, 6), (True, 16)):
         cache = StaticCache(1, 2, 1, 4, capacity=16, fixed_shapes=fixed)
         cache.lengths = torch.tensor([3, 5])
@@ -51,6 +51,33 @@ def test_a_static_cache_shows_attention_its_longest_rows_slots_unless_its_shapes
         keys, values = cache.update(0, slots, torch.ones(2, 1, 1, 4), torch.full((2, 1, 1, 4), 2.0))
         assert slots.tolist() == [[3], [5]] and key_count == seen and keys.shape == values.shape == (2, 1, seen, 4)
         assert keys[0, 0, 3].tolist() == [1.0] * 4 and values[1, 0, 5].tolist() == [2.0] * 4
+
+
+def test_a_ragged_cache_stores_each_prompt_without_its_padding_and_attends_row_by_row():
+    from llmlab.infer.generate import DecodeState
+
+    model = tiny("llama")
+    ids = torch.randint(3, 1000, (3, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # prompts of 2, 7 and 4 tokens
+    mask[2, :3] = 0
+    with torch.no_grad():
+        state = DecodeState(model, ids, mask, 5, cache="ragged")
+        first = state.logits()
+    cache = state.cache
+    assert cache.capacities == [2 + 5, 7 + 5, 4 + 5] and cache.row_lengths == [2, 7, 4]
+    assert cache.keys[0].shape[1] == sum(cache.capacities)
+    for row, length in enumerate((2, 7, 4)):  # each row's region holds exactly what that prompt alone writes
+        alone = StaticCache.for_model(model, 1, 12)
+        with torch.no_grad():
+            hidden, _ = model.hidden(model.prepare(ids[row:row + 1, 7 - length:], cache=alone))
+        start = cache.offsets[row]
+        torch.testing.assert_close(cache.keys[1][:, start:start + length], alone.keys[1][0, :, :length])
+        torch.testing.assert_close(first[row], model.logits(hidden, -1)[0], atol=1e-5, rtol=1e-5)
+    cache.select([1])
+    cache.slots(5, torch.device("cpu"))
+    with pytest.raises(CacheFullError, match="Row 1 of the ragged cache holds 12 slots; 7 are written"):
+        cache.slots(6, torch.device("cpu"))
 
 
 def test_unknown_cache_kind_is_one_sentence():

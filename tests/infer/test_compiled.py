@@ -72,7 +72,7 @@ def test_n_samples_reorder_the_static_cache_in_place():
 
 def test_compile_needs_a_static_cache_and_a_decoder():
     with pytest.raises(ConfigError, match="static"):
-        generate(tiny_model("llama"), PROMPTS, max_new_tokens=2, compile=True)
+        generate(tiny_model("llama"), PROMPTS, max_new_tokens=2, cache="ragged", compile=True)
     with pytest.raises(ConfigError, match="decoder-only"):
         generate(tiny_model("t5"), PROMPTS, max_new_tokens=2, cache="static", compile=True)
 

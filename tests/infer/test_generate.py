@@ -55,7 +55,7 @@ def test_greedy_batch_equals_transformers(name, tmp_path):
     reference = as_transformers(model, tmp_path)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     expected = hf_generate(reference, PROMPTS, 10, pad, model.config.eos_token_id)
-    for cache in ("dynamic", "static", "paged"):
+    for cache in ("dynamic", "static", "ragged", "paged"):
         assert generate(model, PROMPTS, max_new_tokens=10, cache=cache).tokens == expected, cache
 
 
@@ -75,7 +75,7 @@ def test_processors_equal_transformers(name, options, tmp_path):
 
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "ragged", "paged"])
 @pytest.mark.parametrize("name", HF_FAMILIES + OWN_FAMILIES)
 def test_a_batch_gives_each_prompt_its_tokens_alone(name, cache):
     model = tiny_model(name)

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import chisquare
 
 from llmlab.errors import ConfigError
-from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.cache import DynamicCache, RaggedCache, StaticCache
 from llmlab.infer.generate import generate
 from llmlab.model import Model, presets
 from tests.infer.test_generate import text_model  # noqa: F401  (a fixture)
@@ -43,7 +43,7 @@ DRAFTS = {"same": lambda: TARGET, "perturbed": lambda: perturbed(TARGET, NOISE),
           "smaller": lambda: tiny(seed=3, **SMALL), "unrelated": lambda: tiny(seed=4)}
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "ragged"])
 @pytest.mark.parametrize("kind", DRAFTS)
 def test_greedy_tokens_are_the_targets_own(kind, cache):
     options = dict(max_new_tokens=16, ignore_eos=True, cache=cache)
@@ -84,7 +84,7 @@ def test_greedy_with_penalties_is_the_targets_own(options):
     (lambda: tiny("t5"), lambda target: perturbed(target, NOISE)),
     (lambda: tiny("t5"), lambda target: tiny("t5", seed=2, n_layers=1, n_decoder_layers=1)),
 ], ids=["prefix-decoder-llama-draft", "learned-positions-to-the-context-end", "encoder-decoder", "smaller-t5"])
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "ragged"])
 def test_other_architectures_keep_the_targets_tokens(target, draft, cache):
     target = target()
     options = dict(max_new_tokens=10, ignore_eos=True, cache=cache)
@@ -122,11 +122,12 @@ def test_logprobs_are_the_targets():
         assert [list(top) for top in result.top_logprobs[row]] == [list(top) for top in expected.top_logprobs[row]]
 
 
-@pytest.mark.parametrize("cache", [DynamicCache, StaticCache])
+@pytest.mark.parametrize("cache", [DynamicCache, StaticCache, RaggedCache])
 def test_a_truncated_cache_continues_like_a_fresh_one(cache):
     model = TARGET
-    make = (lambda: DynamicCache(model.config.n_layers)) if cache is DynamicCache else \
-        (lambda: StaticCache.for_model(model, 1, 16))
+    make = {DynamicCache: lambda: DynamicCache(model.config.n_layers),
+            StaticCache: lambda: StaticCache.for_model(model, 1, 16),
+            RaggedCache: lambda: RaggedCache.for_model(model, [16])}[cache]
 
     def run(state, ids):
         hidden, _ = model.hidden(model.prepare(torch.tensor([ids]), cache=state))

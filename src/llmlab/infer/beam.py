@@ -103,7 +103,7 @@ def beam_search(state: DecodeState, config: GenerationConfig, steps: int, pad: i
 
 
 def generate_beams(model, prompts: list[list[int]], config: GenerationConfig, steps: int, tokenizer=None,
-                   cache: str = "dynamic") -> GenerationResult:
+                   cache: str = "auto") -> GenerationResult:
     """generate() with num_beams > 1: the config.n best hypotheses per prompt (prompt-major) with their scores in
     sequences_scores; logprobs are not reported for beams (None)."""
     if config.stop:

@@ -1,11 +1,14 @@
-"""Key/value caches behind the model's Cache protocol (llmlab.model.attention): dynamic and static (the paged one, for
-the engine, is llmlab.infer.paged.PagedCache)."""
+"""Key/value caches behind the model's Cache protocol (llmlab.model.attention): dynamic, static and ragged (the paged
+one, for the engine, is llmlab.infer.paged.PagedCache)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import accumulate
+
 import torch
 
-from llmlab.errors import ConfigError
+from llmlab.errors import CacheFullError, ConfigError
 
 
 class _CrossAttentionStore:
@@ -137,6 +140,92 @@ class StaticCache(_CrossAttentionStore):
             for layer, tensor in enumerate(store):
                 store[layer] = reindex_rows(tensor, index)
         self.lengths = reindex_rows(self.lengths, index)
+        self._reorder_cross(index)
+
+
+class RaggedCache(_CrossAttentionStore):
+    """Each row's keys and values in a region of its own, as long as that row needs (its prompt without padding and
+    its new tokens): per layer one buffer [kv_heads, every row's slots, head_dim], the rows back to back, so that a
+    batch of prompts of mixed lengths stores no padding. Attention gets one view per row of exactly the slots it has
+    written (lists, which the sdpa backend attends to row by row); select() picks the rows of the next forward call,
+    e.g. one prompt at a time for a prefill without padding."""
+
+    contiguous = True  # every row sees exactly its written keys, the newest last
+    per_row = True  # update() returns a list of per-row keys/values
+
+    def __init__(self, n_layers: int, capacities: Sequence[int], kv_heads: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__(n_layers)
+        self.capacities = [int(c) for c in capacities]
+        self.offsets = [0, *accumulate(self.capacities)][:-1]
+        shape = (kv_heads, sum(self.capacities), head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]  # read only once written
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.row_lengths = [0] * len(self.capacities)  # Python ints: the per-row views cost no device sync
+        self.rows = list(range(len(self.capacities)))
+        self._step: tuple | None = None  # (write index [rows × new], each row's (offset, end) after the step)
+
+    @classmethod
+    def for_model(cls, model, capacities: Sequence[int], dtype: torch.dtype | None = None) -> "RaggedCache":
+        """A cache with one region of capacities[i] slots for row i, sized for model's decoder layers and heads."""
+        config = model.config
+        layers = config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers
+        dtype = dtype or next(model.parameters()).dtype
+        return cls(layers, capacities, config.kv_heads, config.dim_head, dtype, model.device)
+
+    def select(self, rows: Sequence[int] | None = None) -> None:
+        """Make rows (every row by default) the rows of the next forward calls, in this order."""
+        self.rows = list(range(len(self.capacities))) if rows is None else [int(r) for r in rows]
+
+    def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Each selected row's next new_tokens slots (its own length on); attention then sees the longest row's."""
+        lengths = [self.row_lengths[r] for r in self.rows]
+        for row, length in zip(self.rows, lengths):
+            if length + new_tokens > self.capacities[row]:
+                raise CacheFullError(f"Row {row} of the ragged cache holds {self.capacities[row]} slots; "
+                                     f"{length} are written and {new_tokens} more do not fit.")
+        starts = [self.offsets[r] + n for r, n in zip(self.rows, lengths)]
+        index = (torch.tensor(starts)[:, None] + torch.arange(new_tokens)).flatten().to(device)
+        self._step = (index, [(self.offsets[r], n + new_tokens) for r, n in zip(self.rows, lengths)])
+        return torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device), \
+            max(lengths) + new_tokens
+
+    def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Write keys/values [rows, kv_heads, new, head_dim] at the slots slots() gave; return per row its keys and
+        values [1, kv_heads, written, head_dim] (views of the buffers)."""
+        index, spans = self._step
+        heads, dim = keys.shape[1], keys.shape[3]
+        stored = []
+        for buffer, new in ((self.keys[layer], keys), (self.values[layer], values)):
+            buffer.index_copy_(1, index, new.transpose(0, 1).reshape(heads, -1, dim).to(buffer.dtype))
+            stored.append([buffer[None, :, start:start + length] for start, length in spans])
+        return stored[0], stored[1]
+
+    def advance(self, new_tokens: int) -> None:
+        """Every selected row has written new_tokens more slots."""
+        for row in self.rows:
+            self.row_lengths[row] += new_tokens
+        self._step = None
+
+    def truncate(self, length: int | torch.Tensor) -> None:
+        """Shorten each row to length (an int, or one per row [batch]) when it holds more (rejected draft tokens)."""
+        limits = torch.as_tensor(length).expand(len(self.capacities)).tolist()
+        self.row_lengths = [min(n, int(limit)) for n, limit in zip(self.row_lengths, limits)]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the rows in index, in that order, repeated as often as they appear (n samples of one prefill): the
+        regions are copied into new buffers, so a reorder every step (beam search) is the static cache's work."""
+        rows = index.tolist()
+        regions = torch.cat([torch.arange(self.offsets[r], self.offsets[r] + self.capacities[r]) for r in rows])
+        regions = regions.to(self.keys[0].device)
+        for store in (self.keys, self.values):
+            for layer, tensor in enumerate(store):
+                store[layer] = tensor.index_select(1, regions)
+        self.capacities = [self.capacities[r] for r in rows]
+        self.offsets = [0, *accumulate(self.capacities)][:-1]
+        self.row_lengths = [self.row_lengths[r] for r in rows]
+        self.select()
         self._reorder_cross(index)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmlab.errors import ConfigError
-from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.cache import DynamicCache, RaggedCache, StaticCache
 from llmlab.infer.compiled import StaticDecoder, compiled_capacity
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.detokenize import IncrementalDecoder
@@ -28,7 +28,7 @@ from llmlab.model.transformer import (FIXED_CONTEXT_POSITIONS, check_model_input
 if TYPE_CHECKING:
     from llmlab.infer.speculative import SpeculationStats
 
-CACHES = ("dynamic", "static", "paged")
+CACHES = ("auto", "dynamic", "static", "ragged", "paged")  # auto: ragged, or static to compile
 PAGED_BLOCK_SIZE = 16
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -56,8 +56,11 @@ class Piece:
     finish_reason: str | None = None
 
 
-def _new_cache(model, kind: str, batch: int, capacity: int, fixed_shapes: bool = False):
+def _new_cache(model, kind: str, batch: int, capacity: int, fixed_shapes: bool = False,
+               padding: torch.Tensor | None = None):
     config = model.config
+    if kind == "ragged":  # each row's region holds its prompt without the padding
+        return RaggedCache.for_model(model, [capacity] * batch if padding is None else (capacity - padding).tolist())
     if kind == "dynamic":
         return DynamicCache(config.decoder_layers if config.arch == "encoder_decoder" else config.n_layers)
     if kind == "static":
@@ -76,11 +79,13 @@ class DecodeState:
     (decoder tokens, from the start token, for encoder-decoders)."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
-                 cache: str | None = "dynamic", blank_positions: torch.Tensor | None = None,
+                 cache: str | None = "auto", blank_positions: torch.Tensor | None = None,
                  compile: bool | str | Callable = False):
         """blank_positions [batch] makes it GLM blank infilling: each prompt ends with [sop] after part A, and the
         new tokens take the position of their row's mask token, counting 1, 2, … in the second position row.
         compile (with a static cache) runs the decode steps through llmlab.infer.compiled."""
+        if cache == "auto":
+            cache = "static" if compile is not False else "ragged"
         config = model.config
         self.model, self.config = model, config
         batch, device = input_ids.shape[0], input_ids.device
@@ -101,7 +106,10 @@ class DecodeState:
             raise ConfigError("compile needs cache=\"static\" and a decoder-only model (GLM blank infilling aside).")
         capacity = self.sequence.shape[1] + max_new_tokens
         capacity = capacity if compile is False else compiled_capacity(model, capacity)
-        self.cache = None if cache is None else _new_cache(model, cache, batch, capacity, fixed_shapes=compile is not False)
+        # a ragged cache stores no padding: each prompt is prefilled alone, and positions are its slots
+        self.padding = None if self.mask is None or cache != "ragged" else (self.mask == 0).sum(1)
+        self.cache = None if cache is None else _new_cache(model, cache, batch, capacity, compile is not False,
+                                                           self.padding)
         self.blank_positions = blank_positions
         self.prompt_length = self.sequence.shape[1]
         self.cached = 0  # how many of the tokens so far the cache holds
@@ -121,13 +129,31 @@ class DecodeState:
         start = 0 if self.cache is None else self.cached
         ids = self.sequence[:, start:]
         positions = None if self.blank_positions is None else self._blank_positions(ids.shape[1])
-        inputs = self.model.prepare(ids, self.mask, positions, prefix_lengths=self.prefix if start == 0 else None,
-                                    cache=self.cache, check_ids=False)
+        if start == 0 and self.padding is not None:
+            return self._prefill_rows(ids, positions, count)
+        inputs = self.model.prepare(ids, None if self.padding is not None else self.mask, positions,
+                                    prefix_lengths=self.prefix if start == 0 else None, cache=self.cache,
+                                    check_ids=False)
         hidden, _ = self.model.hidden(inputs, self.memory, self.memory_padding)
         self.cached = self.sequence.shape[1]
         if start == 0 and isinstance(self.cache, StaticCache) and self.memory is None and self.blank_positions is None:
             self.decoder = StaticDecoder(self.model, self.cache, self.mask, self.compile)  # fixed-shape decode steps
         return self.model.logits(hidden[:, -count:])
+
+    def _prefill_rows(self, ids: torch.Tensor, positions: torch.Tensor | None, count: int) -> torch.Tensor:
+        """score(count) of the prompts, each prefilled alone without its padding into its region of a ragged cache."""
+        logits = []
+        for row, pad in enumerate(self.padding.tolist()):
+            self.cache.select([row])
+            inputs = self.model.prepare(
+                ids[row:row + 1, pad:], None, None if positions is None else positions[row:row + 1, ..., pad:],
+                prefix_lengths=None if self.prefix is None else self.prefix[row:row + 1] - pad, cache=self.cache,
+                check_ids=False)
+            hidden, _ = self.model.hidden(inputs)
+            logits.append(self.model.logits(hidden[:, -count:]))
+        self.cache.select()
+        self.cached = self.sequence.shape[1]
+        return torch.cat(logits)
 
     def _blank_positions(self, length: int) -> torch.Tensor:
         """GLM's 2-D positions [batch, 2, length] of the last length tokens: part A counts its real tokens from 0
@@ -156,7 +182,7 @@ class DecodeState:
         self.sequence = self.sequence[:, :length]
         self.mask = None if self.mask is None else self.mask[:, :length]
         if self.cache is not None and self.cached > length:
-            self.cache.truncate(length)
+            self.cache.truncate(length if self.padding is None else length - self.padding)
             self.cached = length
             self.decoder = None  # its positions run one a step: the general path takes over after a rollback
 
@@ -165,6 +191,7 @@ class DecodeState:
         def pick(tensor):
             return None if tensor is None else tensor.index_select(0, rows)
         self.sequence, self.mask, self.prefix = pick(self.sequence), pick(self.mask), pick(self.prefix)
+        self.padding = pick(self.padding)
         self.blank_positions = pick(self.blank_positions)
         self.memory, self.memory_padding = pick(self.memory), pick(self.memory_padding)
         if self.cache is not None:
@@ -356,7 +383,7 @@ def _seeds(config: GenerationConfig, prompts: int) -> list[int] | None:
 
 
 def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *, tokenizer=None,
-             cache: str = "dynamic", compile: bool | str | Callable = False, blank_tokens: BlankTokens | None = None,
+             cache: str = "auto", compile: bool | str | Callable = False, blank_tokens: BlankTokens | None = None,
              draft_model=None, speculate_k: int = 4, **changes) -> GenerationResult:
     """Continue each prompt (text, with the model's tokenizer, or token ids; any lengths) as config says.
 
@@ -365,8 +392,10 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
     model (2-D positions) fills the blank of each prompt's one mask token, up to [eop]. num_beams > 1 runs beam
     search (llmlab.infer.beam) and returns the n best hypotheses per prompt. With a draft_model, speculative
     decoding (llmlab.infer.speculative) gives the same greedy tokens, or samples of the same distribution, from
-    fewer forward passes of model, speculate_k draft tokens at a time. With cache="static", compile=True runs the
-    decode step under torch.compile (CUDA graphs on a GPU); a string or callable there is the compile backend."""
+    fewer forward passes of model, speculate_k draft tokens at a time. The cache is "ragged" by default (each
+    prompt's keys/values without padding, llmlab.infer.cache.RaggedCache), "static" with compile=True, which runs
+    the decode step under torch.compile (CUDA graphs on a GPU; a string or callable there is the compile backend);
+    "dynamic", "static" and "paged" may be asked for by name and give the same tokens."""
     if draft_model is not None:
         from llmlab.infer.speculative import speculative_generate  # it builds on this module
 
@@ -439,7 +468,7 @@ class StopWatch:
 
 
 def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None = None, *, tokenizer=None,
-           cache: str = "dynamic", blank_tokens: BlankTokens | None = None, **changes) -> Iterator[Piece]:
+           cache: str = "auto", blank_tokens: BlankTokens | None = None, **changes) -> Iterator[Piece]:
     """Generate for one prompt and yield each step's new text as it is decided (whole characters only, never part
     of a stop string), with the finish reason on the last piece."""
     config, lists, steps, tokenizer, blanks = _prepare_request(model, prompt, config, changes, tokenizer,
@@ -473,7 +502,7 @@ def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None =
 def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
-                 generator: torch.Generator | None = None, use_cache: bool = True, cache: str = "dynamic",
+                 generator: torch.Generator | None = None, use_cache: bool = True, cache: str = "auto",
                  compile: bool | str | Callable = False, **options) -> torch.Tensor:
     """Model.generate's Hugging Face-style call on a (left-padded) batch: prompt + new tokens [batch, prompt + new]
     (decoder ids from the start token for encoder-decoders), rows that stopped filled with the pad token; options are

@@ -68,7 +68,7 @@ def check_draft(model, draft_model, speculate_k: int) -> None:
 
 @torch.no_grad()
 def speculative_generate(model, draft_model, prompts: Prompts, config: GenerationConfig | None = None, *,
-                         tokenizer=None, cache: str = "dynamic", speculate_k: int = 4, **changes) -> GenerationResult:
+                         tokenizer=None, cache: str = "auto", speculate_k: int = 4, **changes) -> GenerationResult:
     """generate() with draft_model proposing speculate_k tokens a round: the target's greedy tokens, or samples of
     its distribution, with each sequence's acceptance statistics in result.speculation."""
     config, lists, steps, tokenizer, blanks = _prepare_request(model, prompts, config, changes, tokenizer)

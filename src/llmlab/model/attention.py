@@ -30,7 +30,9 @@ class Cache(Protocol):
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write keys/values [batch, kv_heads, new, head_dim] at slots positions; return all keys/values to attend to."""
+        """Write keys/values [batch, kv_heads, new, head_dim] at slots positions; return all keys/values to attend to:
+        [batch, kv_heads, key_count, head_dim], or for a cache with per_row set, lists of one [1, kv_heads, keys,
+        head_dim] per row, each exactly that row's keys (slots 0..keys-1)."""
 
     def advance(self, new_tokens: int) -> None:
         """Mark the new tokens written in every layer (after the last layer's update)."""
@@ -138,10 +140,21 @@ class DenseAttention:
     def attend(self, q, k, v, lowered, scale: float | None, dropout: float) -> torch.Tensor:
         """Attention output [batch, heads, queries, head_dim] for q and (grouped) k, v."""
         mask, is_causal = lowered
+        if isinstance(k, list):  # rows of their own lengths: each attends to its own keys, the mask's first columns
+            return torch.cat([self.attend(q[row:row + 1], k[row], v[row], (_mask_row(mask, row, k[row].shape[2]),
+                                                                            is_causal), scale, dropout)
+                              for row in range(len(k))])
         if mask is not None:
             mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
                                               scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _mask_row(mask: torch.Tensor | None, row: int, keys: int) -> torch.Tensor | None:
+    """One row's additive mask [1, heads | 1, queries, keys] of a batch's mask [batch | 1, heads | 1, queries, ≥ keys]."""
+    if mask is None:
+        return None
+    return mask[row:row + 1, ..., :keys] if mask.shape[0] > 1 else mask[..., :keys]
 
 
 BACKENDS = {backend.name: backend for backend in (DenseAttention(), FlexAttention())}
@@ -156,8 +169,11 @@ def check_backend(name: str) -> str:
     return name
 
 
-def resolve_backend(name: str, device: torch.device, dropout: bool):
-    """The backend instance for a name; "auto" is flex on CUDA without attention dropout, sdpa otherwise."""
+def resolve_backend(name: str, device: torch.device, dropout: bool, cache: Cache | None = None):
+    """The backend instance for a name; "auto" is flex on CUDA without attention dropout, sdpa otherwise, and sdpa
+    whatever the name for a cache whose rows have keys of their own lengths (per_row)."""
+    if getattr(cache, "per_row", False):
+        return BACKENDS["sdpa"]
     if check_backend(name) == AUTO:
         name = "flex" if device.type == "cuda" and not dropout else "sdpa"
     return BACKENDS[name]

@@ -412,7 +412,8 @@ class Model(nn.Module):
         if memory is not None:
             padding = None if memory_padding is None or bool(memory_padding.all()) else memory_padding.bool()
             memory_attention = cross_attention_spec(padding, x.shape[1], memory.shape[1], x.device)
-        backend = resolve_backend(self.attention_backend, x.device, self.training and self.config.dropout > 0)
+        backend = resolve_backend(self.attention_backend, x.device, self.training and self.config.dropout > 0,
+                                  inputs.cache)
         return stack(x, inputs.attention, inputs.positions, backend, inputs.cache, memory, memory_attention)
 
     def encode(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, check_ids=None):
