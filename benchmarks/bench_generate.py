@@ -4,8 +4,9 @@ Both load one random-weight checkpoint (llmlab writes it with save_hf, transform
 run with the same threads in one process, in alternating rounds: batch 1 (a 32-token prompt) and batch 8 (prompts of
 16 to 256 tokens, left-padded), 128 new tokens each, EOS ignored. Reported per implementation: tokens/s (all new
 tokens over the whole call), time to first token (a call with max_new_tokens=1), the median of the per-round ratios to
-transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight read once per
-token, over a bandwidth measured here by summing a 1 GiB tensor).
+transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight a step reads, once
+per token, over a bandwidth measured here by summing a 1 GiB tensor before each round: the host's bandwidth varies,
+so each round's decode rate is held to the bandwidth measured just before it, and the median is reported).
 
 Peak memory is what a call adds above the loaded models, the median over rounds: on CPU the kernel's peak-RSS counter
 is reset before each call (/proc/self/clear_refs) and VmHWM after it less VmRSS before it is reported, the script
@@ -148,6 +149,16 @@ def read_bandwidth(device: str) -> float:
     return x.numel() * x.element_size() / best
 
 
+def bytes_read_per_token(model) -> int:
+    """Bytes of the weights one decode step reads: every parameter once (tied ones once), less the embedding tables
+    it only indexes a row of (positions, and the token embedding unless the head shares it)."""
+    indexed = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    head = getattr(model, "head", None)
+    if head is not None:
+        indexed.discard(id(head.weight))
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in indexed)
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -177,13 +188,13 @@ def main() -> None:
     rounds = arguments.rounds or (1 if arguments.quick else 2)
     batches = [int(b) for b in arguments.batches.split(",")]
     bandwidth = read_bandwidth(device)
-    print(f"device {device}, {threads} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s, {new_tokens} new tokens, "
-          f"{rounds} rounds")
+    print(f"device {device}, {threads} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s (at the start; batch 1 "
+          f"measures it again before each round), {new_tokens} new tokens, {rounds} rounds")
     rows = []
     for name in models:
         torch.manual_seed(0)
         reference = Model(MODELS[name]()).eval()
-        weight_bytes = sum(p.numel() * p.element_size() for p in reference.parameters())  # tied ones once
+        weight_bytes = bytes_read_per_token(reference)
         with tempfile.TemporaryDirectory() as temporary:
             directory = Path(temporary) / name
             save_hf(reference, directory)
@@ -197,7 +208,9 @@ def main() -> None:
                     call(impl, models[impl], ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
                 outputs = {}
                 seconds, first, memory = ({impl: [] for impl in impls} for _ in range(3))
+                bandwidths = []
                 for round_ in range(rounds):
+                    bandwidths.append(read_bandwidth(device) if batch == 1 else bandwidth)
                     order = impls if round_ % 2 == 0 else impls[::-1]  # alternate who goes first
                     for impl in order:
                         marker = FirstToken()
@@ -216,9 +229,11 @@ def main() -> None:
                     if "hf" in impls:
                         row["ratio"] = statistics.median(h / s for h, s in zip(seconds["hf"], seconds[impl]))
                         row["ratios"] = [h / s for h, s in zip(seconds["hf"], seconds[impl])]
-                    if batch == 1:  # decode steps only: the prefill's time taken out
-                        decoding = statistics.median(t - f for t, f in zip(seconds[impl], first[impl]))
-                        row["bw_frac"] = (new_tokens - 1) / decoding * weight_bytes / bandwidth
+                    if batch == 1:  # decode steps only (the prefill's time taken out), per round
+                        row["bw_fracs"] = [(new_tokens - 1) / (t - f) * weight_bytes / b
+                                           for t, f, b in zip(seconds[impl], first[impl], bandwidths)]
+                        row["bw_frac"] = statistics.median(row["bw_fracs"])
+                        row["bandwidths_gb_s"] = [round(b / 1e9, 1) for b in bandwidths]
                     row["mem_mib"] = statistics.median(memory[impl])
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -231,7 +246,12 @@ def main() -> None:
         ratio = f"{r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratios'])})" if "ratio" in r else "–"
         print(f"| {r['model']} | {r['batch']} | {r['impl']} | {r['tok_s']:.1f} | {ratio} | {r['ttft_ms']:.0f} | "
               f"{r.get('mem_mib', float('nan')):.0f} | "
-              f"{'–' if 'bw_frac' not in r else format(r['bw_frac'], '.0%')} | {r['same']} |")
+              f"{'–' if 'bw_frac' not in r else bw_cell(r)} | {r['same']} |")
+
+
+def bw_cell(row: dict) -> str:
+    """The median fraction of the bandwidth bound, each round's in brackets."""
+    return f"{row['bw_frac']:.0%} ({', '.join(format(f, '.0%') for f in row['bw_fracs'])})"
 
 
 if __name__ == "__main__":

@@ -118,8 +118,9 @@ def test_packed_row_equals_its_documents_run_apart(backend):
 @pytest.mark.parametrize("name, cache, overrides", [
     ("llama", "static", {}), ("llama", "dynamic", {}), ("bloom", "static", {}), ("t5", "static", {}),
     ("umt5", "dynamic", {}), ("gpt_neo", "static", {"attn_window": 4}), ("prefix_llama", "static", {}),
+    ("llama", "ragged", {}), ("gpt_neo", "ragged", {"attn_window": 4}),  # a ragged cache attends row by row (sdpa)
 ], ids=["llama-static", "llama-dynamic", "bloom-static", "t5-static", "umt5-dynamic", "gpt-neo-window-static",
-        "prefix-llama-static"])
+        "prefix-llama-static", "llama-ragged", "gpt-neo-window-ragged"])
 def test_cached_greedy_generation_gives_the_same_tokens(backend, name, cache, overrides):
     model = tiny_model(name, eos_token_id=None, **overrides)
     ids, mask = left_padded(model.config.vocab_size, 6, pads=2, seed=4)
