@@ -37,6 +37,12 @@ def best_ms(function, calls: int) -> float:
     return 1000 * min(times)
 
 
+def read_bandwidth() -> float:
+    """Bytes/s of reading a 1 GiB float32 tensor (torch.sum), the best of five (as bench_generate measures it)."""
+    x = torch.ones(2 ** 28)
+    return x.numel() * x.element_size() / (best_ms(x.sum, 5) / 1000)
+
+
 def resident_mib() -> float:
     """This process's resident memory (VmRSS), MiB."""
     return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
@@ -87,7 +93,11 @@ def main() -> None:
             blocked = best_ms(lambda: [torch.ops.mkldnn._linear_pointwise(inputs[m.in_features], p, m.bias, "none",
                                                                           [], "") for m, p in zip(linears, packed)],
                               calls)
-        rate = f"{weight_mib * 2 ** 20 / blocked * 1000 / 1e9:.0f} GB/s" if rows == 1 else "–"
+        rate = "–"
+        if rows == 1:  # against the machine's read bandwidth measured right after
+            bound = read_bandwidth()
+            rate = f"{weight_mib * 2 ** 20 / blocked * 1000 / 1e9:.0f} GB/s ({weight_mib * 2 ** 20 / blocked * 1000 / bound:.0%} " \
+                   f"of torch.sum's {bound / 1e9:.0f} GB/s)"
         print(f"| {rows} | {plain:.1f} | {blocked:.1f} | {plain / blocked:.2f}× | {rate} |")
     del packed
     as_loaded = decode_step_ms(model)

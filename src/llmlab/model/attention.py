@@ -140,7 +140,9 @@ class DenseAttention:
     def attend(self, q, k, v, lowered, scale: float | None, dropout: float) -> torch.Tensor:
         """Attention output [batch, heads, queries, head_dim] for q and (grouped) k, v."""
         mask, is_causal = lowered
-        if isinstance(k, list):  # rows of their own lengths: each attends to its own keys, the mask's first columns
+        if isinstance(k, list) and len(k) == 1:
+            k, v, mask = k[0], v[0], _mask_row(mask, 0, k[0].shape[2])
+        elif isinstance(k, list):  # rows of their own lengths: each attends to its own keys, the mask's first columns
             return torch.cat([self.attend(q[row:row + 1], k[row], v[row], (_mask_row(mask, row, k[row].shape[2]),
                                                                             is_causal), scale, dropout)
                               for row in range(len(k))])
