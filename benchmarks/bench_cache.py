@@ -1,6 +1,7 @@
-"""Key/value caches side by side: greedy generation through dynamic, static and paged caches, and one decode step's
-cache work (write one token a row, return the keys/values attention sees, every layer) alone and with the attention
-over what the cache returns (SDPA, one query a row, no mask: a static cache attends over its whole capacity).
+"""Key/value caches side by side: greedy generation through dynamic, static, ragged and paged caches, and one decode
+step's cache work (write one token a row, return the keys/values attention sees, every layer) alone and with the
+attention over what the cache returns (SDPA, one query a row, no mask: a static cache attends over its whole capacity,
+the ragged one row by row over each row's own keys).
 
 Each configuration runs in ROUNDS interleaved rounds (the order rotates each round, so a load change hits all alike);
 the table gives the median time and the ratio to the dynamic cache.
@@ -17,12 +18,13 @@ import time
 
 import torch
 
-from llmlab.infer.cache import DynamicCache, StaticCache
+from llmlab.infer.cache import DynamicCache, RaggedCache, StaticCache
 from llmlab.infer.generate import generate_ids
 from llmlab.infer.paged import PagedCache
 from llmlab.model import Model, presets
+from llmlab.model.attention import BACKENDS
 
-KINDS = ("dynamic", "static", "paged")
+KINDS = ("dynamic", "static", "ragged", "paged")
 
 
 def sync(device: str) -> None:
@@ -45,7 +47,7 @@ def generation(args) -> dict[str, list[float]]:
     ids = torch.randint(3, 1000, (args.batch, args.prompt), device=args.device)
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for round_ in range(args.rounds + 1):
-        order = KINDS[round_ % 3:] + KINDS[:round_ % 3]
+        order = KINDS[round_ % len(KINDS):] + KINDS[:round_ % len(KINDS)]
         for kind in order:
             seconds = timed(lambda: generate_ids(model, ids, None, args.new, eos_token_id=-1, cache=kind), args.device)
             if round_:  # the first round warms up
@@ -70,7 +72,12 @@ def decode_step(args, attend: bool) -> dict[str, list[float]]:
     paged.set_batch(range(batch))
     paged.slots(context, torch.device(args.device))  # blocks for the context
     paged.advance(context)
-    caches = {"dynamic": dynamic, "static": static, "paged": paged}
+    ragged = RaggedCache(layers, [context + args.steps + 1] * batch, heads, dim, device=args.device)
+    for store in (ragged.keys, ragged.values):
+        for tensor in store:
+            tensor.normal_()
+    ragged.row_lengths = [context] * batch
+    caches = {"dynamic": dynamic, "static": static, "ragged": ragged, "paged": paged}
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
 
     def steps(cache):
@@ -78,12 +85,12 @@ def decode_step(args, attend: bool) -> dict[str, list[float]]:
             slots, _ = cache.slots(1, torch.device(args.device))
             for layer in range(layers):
                 keys, values = cache.update(layer, slots, new, new)
-                if attend:
-                    torch.nn.functional.scaled_dot_product_attention(new, keys, values)
+                if attend:  # the model's dense backend: one SDPA call, or one a row for the ragged cache's lists
+                    BACKENDS["sdpa"].attend(new, keys, values, (None, False), None, 0.0)
             cache.advance(1)
 
     for round_ in range(args.rounds + 1):
-        order = KINDS[round_ % 3:] + KINDS[:round_ % 3]
+        order = KINDS[round_ % len(KINDS):] + KINDS[:round_ % len(KINDS)]
         for kind in order:
             if kind == "dynamic":  # keep its length fixed: drop the appended tokens again
                 dynamic.keys = [k[:, :, :context] for k in dynamic.keys]
@@ -91,6 +98,8 @@ def decode_step(args, attend: bool) -> dict[str, list[float]]:
             seconds = timed(lambda: steps(caches[kind]), args.device) / args.steps
             if kind == "static":
                 static.lengths -= args.steps
+            if kind == "ragged":
+                ragged.row_lengths = [context] * batch
             if kind == "paged":
                 for row in range(batch):
                     paged.lengths[row] -= args.steps
