@@ -2,9 +2,10 @@
 head at 1–256 rows, and a 16-row decode step of the serving engine, as loaded and prepacked.
 
 Linears: every matrix of the model in a row on random inputs of the given rows, the best of several calls, through
-F.linear and through oneDNN's blocked copy (what PackedLinear calls). Engine: 16 requests of 16–256 prompt tokens
-prefilled, then the median of 10 one-token steps of all 16 rows (random-weight GPT-2 124M). Also the resident memory
-the prepacked copies add.
+F.linear, through MKL's packed GEMM and through oneDNN's blocked copy (what PackedLinear calls); at one row, oneDNN's
+read rate against torch.sum's bandwidth measured right after. Engine: 16 requests of 16–256 prompt tokens prefilled,
+then the median of 10 one-token steps of all 16 rows (random-weight GPT-2 124M). Also the resident memory the
+prepacked copies add, and a one-row decode step's time outside the linears (the same 12 layers at width 64).
 
     python benchmarks/bench_prepack.py
 """
@@ -68,6 +69,28 @@ def decode_step_ms(model, requests: int = 16, steps: int = 10) -> float:
     return 1000 * statistics.median(times)
 
 
+def outside_linears_ms(steps: int = 64) -> float:
+    """The time of a one-token decode step of GPT-2 124M's 12 layers shrunk to width 64 (prepacked, ragged cache,
+    greedy): the per-step work outside the matrix multiplies, which take next to nothing at that width."""
+    from llmlab.infer.generate import DecodeState, decode
+
+    torch.manual_seed(0)
+    tiny = Model(presets.gpt2("124m", d_model=64, n_heads=1, d_ff=256, vocab_size=512)).eval()
+    prepack(tiny)
+    prompt = torch.randint(3, 500, (1, 32))
+
+    def per_step() -> float:
+        marks = []
+        with torch.no_grad():
+            state = DecodeState(tiny, prompt, None, steps)
+            decode(state, GenerationConfig(max_new_tokens=steps, ignore_eos=True), steps, pad=0,
+                   on_step=lambda *_: marks.append(time.perf_counter()) or [])
+        return (marks[-1] - marks[0]) / (len(marks) - 1)
+
+    per_step()
+    return 1000 * min(per_step() for _ in range(3))
+
+
 def main() -> None:
     """Print the linears table, the engine's step times and the memory of the packed copies."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,23 +106,30 @@ def main() -> None:
     before = resident_mib()
     packed = [torch.ops.mkldnn._reorder_linear_weight(module.weight.detach()) for module in linears]
     print(f"the packed copies add {resident_mib() - before:.0f} MiB of resident memory")
-    print("| rows | F.linear (ms) | oneDNN blocked (ms) | speed-up | oneDNN read rate |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| rows | F.linear (ms) | MKL packed (ms) | oneDNN blocked (ms) | speed-up | oneDNN read rate |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for rows in map(int, arguments.rows.split(",")):
         inputs = {width: torch.randn(rows, width) for width in {m.in_features for m in linears}}
         calls = 3 if rows > 64 else 7
         with torch.no_grad():
+            # MKL's own packed GEMM (what inductor's CPU freezing may use for float32), packed for this row count
+            mkl = [torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows) for m in linears]
             plain = best_ms(lambda: [F.linear(inputs[m.in_features], m.weight, m.bias) for m in linears], calls)
+            mkl_ms = best_ms(lambda: [torch.ops.mkl._mkl_linear(inputs[m.in_features], w, m.weight, m.bias, rows)
+                                      for m, w in zip(linears, mkl)], calls)
             blocked = best_ms(lambda: [torch.ops.mkldnn._linear_pointwise(inputs[m.in_features], p, m.bias, "none",
                                                                           [], "") for m, p in zip(linears, packed)],
                               calls)
+            del mkl
         rate = "–"
         if rows == 1:  # against the machine's read bandwidth measured right after
+            read = weight_mib * 2 ** 20 / blocked * 1000
             bound = read_bandwidth()
-            rate = f"{weight_mib * 2 ** 20 / blocked * 1000 / 1e9:.0f} GB/s ({weight_mib * 2 ** 20 / blocked * 1000 / bound:.0%} " \
-                   f"of torch.sum's {bound / 1e9:.0f} GB/s)"
-        print(f"| {rows} | {plain:.1f} | {blocked:.1f} | {plain / blocked:.2f}× | {rate} |")
+            rate = f"{read / 1e9:.0f} GB/s ({read / bound:.0%} of torch.sum's {bound / 1e9:.0f} GB/s)"
+        print(f"| {rows} | {plain:.1f} | {mkl_ms:.1f} | {blocked:.1f} | {plain / blocked:.2f}× | {rate} |")
     del packed
+    print(f"a one-row decode step outside the linears (GPT-2's 12 layers at width 64, prepacked, through generate's "
+          f"steps): {outside_linears_ms():.2f} ms")
     as_loaded = decode_step_ms(model)
     prepack(model)
     prepacked = decode_step_ms(model)

@@ -153,7 +153,7 @@ class DenseAttention:
 
 
 def _mask_row(mask: torch.Tensor | None, row: int, keys: int) -> torch.Tensor | None:
-    """One row's additive mask [1, heads | 1, queries, keys] of a batch's mask [batch | 1, heads | 1, queries, ≥ keys]."""
+    """One row's additive mask [1, heads | 1, queries, keys] of a mask [batch | 1, heads | 1, queries, ≥ keys]."""
     if mask is None:
         return None
     return mask[row:row + 1, ..., :keys] if mask.shape[0] > 1 else mask[..., :keys]
