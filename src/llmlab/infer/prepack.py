@@ -16,17 +16,28 @@ weights themselves; ``unpack(model)`` frees them.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
-# module → (the weight's data pointer and version when packed, the packed copy); kept outside the module because a
-# oneDNN tensor has no storage that copy.deepcopy or torch.save could read
-_packed: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int], torch.Tensor]] = weakref.WeakKeyDictionary()
+
+class _Packed:
+    """A PackedLinear's packed copy and the weight's (data pointer, version) it was packed from. A oneDNN tensor has
+    no storage that copy.deepcopy or torch.save could read, so a copy or a pickle of the module gets an empty one
+    (packed again on first use)."""
+
+    __slots__ = ("key", "tensor")
+
+    def __init__(self):
+        self.key, self.tensor = None, None
+
+    def __deepcopy__(self, memo) -> "_Packed":
+        return _Packed()
+
+    def __reduce__(self):
+        return _Packed, ()
 
 
 class PackedLinear(nn.Linear):
@@ -42,12 +53,14 @@ class PackedLinear(nn.Linear):
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, packed again if the weight changed since it was last packed."""
-        key = (self.weight.data_ptr(), self.weight._version)
-        entry = _packed.get(self)
-        if entry is None or entry[0] != key:
-            entry = key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
-            _packed[self] = entry
-        return entry[1]
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version)
+        packed = self.__dict__.get("_packed")
+        if packed is None:
+            packed = self.__dict__["_packed"] = _Packed()
+        if packed.key != key:
+            packed.key, packed.tensor = key, torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        return packed.tensor
 
 
 def prepack(model: nn.Module) -> int:
@@ -68,7 +81,7 @@ def unpack(model: nn.Module) -> None:
     """Make model's PackedLinear layers plain nn.Linear again and free their packed copies."""
     for module in model.modules():
         if type(module) is PackedLinear:
-            _packed.pop(module, None)
+            module.__dict__.pop("_packed", None)
             module.__class__ = nn.Linear
 
 

@@ -104,16 +104,21 @@ class Block(nn.Module):
             return self.mlp(x)
         return self.mlp(x), None
 
-    def _residual(self, x, sublayer, norm: nn.Module, out_norm: nn.Module | None):
-        placement = self.config.norm_placement
+    def _add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x × residual_scale + dropout(y), without the no-op multiply and dropout call of a decode step."""
+        if self.training and self.drop.p > 0:
+            y = self.drop(y)
         alpha = self.config.residual_scale
-        if placement == "post":
+        return (x if alpha == 1.0 else x * alpha) + y
+
+    def _residual(self, x, sublayer, norm: nn.Module, out_norm: nn.Module | None):
+        if self.config.norm_placement == "post":
             y, aux = sublayer(x)
-            return norm(x * alpha + self.drop(y)), aux
+            return norm(self._add(x, y)), aux
         y, aux = sublayer(norm(x))
         if out_norm is not None:
             y = out_norm(y)
-        return x * alpha + self.drop(y), aux
+        return self._add(x, y), aux
 
     def forward(self, x, lowered, backend, rope=None, cache=None, layer=0, slots=None, memory=None,
                 memory_lowered=None):
@@ -124,7 +129,7 @@ class Block(nn.Module):
         if self.config.parallel_residual:
             h = self.attn_norm(x)
             mlp_out, aux = self._feed_forward(h if self.config.parallel_shared_norm else self.mlp_norm(x))
-            return x * self.config.residual_scale + self.drop(self_attention(h)[0] + mlp_out), aux
+            return self._add(x, self_attention(h)[0] + mlp_out), aux
         x, _ = self._residual(x, self_attention, self.attn_norm, getattr(self, "attn_out_norm", None))
         if hasattr(self, "cross_attn"):
             def cross_attention(h):
