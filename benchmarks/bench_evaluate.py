@@ -39,6 +39,7 @@ from llmlab.infer.prepack import prepack
 from llmlab.evaluate.tasks import task_from_dict
 from llmlab.model import Model, presets
 from llmlab.model.hf import save_hf
+from llmlab.scaling.estimate import inference_flops_per_token
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
 MC_TASK, PPL_TASK = "bench_mc", "bench_ppl"
@@ -177,11 +178,35 @@ def main() -> None:
         theirs_rate = requests[kind] / statistics.median(times[(kind, "lm-eval hf")])
         print(f"| {kind} | {requests[kind]} | {side} | {ours_rate:.2f} | {theirs_rate:.2f} | "
               f"{ours_rate / theirs_rate:.2f}x | {equal(task, answers[(kind, side)], answers[(kind, 'lm-eval hf')])} |")
+    # the perplexity roofline: the forward FLOPs every side must run (the head at every position), against the
+    # float32 matrix-multiply rate of this machine for the head's shape (one batch of windows)
+    flops = tokens * inference_flops_per_token(parameters - model.embed.tokens.weight.numel() * (
+        model.head.weight is not model.embed.tokens.weight), args.layers, args.d_model, args.context // 2)
+    rows, vocab = args.batch_size * args.context, model.config.vocab_size
+    left, weight = torch.randn(rows, args.d_model), torch.randn(vocab, args.d_model)
+    kernels = {"torch.matmul": lambda: left @ weight.T}
+    if torch.backends.mkldnn.is_available():
+        blocked = torch.ops.mkldnn._reorder_linear_weight(weight)
+        kernels["oneDNN blocked"] = lambda: torch.ops.mkldnn._linear_pointwise(left, blocked, None, "none", [], "")
+    kernel_rates = ", ".join(f"{name} {2 * rows * args.d_model * vocab / min(timed(run) for _ in range(5)) / 1e9:.0f}"
+                             for name, run in kernels.items())
+    rates = ", ".join(f"{side} {flops / statistics.median(times[('perplexity', side)]) / 1e9:.0f}"
+                      for side in ("llmlab", "llmlab prepacked", "lm-eval hf"))
+    print(f"\nperplexity: {flops / 1e12:.2f} TFLOP of forward passes (2N + 4·L·d·T per token, T = context / 2); "
+          f"GFLOP/s run: {rates}; the head's product [{rows}×{args.d_model}] × [{args.d_model}×{vocab}] alone on "
+          f"this machine, GFLOP/s: {kernel_rates}")
     print(f"\n{args.questions} questions x 4 choices after {args.shots} fixed demonstrations (llmlab's prompts equal "
           f"lm-eval's: {same_prompts}); {len(documents)} texts of {tokens} tokens in all; llama d_model "
           f"{args.d_model}, {args.layers} layers, vocabulary {model.config.vocab_size}, {parameters / 1e6:.1f}M "
           f"parameters, context {args.context}; batch size {args.batch_size}; {args.device}, "
           f"{torch.get_num_threads()} threads; median of {args.rounds} round(s).")
+
+
+def timed(function) -> float:
+    """Seconds one call of function takes."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def lm_eval_requests(name: str, manager) -> tuple:

@@ -21,6 +21,7 @@ from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache
 
 HEAD_CHUNK = 1 << 24  # logits computed at most this many (rows × vocab) at a time: 64 MiB of float32
+CPU_HEAD_CHUNK = 1 << 21  # on the CPU 8 MiB, so that a chunk's logits stay in cache for the log-softmax
 GAPLESS_POSITIONS = ("rope", "learned", "sinusoidal", "none")  # explicit positions: a padding gap changes nothing
 
 
@@ -135,7 +136,7 @@ def _scores(model, hidden: torch.Tensor, targets: torch.Tensor, offsets: list[in
     positions = steps + torch.tensor(offsets, device=device).repeat_interleave(torch.tensor(lengths, device=device))
     states, wanted = hidden[rows, positions], targets[rows, positions]
     chosen, hits = [], []
-    step = max(1, HEAD_CHUNK // model.config.vocab_size)
+    step = max(1, (CPU_HEAD_CHUNK if device.type == "cpu" else HEAD_CHUNK) // model.config.vocab_size)
     for start in range(0, len(rows), step):
         logprobs = model.logits(states[None, start:start + step])[0].float().log_softmax(-1)
         target = wanted[start:start + step, None]
