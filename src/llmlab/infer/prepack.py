@@ -2,8 +2,8 @@
 
 On the CPU, ``F.linear`` hands a forward call's rows to MKL's GEMM over the row-major weight, which at the few rows of
 a decode step runs far below both the machine's FLOPs and its memory bandwidth. oneDNN's inner product over a copy of
-the weight reordered once into its blocked layout is 1.6× faster for one row, 2.5× for 16 and 1.5× for 256 on this
-project's machine (GPT-2 124M's linears, two threads; benchmarks/bench_prepack.py, docs/benchmarks.md).
+the weight reordered once into its blocked layout is 1.6–2.1× faster for one row, 2.5–2.9× for 16 and 1.5–2.7× for
+256 on this project's machines (GPT-2 124M's linears, two threads; benchmarks/bench_prepack.py, docs/benchmarks.md).
 
 ``prepack(model)`` turns every plain ``nn.Linear`` of a CPU model into a :class:`PackedLinear`, which keeps such a
 copy, uses it whenever no gradient is needed, and packs it again after the weight has changed (an optimizer step,
