@@ -49,7 +49,7 @@ def generation(args) -> dict[str, list[float]]:
     for round_ in range(args.rounds + 1):
         order = KINDS[round_ % len(KINDS):] + KINDS[:round_ % len(KINDS)]
         for kind in order:
-            seconds = timed(lambda: generate_ids(model, ids, None, args.new, eos_token_id=-1, cache=kind), args.device)
+            seconds = timed(lambda: generate_ids(model, ids, None, args.new, ignore_eos=True, cache=kind), args.device)
             if round_:  # the first round warms up
                 times[kind].append(seconds)
     return times

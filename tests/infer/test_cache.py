@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmlab.errors import CacheFullError, LlmlabError
-from llmlab.infer.cache import StaticCache
+from llmlab.infer.cache import RaggedCache, StaticCache
 from llmlab.infer.generate import generate_ids
 from llmlab.infer.paged import BlockAllocator, PagedCache
 from llmlab.model import Model, presets
@@ -78,6 +78,18 @@ def test_a_ragged_cache_stores_each_prompt_without_its_padding_and_attends_row_b
     cache.slots(5, torch.device("cpu"))
     with pytest.raises(CacheFullError, match="Row 1 of the ragged cache holds 12 slots; 7 are written"):
         cache.slots(6, torch.device("cpu"))
+
+
+def test_a_ragged_cache_gives_rows_of_one_length_one_strided_view(model):
+    ids = torch.randint(3, 1000, (3, 6), generator=torch.Generator().manual_seed(3))  # no padding
+    options = dict(max_new_tokens=12, ignore_eos=True)
+    reference = generate_ids(model, ids, None, use_cache=False, **options)
+    assert torch.equal(generate_ids(model, ids, None, cache="ragged", **options), reference)
+    cache = RaggedCache(1, [8, 8], 2, 2)
+    slots, _ = cache.slots(3, torch.device("cpu"))
+    keys, _ = cache.update(0, slots, torch.arange(24.0).view(2, 2, 3, 2), torch.zeros(2, 2, 3, 2))
+    assert isinstance(keys, torch.Tensor) and keys.shape == (2, 2, 3, 2)
+    assert keys.tolist() == torch.arange(24.0).view(2, 2, 3, 2).tolist()
 
 
 def test_unknown_cache_kind_is_one_sentence():

@@ -147,11 +147,12 @@ class RaggedCache(_CrossAttentionStore):
     """Each row's keys and values in a region of its own, as long as that row needs (its prompt without padding and
     its new tokens): per layer one buffer [kv_heads, every row's slots, head_dim], the rows back to back, so that a
     batch of prompts of mixed lengths stores no padding. Attention gets one view per row of exactly the slots it has
-    written (lists, which the sdpa backend attends to row by row); select() picks the rows of the next forward call,
-    e.g. one prompt at a time for a prefill without padding."""
+    written (lists, which the sdpa backend attends to row by row; one strided tensor when the rows are as long as each
+    other); select() picks the rows of the next forward call, e.g. one prompt at a time for a prefill without
+    padding."""
 
     contiguous = True  # every row sees exactly its written keys, the newest last
-    per_row = True  # update() returns a list of per-row keys/values
+    per_row = True  # update() may return lists of per-row keys/values
 
     def __init__(self, n_layers: int, capacities: Sequence[int], kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
@@ -186,20 +187,31 @@ class RaggedCache(_CrossAttentionStore):
                                      f"{length} are written and {new_tokens} more do not fit.")
         starts = [self.offsets[r] + n for r, n in zip(self.rows, lengths)]
         index = (torch.tensor(starts)[:, None] + torch.arange(new_tokens)).flatten().to(device)
-        self._step = (index, [(self.offsets[r], n + new_tokens) for r, n in zip(self.rows, lengths)])
+        capacity = self.capacities[self.rows[0]]
+        uniform = len(self.rows) > 1 and len(set(lengths)) == 1 and all(  # consecutive regions of one size
+            self.capacities[r] == capacity and self.offsets[r] == self.offsets[self.rows[0]] + i * capacity
+            for i, r in enumerate(self.rows))
+        self._step = (index, [(self.offsets[r], n + new_tokens) for r, n in zip(self.rows, lengths)], uniform)
         return torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device), \
             max(lengths) + new_tokens
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Write keys/values [rows, kv_heads, new, head_dim] at the slots slots() gave; return per row its keys and
-        values [1, kv_heads, written, head_dim] (views of the buffers)."""
-        index, spans = self._step
+        values [1, kv_heads, written, head_dim] (views of the buffers), or, when every row has written as many in
+        regions of one size, one view [rows, kv_heads, written, head_dim] of them all."""
+        index, spans, uniform = self._step
         heads, dim = keys.shape[1], keys.shape[3]
         stored = []
         for buffer, new in ((self.keys[layer], keys), (self.values[layer], values)):
             buffer.index_copy_(1, index, new.transpose(0, 1).reshape(heads, -1, dim).to(buffer.dtype))
-            stored.append([buffer[None, :, start:start + length] for start, length in spans])
+            if uniform:  # every row as long as the others in regions of one size: one strided [rows, ...] view
+                rows, capacity = len(spans), self.capacities[self.rows[0]]
+                start, length = spans[0]
+                region = buffer[:, start:start + rows * capacity].view(heads, rows, capacity, dim)
+                stored.append(region.transpose(0, 1)[:, :, :length])
+            else:
+                stored.append([buffer[None, :, start:start + length] for start, length in spans])
         return stored[0], stored[1]
 
     def advance(self, new_tokens: int) -> None:
