@@ -92,6 +92,16 @@ def test_a_ragged_cache_gives_rows_of_one_length_one_strided_view(model):
     assert keys.tolist() == torch.arange(24.0).view(2, 2, 3, 2).tolist()
 
 
+def test_a_ragged_cache_attends_a_mask_that_is_not_left_padding_as_given():
+    model = tiny("llama")
+    ids = torch.randint(3, 1000, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # right padding: the pads stay in the cache, masked, as in the dynamic cache
+    options = dict(max_new_tokens=5, ignore_eos=True)
+    assert torch.equal(generate_ids(model, ids, mask, cache="ragged", **options),
+                       generate_ids(model, ids, mask, cache="dynamic", **options))
+
+
 def test_unknown_cache_kind_is_one_sentence():
     with pytest.raises(LlmlabError, match="paged"):
         generate_ids(tiny("llama"), prompt(3, 0), cache="pages")

@@ -107,9 +107,11 @@ class DecodeState:
         capacity = self.sequence.shape[1] + max_new_tokens
         capacity = capacity if compile is False else compiled_capacity(model, capacity)
         # a ragged cache stores no padding: each prompt is prefilled alone, and positions are its slots
-        self.padding = None if self.mask is None or cache != "ragged" else (self.mask == 0).sum(1)
-        if self.padding is not None and not bool(self.padding.any()):
-            self.padding = None  # prompts of one length: one batched prefill
+        self.padding = None
+        if cache == "ragged" and self.mask is not None and bool((self.mask[:, 1:] >= self.mask[:, :-1]).all()):
+            self.padding = (self.mask == 0).sum(1)  # left padding, left out (other masks are attended as given)
+            if not bool(self.padding.any()):
+                self.padding = None  # prompts of one length: one batched prefill
         self.cache = None if cache is None else _new_cache(model, cache, batch, capacity, compile is not False,
                                                            self.padding)
         self.blank_positions = blank_positions
