@@ -164,7 +164,7 @@ class RaggedCache(_CrossAttentionStore):
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.row_lengths = [0] * len(self.capacities)  # Python ints: the per-row views cost no device sync
         self.rows = list(range(len(self.capacities)))
-        self._step: tuple | None = None  # (write index [rows × new], each row's (offset, end) after the step)
+        self._step: tuple | None = None  # (write index [rows × new], each row's (offset, end) after it, uniform)
 
     @classmethod
     def for_model(cls, model, capacities: Sequence[int], dtype: torch.dtype | None = None) -> "RaggedCache":
@@ -196,7 +196,7 @@ class RaggedCache(_CrossAttentionStore):
             max(lengths) + new_tokens
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
-               values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+               values: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
         """Write keys/values [rows, kv_heads, new, head_dim] at the slots slots() gave; return per row its keys and
         values [1, kv_heads, written, head_dim] (views of the buffers), or, when every row has written as many in
         regions of one size, one view [rows, kv_heads, written, head_dim] of them all."""
@@ -226,8 +226,8 @@ class RaggedCache(_CrossAttentionStore):
         self.row_lengths = [min(n, int(limit)) for n, limit in zip(self.row_lengths, limits)]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep the rows in index, in that order, repeated as often as they appear (n samples of one prefill): the
-        regions are copied into new buffers, so a reorder every step (beam search) is the static cache's work."""
+        """Keep the rows in index, in that order, repeated as often as they appear (n samples of one prefill, beams):
+        their regions are copied into new buffers, one copy as in the dynamic cache's reorder."""
         rows = index.tolist()
         regions = torch.cat([torch.arange(self.offsets[r], self.offsets[r] + self.capacities[r]) for r in rows])
         regions = regions.to(self.keys[0].device)
