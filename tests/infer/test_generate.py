@@ -179,6 +179,22 @@ def test_stream_pieces_join_to_the_generated_text(text_model):
     assert pieces[-1].finish_reason == "stop"
 
 
+def test_stream_with_a_draft_model_gives_the_targets_pieces(text_model):
+    torch.manual_seed(2)
+    draft = Model(presets.llama("tiny", vocab_size=text_model.config.vocab_size, n_layers=1, init_std=0.2)).eval()
+    options = dict(max_new_tokens=20, ignore_eos=True)
+    plain = list(stream(text_model, "Once upon", **options))
+    speculated = list(stream(text_model, "Once upon", draft_model=draft, speculate_k=3, **options))
+    assert [(p.text, p.token_ids, p.finish_reason) for p in speculated] == \
+        [(p.text, p.token_ids, p.finish_reason) for p in plain]
+    stop = "".join(p.text for p in plain)[4:6]
+    pieces = list(stream(text_model, "Once upon", draft_model=draft, stop=[stop], **options))
+    assert "".join(p.text for p in pieces) == generate(text_model, "Once upon", stop=[stop], **options).text[0]
+    assert pieces[-1].finish_reason == "stop"
+    with pytest.raises(ConfigError, match="paged"):
+        list(stream(text_model, "Once upon", draft_model=draft, cache="paged", **options))
+
+
 def test_the_context_length_ends_generation_with_length():
     model = Model(presets.gpt2("tiny", vocab_size=VOCAB, max_seq_len=12)).eval()
     result = generate(model, PROMPTS[1:2], max_new_tokens=20, ignore_eos=True)

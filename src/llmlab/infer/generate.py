@@ -473,9 +473,11 @@ class StopWatch:
 
 
 def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None = None, *, tokenizer=None,
-           cache: str = "auto", blank_tokens: BlankTokens | None = None, **changes) -> Iterator[Piece]:
+           cache: str = "auto", blank_tokens: BlankTokens | None = None, draft_model=None, speculate_k: int = 4,
+           **changes) -> Iterator[Piece]:
     """Generate for one prompt and yield each step's new text as it is decided (whole characters only, never part
-    of a stop string), with the finish reason on the last piece."""
+    of a stop string), with the finish reason on the last piece. With a draft_model the tokens come from
+    speculative decoding (llmlab.infer.speculative), each as soon as the target has decided it."""
     config, lists, steps, tokenizer, blanks = _prepare_request(model, prompt, config, changes, tokenizer,
                                                                blank_tokens)
     if len(lists) != 1 or config.n != 1 or config.num_beams != 1:
@@ -485,16 +487,24 @@ def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None =
     decoder = IncrementalDecoder(tokenizer, context=lists[0][-5:])
     stops = StopStrings(config.stop, config.include_stop_str_in_output)
     eos = () if config.ignore_eos else config.eos_token_ids
-    state = DecodeState(model, torch.tensor(lists, device=model.device), None, steps, cache,
-                        _as_tensor(blanks, model.device))
-    for step, (tokens, _, finished) in enumerate(decode_steps(state, config, steps, seeds=_seeds(config, 1))):
-        token = int(tokens[0])
+    seed = (_seeds(config, 1) or [None])[0]
+    if draft_model is None:
+        state = DecodeState(model, torch.tensor(lists, device=model.device), None, steps, cache,
+                            _as_tensor(blanks, model.device))
+        tokens = (int(chosen[0]) for chosen, _, _ in decode_steps(state, config, steps, seeds=_seeds(config, 1)))
+    else:
+        from llmlab.infer.speculative import check_speculation, speculation_steps  # it builds on this module
+
+        check_speculation(model, draft_model, config, cache, speculate_k, blanks)
+        # the stop strings are watched here, on the text as it streams
+        tokens = (token for token, _ in speculation_steps(model, draft_model, lists[0], config.replace(stop=()),
+                                                          steps, cache, speculate_k, seed))
+    for step, token in enumerate(tokens):
         if token in eos:
             yield Piece(stops.push(decoder.flush()) + stops.flush(), [token], "stop")
             return
         text = stops.push(decoder.push([token]))
         if stops.stopped:
-            finished[0] = True
             yield Piece(text, [token], "stop")
             return
         if step == steps - 1:

@@ -12,6 +12,7 @@ need caches of ragged lengths; one row at a time keeps both caches a single leng
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -66,21 +67,27 @@ def check_draft(model, draft_model, speculate_k: int) -> None:
                           f"put both on one device.")
 
 
+def check_speculation(model, draft_model, config: GenerationConfig, cache: str, speculate_k: int,
+                      blanks: list[int] | None) -> None:
+    """Raise ConfigError, in one sentence, for a request speculative decoding cannot serve."""
+    check_draft(model, draft_model, speculate_k)
+    if blanks is not None:
+        raise ConfigError("GLM blank infilling runs without a draft model; speculative decoding over 2-D positions "
+                          "is not supported.")
+    if cache == "paged":
+        raise ConfigError("Speculative decoding rolls rejected tokens back in a dynamic, static or ragged cache; "
+                          "cache='paged' is not supported yet.")
+    if config.num_beams > 1:
+        raise ConfigError("Beam search (num_beams > 1) does not combine with speculative decoding; use num_beams=1.")
+
+
 @torch.no_grad()
 def speculative_generate(model, draft_model, prompts: Prompts, config: GenerationConfig | None = None, *,
                          tokenizer=None, cache: str = "auto", speculate_k: int = 4, **changes) -> GenerationResult:
     """generate() with draft_model proposing speculate_k tokens a round: the target's greedy tokens, or samples of
     its distribution, with each sequence's acceptance statistics in result.speculation."""
     config, lists, steps, tokenizer, blanks = _prepare_request(model, prompts, config, changes, tokenizer)
-    check_draft(model, draft_model, speculate_k)
-    if blanks is not None:
-        raise ConfigError("GLM blank infilling runs without a draft model; speculative decoding over 2-D positions "
-                          "is not supported.")
-    if cache == "paged":
-        raise ConfigError("Speculative decoding rolls rejected tokens back in a dynamic or static cache; "
-                          "cache='paged' is not supported yet.")
-    if config.num_beams > 1:
-        raise ConfigError("Beam search (num_beams > 1) does not combine with speculative decoding; use num_beams=1.")
+    check_speculation(model, draft_model, config, cache, speculate_k, blanks)
     seeds = _seeds(config, len(lists)) or [None] * (len(lists) * config.n)
     rows = [_speculate(model, draft_model, prompt, config, steps, cache, speculate_k, seed, tokenizer)
             for prompt, seed in zip([p for p in lists for _ in range(config.n)], seeds)]
@@ -108,6 +115,16 @@ class _Row:
 def _speculate(model, draft_model, prompt: list[int], config: GenerationConfig, steps: int, cache: str, k: int,
                seed: int | None, tokenizer) -> _Row:
     """Generate up to steps tokens after one prompt, in rounds of at most k draft tokens and one target pass."""
+    for _, row in speculation_steps(model, draft_model, prompt, config, steps, cache, k, seed, tokenizer):
+        pass
+    return row
+
+
+@torch.no_grad()
+def speculation_steps(model, draft_model, prompt: list[int], config: GenerationConfig, steps: int, cache: str,
+                      k: int, seed: int | None = None, tokenizer=None) -> Iterator[tuple[int, _Row]]:
+    """Speculative decoding of one prompt, yielding each new token as it is decided with the sequence so far (its
+    finish reason final on the last one); a consumer that stops early (stream's stop strings) just stops asking."""
     ids = torch.tensor([prompt], device=model.device)
     vocab = model.config.vocab_size
     target = DecodeState(model, ids, None, steps, cache)
@@ -145,9 +162,11 @@ def _speculate(model, draft_model, prompt: list[int], config: GenerationConfig, 
                 row.top_logprobs.append(dict(zip(top.indices.tolist(), top.values.tolist())))
             if new in eos or (watch is not None and watch(torch.tensor([new]))):
                 row.reason = "stop"
-                return row
+                yield new, row
+                return
+            yield new, row
             if len(row.tokens) == steps:
-                return row
+                return
 
 
 def _draft(state: DecodeState | None, counts: TokenCounts, config: GenerationConfig, k: int, vocab: int,
