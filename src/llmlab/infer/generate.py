@@ -28,7 +28,7 @@ from llmlab.model.transformer import (FIXED_CONTEXT_POSITIONS, check_model_input
 if TYPE_CHECKING:
     from llmlab.infer.speculative import SpeculationStats
 
-CACHES = ("auto", "dynamic", "static", "ragged", "paged")  # auto: ragged on the CPU, else (or to compile) static
+CACHES = ("auto", "dynamic", "static", "ragged", "paged")  # auto: static to compile, else ragged on a CPU, else dynamic
 PAGED_BLOCK_SIZE = 16
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -84,8 +84,8 @@ class DecodeState:
         """blank_positions [batch] makes it GLM blank infilling: each prompt ends with [sop] after part A, and the
         new tokens take the position of their row's mask token, counting 1, 2, … in the second position row.
         compile (with a static cache) runs the decode steps through llmlab.infer.compiled."""
-        if cache == "auto":  # on a GPU, one batched attention call a layer beats a call per row of a ragged cache
-            cache = "static" if compile is not False or input_ids.device.type != "cpu" else "ragged"
+        if cache == "auto":  # a GPU keeps what is allocated, so there the cache grows as the rows do
+            cache = "static" if compile is not False else "ragged" if input_ids.device.type == "cpu" else "dynamic"
         config = model.config
         self.model, self.config = model, config
         batch, device = input_ids.shape[0], input_ids.device
@@ -397,10 +397,10 @@ def generate(model, prompts: Prompts, config: GenerationConfig | None = None, *,
     search (llmlab.infer.beam) and returns the n best hypotheses per prompt. With a draft_model, speculative
     decoding (llmlab.infer.speculative) gives the same greedy tokens, or samples of the same distribution, from
     fewer forward passes of model, speculate_k draft tokens at a time. The cache is by default "ragged" on the CPU
-    (each prompt's keys/values without padding, llmlab.infer.cache.RaggedCache) and "static" elsewhere or with
-    compile=True, which runs the decode step under torch.compile (CUDA graphs on a GPU; a string or callable there
-    is the compile backend); "dynamic", "static", "ragged" and "paged" may be asked for by name and give the same
-    tokens."""
+    (each prompt's keys/values without padding, llmlab.infer.cache.RaggedCache), "dynamic" on other devices (it
+    grows only as far as the rows do) and "static" with compile=True, which runs the decode step under
+    torch.compile (CUDA graphs on a GPU; a string or callable there is the compile backend); "dynamic", "static",
+    "ragged" and "paged" may be asked for by name and give the same tokens."""
     if draft_model is not None:
         from llmlab.infer.speculative import speculative_generate  # it builds on this module
 
