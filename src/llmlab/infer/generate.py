@@ -487,18 +487,18 @@ def stream(model, prompt: str | Sequence[int], config: GenerationConfig | None =
     decoder = IncrementalDecoder(tokenizer, context=lists[0][-5:])
     stops = StopStrings(config.stop, config.include_stop_str_in_output)
     eos = () if config.ignore_eos else config.eos_token_ids
-    seed = (_seeds(config, 1) or [None])[0]
+    seeds = _seeds(config, 1)
     if draft_model is None:
         state = DecodeState(model, torch.tensor(lists, device=model.device), None, steps, cache,
                             _as_tensor(blanks, model.device))
-        tokens = (int(chosen[0]) for chosen, _, _ in decode_steps(state, config, steps, seeds=_seeds(config, 1)))
+        tokens = (int(chosen[0]) for chosen, _, _ in decode_steps(state, config, steps, seeds=seeds))
     else:
         from llmlab.infer.speculative import check_speculation, speculation_steps  # it builds on this module
 
         check_speculation(model, draft_model, config, cache, speculate_k, blanks)
         # the stop strings are watched here, on the text as it streams
         tokens = (token for token, _ in speculation_steps(model, draft_model, lists[0], config.replace(stop=()),
-                                                          steps, cache, speculate_k, seed))
+                                                          steps, cache, speculate_k, seeds and seeds[0]))
     for step, token in enumerate(tokens):
         if token in eos:
             yield Piece(stops.push(decoder.flush()) + stops.flush(), [token], "stop")

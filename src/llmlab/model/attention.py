@@ -31,8 +31,8 @@ class Cache(Protocol):
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values [batch, kv_heads, new, head_dim] at slots positions; return all keys/values to attend to:
-        [batch, kv_heads, key_count, head_dim], or for a cache with per_row set, lists of one [1, kv_heads, keys,
-        head_dim] per row, each exactly that row's keys (slots 0..keys-1)."""
+        [batch, kv_heads, key_count, head_dim], or (a cache with per_row set, whose rows may differ in length) lists
+        of one [1, kv_heads, keys, head_dim] per row, each exactly that row's keys (slots 0..keys-1)."""
 
     def advance(self, new_tokens: int) -> None:
         """Mark the new tokens written in every layer (after the last layer's update)."""
@@ -140,12 +140,10 @@ class DenseAttention:
     def attend(self, q, k, v, lowered, scale: float | None, dropout: float) -> torch.Tensor:
         """Attention output [batch, heads, queries, head_dim] for q and (grouped) k, v."""
         mask, is_causal = lowered
-        if isinstance(k, list) and len(k) == 1:
-            k, v, mask = k[0], v[0], _mask_row(mask, 0, k[0].shape[2])
-        elif isinstance(k, list):  # rows of their own lengths: each attends to its own keys, the mask's first columns
-            return torch.cat([self.attend(q[row:row + 1], k[row], v[row], (_mask_row(mask, row, k[row].shape[2]),
-                                                                            is_causal), scale, dropout)
-                              for row in range(len(k))])
+        if isinstance(k, list):  # rows of their own lengths: each attends to its own keys, the mask's first columns
+            rows = [self.attend(q[row:row + 1], k[row], v[row], (_mask_row(mask, row, k[row].shape[2]), is_causal),
+                                scale, dropout) for row in range(len(k))]
+            return rows[0] if len(rows) == 1 else torch.cat(rows)
         if mask is not None:
             mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
