@@ -5,8 +5,9 @@ run with the same threads in one process, in alternating rounds: batch 1 (a 32-t
 16 to 256 tokens, left-padded), 128 new tokens each, EOS ignored. Reported per implementation: tokens/s (all new
 tokens over the whole call), time to first token (a call with max_new_tokens=1), the median of the per-round ratios to
 transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight a step reads, once
-per token, over the machine's read bandwidth: the highest of the bandwidths measured here by summing a 1 GiB tensor,
-at the start and before each round, since a shared host's bandwidth varies; the median of the rounds' fractions).
+per token, over the machine's read bandwidth, measured here by summing a 1 GiB tensor right before and right after each
+call, the higher of the two taken, since a shared host's bandwidth varies from minute to minute; the median of the
+rounds' fractions).
 
 Peak memory is what a call adds above the loaded models, the median over rounds: on CPU the kernel's peak-RSS counter
 is reset before each call (/proc/self/clear_refs) and VmHWM after it less VmRSS before it is reported, the script
@@ -189,7 +190,7 @@ def main() -> None:
     batches = [int(b) for b in arguments.batches.split(",")]
     bandwidth = read_bandwidth(device)
     print(f"device {device}, {threads} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s (at the start; batch 1 "
-          f"measures it again before each round), {new_tokens} new tokens, {rounds} rounds")
+          f"measures it again around each call), {new_tokens} new tokens, {rounds} rounds")
     rows = []
     for name in models:
         torch.manual_seed(0)
@@ -208,10 +209,10 @@ def main() -> None:
                     call(impl, models[impl], ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
                 outputs = {}
                 seconds, first, memory = ({impl: [] for impl in impls} for _ in range(3))
-                bandwidths = []
+                bounds = {impl: [] for impl in impls}  # batch 1: the bandwidth around each call
                 for round_ in range(rounds):
-                    bandwidths.append(read_bandwidth(device) if batch == 1 else bandwidth)
                     order = impls if round_ % 2 == 0 else impls[::-1]  # alternate who goes first
+                    before = read_bandwidth(device) if batch == 1 else bandwidth
                     for impl in order:
                         marker = FirstToken()
                         started = time.perf_counter()
@@ -221,6 +222,9 @@ def main() -> None:
                         first[impl].append(marker.at - started)
                         memory[impl].append(added)
                         outputs.setdefault(impl, out)
+                        after = read_bandwidth(device) if batch == 1 else bandwidth
+                        bounds[impl].append(max(before, after))
+                        before = after
                 same = {impl: torch.equal(out, outputs.get("hf", out)) for impl, out in outputs.items()}
                 for impl in impls:
                     row = {"model": name, "batch": batch, "impl": impl,
@@ -230,11 +234,10 @@ def main() -> None:
                         row["ratio"] = statistics.median(h / s for h, s in zip(seconds["hf"], seconds[impl]))
                         row["ratios"] = [h / s for h, s in zip(seconds["hf"], seconds[impl])]
                     if batch == 1:  # decode steps only (the prefill's time taken out), per round
-                        bound = max([bandwidth, *bandwidths])
                         row["bw_fracs"] = [(new_tokens - 1) / (t - f) * weight_bytes / bound
-                                           for t, f in zip(seconds[impl], first[impl])]
+                                           for t, f, bound in zip(seconds[impl], first[impl], bounds[impl])]
                         row["bw_frac"] = statistics.median(row["bw_fracs"])
-                        row["bandwidths_gb_s"] = [round(b / 1e9, 1) for b in bandwidths]
+                        row["bandwidths_gb_s"] = [round(b / 1e9, 1) for b in bounds[impl]]
                     row["mem_mib"] = statistics.median(memory[impl])
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -105,7 +105,7 @@ def test_the_state_dict_and_copies_of_a_packed_model_are_unchanged():
     prepack(model)
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
-    twin = copy.deepcopy(model)  # the oneDNN copies are not the module's attributes, so copying works
+    twin = copy.deepcopy(model)  # the packed copies are not the module's attributes, so copying works
     ids = torch.tensor([PROMPTS[2]])
     with torch.no_grad():
         torch.testing.assert_close(twin(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -1,14 +1,18 @@
-"""Linear weights prepacked for oneDNN, for inference on the CPU.
+"""Linear weights prepacked for inference on the CPU.
 
 On the CPU, ``F.linear`` hands a forward call's rows to MKL's GEMM over the row-major weight, which at the few rows of
-a decode step runs far below both the machine's FLOPs and its memory bandwidth. oneDNN's inner product over a copy of
-the weight reordered once into its blocked layout is 1.6–2.1× faster for one row, 2.5–2.9× for 16 and 1.5–2.7× for
-256 on this project's machines (GPT-2 124M's linears, two threads; benchmarks/bench_prepack.py, docs/benchmarks.md).
-
-``prepack(model)`` turns every plain ``nn.Linear`` of a CPU model into a :class:`PackedLinear`, which keeps such a
-copy, uses it whenever no gradient is needed, and packs it again after the weight has changed (an optimizer step,
-``load_state_dict``); with a gradient it is ``F.linear`` as before. The copies take as much memory as the linear
+a decode step runs far below both the machine's FLOPs and its memory bandwidth. ``prepack(model)`` turns every plain
+``nn.Linear`` of a CPU model into a :class:`PackedLinear`, which keeps a copy of its weight in a layout made for a
+faster kernel, uses it whenever no gradient is needed, and packs it again after the weight has changed (an optimizer
+step, ``load_state_dict``); with a gradient it is ``F.linear`` as before. The copies take as much memory as the linear
 weights themselves; ``unpack(model)`` frees them.
+
+- float32: llmlab's own kernel (kernels/blocked_linear.cpp, built for the machine on first use by llmlab.infer.native)
+  over the weight in blocks of 16 output features, which it streams once, in order, at any number of rows. At one row
+  it reads GPT-2 124M's linears at torch.sum's bandwidth, where oneDNN reaches about 80% of it and F.linear a third;
+  at 16–256 rows it is within 10% of oneDNN (benchmarks/bench_prepack.py, docs/benchmarks.md).
+- bfloat16, and float32 where that kernel cannot be built (no C++ compiler; LLMLAB_NATIVE=0): oneDNN's inner product
+  over a copy reordered into its own blocked layout, 1.6–2.9× faster than F.linear at 1–256 rows.
 
     prepack(model)        # serving or generating on the CPU
     generate(model, prompts, config)
@@ -20,13 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.infer import native
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+BLOCK = 16  # output features per block of the native kernel's layout (one vector of float32)
+
+
+def blocked(weight: torch.Tensor) -> torch.Tensor:
+    """weight [out, in] as blocks of BLOCK output features, [ceil(out / BLOCK), in, BLOCK], the last zero-padded."""
+    out, features = weight.shape
+    padded = torch.zeros(-(-out // BLOCK) * BLOCK, features, dtype=weight.dtype)
+    padded[:out] = weight.detach()
+    return padded.view(-1, BLOCK, features).transpose(1, 2).contiguous()
+
+
+def uses_native_kernel(dtype: torch.dtype) -> bool:
+    """Whether PackedLinear multiplies weights of dtype through llmlab's native kernel (else through oneDNN)."""
+    return dtype == torch.float32 and native.load("blocked_linear")
 
 
 class _Packed:
-    """A PackedLinear's packed copy and the weight's (data pointer, version) it was packed from. A oneDNN tensor has
-    no storage that copy.deepcopy or torch.save could read, so a copy or a pickle of the module gets an empty one
-    (packed again on first use)."""
+    """A PackedLinear's packed copy and the weight's (data pointer, version) it was packed from. A copy or a pickle
+    of the module gets an empty one, packed again on first use (a oneDNN tensor has no storage that copy.deepcopy or
+    torch.save could read)."""
 
     __slots__ = ("key", "tensor")
 
@@ -41,36 +61,42 @@ class _Packed:
 
 
 class PackedLinear(nn.Linear):
-    """An nn.Linear that, where autograd is not needed, multiplies by a oneDNN-blocked copy of its weight."""
+    """An nn.Linear that, where autograd is not needed, multiplies by a blocked copy of its weight."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """input @ weight.T + bias: through the packed copy without autograd, else F.linear."""
-        weight = self.weight
+        parameters = self._parameters  # not nn.Module.__getattr__: a decode step makes dozens of these calls
+        weight, bias = parameters["weight"], parameters["bias"]
         if (input.dtype != weight.dtype or input.device.type != "cpu"
                 or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))):
-            return F.linear(input, weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(input, self.packed_weight(), self.bias, "none", [], "")
+            return F.linear(input, weight, bias)
+        packed = self.packed_weight()
+        if packed.is_mkldnn:
+            return torch.ops.mkldnn._linear_pointwise(input, packed, bias, "none", [], "")
+        return torch.ops.llmlab.blocked_linear(input, packed, bias, self.out_features)
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's blocked layout, packed again if the weight changed since it was last packed."""
-        weight = self.weight
+        """The weight in the packed layout its kernel reads (native blocks, else oneDNN's), packed again if the
+        weight changed since it was last packed."""
+        weight = self._parameters["weight"]
         key = (weight.data_ptr(), weight._version)
         packed = self.__dict__.get("_packed")
         if packed is None:
             packed = self.__dict__["_packed"] = _Packed()
         if packed.key != key:
-            packed.key, packed.tensor = key, torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            packed.key = key
+            packed.tensor = (blocked(weight) if uses_native_kernel(weight.dtype)
+                             else torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
         return packed.tensor
 
 
 def prepack(model: nn.Module) -> int:
     """Make every plain nn.Linear of model whose weight is float32 or bfloat16 on the CPU a PackedLinear, in place,
-    and pack its weight for oneDNN; returns how many (0 where PyTorch has no oneDNN)."""
-    if not torch.backends.mkldnn.is_available():
-        return 0
+    and pack its weight; returns how many (none of a dtype that neither the native kernel nor oneDNN can take)."""
     count = 0
     for module in model.modules():
-        if type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in PACKABLE_DTYPES:
+        if (type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in PACKABLE_DTYPES
+                and (uses_native_kernel(module.weight.dtype) or torch.backends.mkldnn.is_available())):
             module.__class__ = PackedLinear
             module.packed_weight()
             count += 1
