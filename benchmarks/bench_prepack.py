@@ -2,8 +2,9 @@
 head at 1–256 rows, and a 16-row decode step of the serving engine, as loaded and prepacked.
 
 Linears: every matrix of the model in a row on random inputs of the given rows, the best of several calls, through
-F.linear, through MKL's packed GEMM and through oneDNN's blocked copy (what PackedLinear calls); at one row, oneDNN's
-read rate against torch.sum's bandwidth measured right after. Engine: 16 requests of 16–256 prompt tokens prefilled,
+F.linear, through MKL's packed GEMM, through oneDNN's blocked copy and through llmlab's native kernel (what PackedLinear
+calls for float32, oneDNN where the kernel cannot be built); at one row, each kernel's read rate of the weights against
+torch.sum's bandwidth read right before and after it, over alternating rounds. Engine: 16 requests of 16–256 prompt tokens prefilled,
 then the median of 10 one-token steps of all 16 rows (random-weight GPT-2 124M). Also the resident memory the
 prepacked copies add, and a one-row decode step's time outside the linears (the same 12 layers at width 64).
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.engine import Engine
-from llmlab.infer.prepack import prepack, unpack
+from llmlab.infer.prepack import blocked, prepack, unpack
 from llmlab.model import Model, presets
 
 
@@ -42,6 +43,39 @@ def read_bandwidth() -> float:
     """Bytes/s of reading a 1 GiB float32 tensor (torch.sum), the best of five (as bench_generate measures it)."""
     x = torch.ones(2 ** 28)
     return x.numel() * x.element_size() / (best_ms(x.sum, 5) / 1000)
+
+
+def native_kernel() -> bool:
+    """Whether llmlab's native kernel is built and loaded here (else the table leaves its column empty)."""
+    from llmlab.infer import native
+
+    return native.load("blocked_linear")
+
+
+def onednn_linears(linears, packed, inputs):
+    """A call of every layer through oneDNN's blocked copy (what PackedLinear runs without the native kernel)."""
+    return lambda: [torch.ops.mkldnn._linear_pointwise(inputs[m.in_features], p, m.bias, "none", [], "")
+                    for m, p in zip(linears, packed)]
+
+
+def native_linears(linears, blocks, inputs):
+    """A call of every layer through llmlab's native kernel over its blocked copy (what PackedLinear runs)."""
+    return lambda: [torch.ops.llmlab.blocked_linear(inputs[m.in_features], b, m.bias, m.out_features)
+                    for m, b in zip(linears, blocks)]
+
+
+def read_rates(kernels: dict, weight_bytes: int, rounds: int) -> dict[str, list[float]]:
+    """Per kernel, per round: its read rate of the weights (best of 5 calls) over torch.sum's bandwidth read right
+    before and right after it (the higher), the kernels alternating, since a shared host's bandwidth varies."""
+    fractions = {name: [] for name in kernels}
+    for round_ in range(rounds):
+        before = read_bandwidth()
+        for name in (list(kernels) if round_ % 2 == 0 else list(kernels)[::-1]):
+            rate = weight_bytes / (best_ms(kernels[name], 5) / 1000)
+            after = read_bandwidth()
+            fractions[name].append(rate / max(before, after))
+            before = after
+    return fractions
 
 
 def resident_mib() -> float:
@@ -96,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rows", default="1,4,16,256")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds of the one-row read rates")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     torch.manual_seed(0)
@@ -105,8 +140,11 @@ def main() -> None:
     print(f"GPT-2 124M, {len(linears)} linear layers ({weight_mib:.0f} MiB of weights), {arguments.threads} threads")
     before = resident_mib()
     packed = [torch.ops.mkldnn._reorder_linear_weight(module.weight.detach()) for module in linears]
-    print(f"the packed copies add {resident_mib() - before:.0f} MiB of resident memory")
-    print("| rows | F.linear (ms) | MKL packed (ms) | oneDNN blocked (ms) | speed-up | oneDNN read rate |")
+    print(f"the oneDNN copies add {resident_mib() - before:.0f} MiB of resident memory")
+    native = native_kernel()
+    ours = [blocked(module.weight) for module in linears] if native else None
+    print(f"| rows | F.linear (ms) | MKL packed (ms) | oneDNN blocked (ms) | llmlab native (ms) | "
+          f"speed-up, {'native' if native else 'oneDNN'} over F.linear |")
     print("|---:|---:|---:|---:|---:|---:|")
     for rows in map(int, arguments.rows.split(",")):
         inputs = {width: torch.randn(rows, width) for width in {m.in_features for m in linears}}
@@ -117,17 +155,22 @@ def main() -> None:
             plain = best_ms(lambda: [F.linear(inputs[m.in_features], m.weight, m.bias) for m in linears], calls)
             mkl_ms = best_ms(lambda: [torch.ops.mkl._mkl_linear(inputs[m.in_features], w, m.weight, m.bias, rows)
                                       for m, w in zip(linears, mkl)], calls)
-            blocked = best_ms(lambda: [torch.ops.mkldnn._linear_pointwise(inputs[m.in_features], p, m.bias, "none",
-                                                                          [], "") for m, p in zip(linears, packed)],
-                              calls)
             del mkl
-        rate = "–"
-        if rows == 1:  # against the machine's read bandwidth measured right after
-            read = weight_mib * 2 ** 20 / blocked * 1000
-            bound = read_bandwidth()
-            rate = f"{read / 1e9:.0f} GB/s ({read / bound:.0%} of torch.sum's {bound / 1e9:.0f} GB/s)"
-        print(f"| {rows} | {plain:.1f} | {mkl_ms:.1f} | {blocked:.1f} | {plain / blocked:.2f}× | {rate} |")
-    del packed
+            onednn = best_ms(onednn_linears(linears, packed, inputs), calls)
+            ours_ms = best_ms(native_linears(linears, ours, inputs), calls) if native else float("nan")
+        best = ours_ms if native else onednn
+        print(f"| {rows} | {plain:.1f} | {mkl_ms:.1f} | {onednn:.1f} | {ours_ms:.1f} | {plain / best:.2f}× |")
+    with torch.no_grad():
+        one_row = {width: torch.randn(1, width) for width in {m.in_features for m in linears}}
+        kernels = {"oneDNN": onednn_linears(linears, packed, one_row)}
+        if native:
+            kernels["llmlab native"] = native_linears(linears, ours, one_row)
+        rates = read_rates(kernels, weight_mib * 2 ** 20, arguments.rounds)
+    for name, fractions in rates.items():
+        print(f"one row, {name}: {statistics.median(fractions):.0%} of torch.sum's bandwidth (median of "
+              f"{len(fractions)} rounds, each against the bandwidth read right before and after it; "
+              f"{min(fractions):.0%}–{max(fractions):.0%})")
+    del packed, ours
     print(f"a one-row decode step outside the linears (GPT-2's 12 layers at width 64, prepacked, through generate's "
           f"steps): {outside_linears_ms():.2f} ms")
     as_loaded = decode_step_ms(model)

@@ -70,7 +70,7 @@ class PackedLinear(nn.Linear):
         if (input.dtype != weight.dtype or input.device.type != "cpu"
                 or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))):
             return F.linear(input, weight, bias)
-        packed = self.packed_weight()
+        packed = self.__dict__["_packed"].tensor if torch.compiler.is_compiling() else self.packed_weight()
         if packed.is_mkldnn:
             return torch.ops.mkldnn._linear_pointwise(input, packed, bias, "none", [], "")
         return torch.ops.llmlab.blocked_linear(input, packed, bias, self.out_features)

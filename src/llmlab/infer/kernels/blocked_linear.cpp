@@ -18,7 +18,7 @@ typedef float Vec __attribute__((vector_size(kBlock * sizeof(float))));
 typedef float UnalignedVec __attribute__((vector_size(kBlock * sizeof(float)), aligned(alignof(float))));
 
 #if defined(__AVX512F__)
-constexpr int kTileRows = 6, kTileBlocks = 4;  // 24 accumulators in 32 vector registers
+constexpr int kTileRows = 8, kTileBlocks = 3;  // 24 accumulators in 32 vector registers
 #else
 constexpr int kTileRows = 2, kTileBlocks = 2;  // a Vec spans two or four registers here
 #endif
