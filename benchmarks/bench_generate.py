@@ -18,6 +18,7 @@ torch.cuda.max_memory_allocated less the allocation before.
     python benchmarks/bench_generate.py --quick         # GPT-2 124M, 16 new tokens, one round
     python benchmarks/bench_generate.py --impls static,packed,hf   # with llmlab's weights prepacked (CPU)
     python benchmarks/bench_generate.py --impls packed,packed-ragged,hf   # the ragged cache: no padding stored
+    python benchmarks/bench_generate.py --impls packed-ragged,onednn-ragged,hf --batches 1   # native kernel vs oneDNN
     python benchmarks/bench_generate.py --device cuda --impls static,compiled,hf
 """
 
@@ -47,10 +48,11 @@ MODELS = {
 IMPLS = {  # name → llmlab's options (None: transformers)
     "dynamic": dict(cache="dynamic"), "static": dict(cache="static"), "ragged": dict(cache="ragged"),
     "compiled": dict(cache="static", compile=True), "hf": None,
-    # on a second copy of the model, its linear weights prepacked for oneDNN
-    "packed": dict(cache="static"), "packed-ragged": dict(cache="ragged"),
+    # on another copy of the model, its linear weights prepacked (llmlab.infer.prepack): for the native kernel where
+    # it builds (what llmlab generate does on the CPU), or for oneDNN
+    "packed": dict(cache="static"), "packed-ragged": dict(cache="ragged"), "onednn-ragged": dict(cache="ragged"),
 }
-PREPACKED = {"packed", "packed-ragged"}
+PREPACKED = {"packed": "auto", "packed-ragged": "auto", "onednn-ragged": "onednn"}  # impl → prepack's kernel
 
 
 def prompts(batch: int, generator: torch.Generator, vocab: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -63,22 +65,23 @@ def prompts(batch: int, generator: torch.Generator, vocab: int) -> tuple[torch.T
 
 
 def load_models(directory: Path, device: str, impls: list[str]) -> dict:
-    """impl → the model it runs, from the checkpoint directory: llmlab's as loaded, llmlab's prepacked (a second
-    copy), transformers'; each loaded only if some impl needs it."""
+    """impl → the model it runs, from the checkpoint directory: llmlab's as loaded, llmlab's prepacked (a copy per
+    kernel), transformers'; each loaded only if some impl needs it."""
     import llmlab
     from llmlab.infer.prepack import prepack
     from transformers import AutoModelForCausalLM
 
-    models, ours, packed = {}, None, None
+    models, ours, packed = {}, None, {}
     for impl in impls:
         if IMPLS[impl] is None:
             models[impl] = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
             models[impl].generation_config.eos_token_id = None  # the same 128 tokens on both sides
         elif impl in PREPACKED:
-            if packed is None:
-                packed = llmlab.load(directory, device=device).eval()
-                prepack(packed)
-            models[impl] = packed
+            kernel = PREPACKED[impl]
+            if kernel not in packed:
+                packed[kernel] = llmlab.load(directory, device=device).eval()
+                prepack(packed[kernel], kernel=kernel)
+            models[impl] = packed[kernel]
         else:
             ours = ours or llmlab.load(directory, device=device).eval()
             models[impl] = ours

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from llmlab.errors import ConfigError
+from llmlab.infer import native
 from llmlab.infer.config import GenerationConfig
 from llmlab.infer.engine import Engine
 from llmlab.infer.generate import generate
@@ -118,3 +120,29 @@ def test_only_float_cpu_layers_are_packed():
     with torch.no_grad():
         x = torch.randn(2, 4, dtype=torch.bfloat16)
         torch.testing.assert_close(layers[2](x), nn.functional.linear(x, layers[2].weight, layers[2].bias))
+
+
+def test_either_kernel_can_be_chosen_and_gives_f_linears_result_and_a_copy_keeps_it():
+    torch.manual_seed(0)
+    x = torch.randn(3, 24)
+    for kernel in ("onednn", "native", "auto"):
+        if kernel == "native" and not native.load("blocked_linear"):
+            continue
+        layer = nn.Linear(24, 40)
+        expected = nn.functional.linear(x, layer.weight, layer.bias)
+        assert prepack(layer, kernel=kernel) == 1
+        is_onednn = kernel == "onednn" or not native.load("blocked_linear")
+        assert layer.packed_weight().is_mkldnn == is_onednn
+        assert copy.deepcopy(layer).packed_weight().is_mkldnn == is_onednn
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="prepack's kernel must be one of auto, native, onednn, not 'fast'"):
+        prepack(nn.Linear(2, 2), kernel="fast")
+
+
+def test_a_prepacked_model_traces_whole_into_the_compiled_decode_step():
+    model = tiny_model("llama")
+    config = GenerationConfig(max_new_tokens=5, ignore_eos=True)
+    expected = generate(model, PROMPTS, config).tokens
+    prepack(model)
+    assert generate(model, PROMPTS, config, cache="static", compile="eager").tokens == expected  # fullgraph=True

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.errors import ConfigError
 from llmlab.infer import native
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -43,21 +44,24 @@ def uses_native_kernel(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and native.load("blocked_linear")
 
 
+KERNELS = ("auto", "native", "onednn")  # auto: native for float32 where it builds, else oneDNN
+
+
 class _Packed:
-    """A PackedLinear's packed copy and the weight's (data pointer, version) it was packed from. A copy or a pickle
-    of the module gets an empty one, packed again on first use (a oneDNN tensor has no storage that copy.deepcopy or
-    torch.save could read)."""
+    """A PackedLinear's packed copy, the weight's (data pointer, version) it was packed from, and whether it is for
+    the native kernel. A copy or a pickle of the module gets an empty one for the same kernel, packed again on first
+    use (a oneDNN tensor has no storage that copy.deepcopy or torch.save could read)."""
 
-    __slots__ = ("key", "tensor")
+    __slots__ = ("key", "tensor", "native")
 
-    def __init__(self):
-        self.key, self.tensor = None, None
+    def __init__(self, native: bool = False):
+        self.key, self.tensor, self.native = None, None, native
 
     def __deepcopy__(self, memo) -> "_Packed":
-        return _Packed()
+        return _Packed(self.native)
 
     def __reduce__(self):
-        return _Packed, ()
+        return _Packed, (self.native,)
 
 
 class PackedLinear(nn.Linear):
@@ -82,24 +86,37 @@ class PackedLinear(nn.Linear):
         key = (weight.data_ptr(), weight._version)
         packed = self.__dict__.get("_packed")
         if packed is None:
-            packed = self.__dict__["_packed"] = _Packed()
+            packed = self.__dict__["_packed"] = _Packed(uses_native_kernel(weight.dtype))
         if packed.key != key:
             packed.key = key
-            packed.tensor = (blocked(weight) if uses_native_kernel(weight.dtype)
+            packed.tensor = (blocked(weight) if packed.native
                              else torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
         return packed.tensor
 
 
-def prepack(model: nn.Module) -> int:
+def prepack(model: nn.Module, kernel: str = "auto") -> int:
     """Make every plain nn.Linear of model whose weight is float32 or bfloat16 on the CPU a PackedLinear, in place,
-    and pack its weight; returns how many (none of a dtype that neither the native kernel nor oneDNN can take)."""
+    and pack its weight for kernel ("auto": the native kernel for float32 where it builds, else oneDNN; "onednn";
+    "native", float32 only); returns how many layers (none that the chosen kernel cannot take)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"prepack's kernel must be one of {', '.join(KERNELS)}, not {kernel!r}.")
+    if kernel == "native" and not native.load("blocked_linear"):
+        raise ConfigError(f"llmlab's native kernel is not available here: "
+                          f"{native.unavailable_reason('blocked_linear')}.")
     count = 0
     for module in model.modules():
-        if (type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in PACKABLE_DTYPES
-                and (uses_native_kernel(module.weight.dtype) or torch.backends.mkldnn.is_available())):
-            module.__class__ = PackedLinear
-            module.packed_weight()
-            count += 1
+        if type(module) is not nn.Linear or module.weight.device.type != "cpu":
+            continue
+        dtype = module.weight.dtype
+        use_native = uses_native_kernel(dtype) if kernel == "auto" else kernel == "native"
+        if use_native and dtype != torch.float32 or dtype not in PACKABLE_DTYPES:
+            continue
+        if not use_native and not torch.backends.mkldnn.is_available():
+            continue
+        module.__class__ = PackedLinear
+        module.__dict__["_packed"] = _Packed(use_native)
+        module.packed_weight()
+        count += 1
     return count
 
 
