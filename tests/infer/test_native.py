@@ -112,9 +112,12 @@ def test_concurrent_first_uses_build_the_kernel_once_and_later_ones_reuse_it(tmp
     assert (tmp_path / "kernels" / builds[0]).stat().st_mtime_ns == stamp  # reused, not built again
 
 
-def test_without_a_compiler_the_kernel_is_refused_in_one_line_and_onednn_packs_instead(tmp_path):
+def test_without_a_working_compiler_the_kernel_is_refused_in_one_line_and_onednn_packs_instead(tmp_path):
     done = _in_a_new_process(LOAD, tmp_path, CXX="no-such-compiler")
     assert done.stdout.startswith("False True no C++ compiler (no-such-compiler) to build llmlab's blocked_linear")
     assert not list(tmp_path.glob("kernels/*.so"))
+    done = _in_a_new_process(LOAD, tmp_path, CXX="false")  # a compiler that fails
+    assert done.stdout.startswith("False True false could not build llmlab's blocked_linear kernel: no message")
+    assert [path.name for path in (tmp_path / "kernels").iterdir()] == ["blocked_linear.lock"]  # no partial build
     done = _in_a_new_process(LOAD, tmp_path, LLMLAB_NATIVE="0")
     assert done.stdout.startswith("False True llmlab's native kernels are turned off (LLMLAB_NATIVE=0)")

@@ -12,7 +12,6 @@ LLMLAB_NATIVE=0, ``load`` returns False with the reason in ``unavailable_reason`
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import platform
@@ -65,6 +64,7 @@ def _build(name: str) -> Path:
         raise RuntimeError("llmlab's native kernels are turned off (LLMLAB_NATIVE=0)")
     if sys.platform != "linux":
         raise RuntimeError(f"llmlab builds its native kernels on Linux only, not on {sys.platform}")
+    import fcntl
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler ({compiler}) to build llmlab's {name} kernel")
@@ -80,13 +80,16 @@ def _build(name: str) -> Path:
     with open(directory / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it: wait, then take its build
         if not built.exists():
+            if sys.stderr.isatty():  # a first use waits about ten seconds here
+                print(f"llmlab: building its {name} kernel for this CPU (once)...", file=sys.stderr, flush=True)
             descriptor, temporary = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=directory)
             os.close(descriptor)
             try:
                 done = subprocess.run([*command, "-o", temporary], capture_output=True, text=True, timeout=600)
                 if done.returncode != 0:
-                    raise RuntimeError(f"{compiler} could not build llmlab's {name} kernel: "
-                                       f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+                    lines = done.stderr.strip().splitlines() or ["no message"]
+                    first_error = next((line for line in lines if "error" in line), lines[-1])
+                    raise RuntimeError(f"{compiler} could not build llmlab's {name} kernel: {first_error}")
                 os.replace(temporary, built)
             finally:
                 if os.path.exists(temporary):
@@ -96,11 +99,10 @@ def _build(name: str) -> Path:
 
 def _torch_flags() -> list[str]:
     """Include and link flags for the torch in this process (its headers, c10 and torch_cpu, its C++ ABI)."""
-    from torch.utils.cpp_extension import include_paths, library_paths
-
+    root = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return ([f"-I{path}" for path in include_paths()] + [f"-L{path}" for path in library_paths()]
-            + ["-lc10", "-ltorch_cpu", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"])
+    return [f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+            f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
 
 
 def _compiler_version(compiler: str) -> str:

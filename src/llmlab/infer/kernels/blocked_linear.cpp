@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <vector>
 #include <cstring>
 
 namespace {
@@ -25,76 +27,76 @@ constexpr int kTileRows = 2, kTileBlocks = 2;  // a Vec spans two or four regist
 
 inline Vec load(const float *p) { return *reinterpret_cast<const UnalignedVec *>(p); }
 
-// out[r, 16c : 16c + 16] = bias + sum_k x[r, k] * blocks[c][k, :] for R rows and C blocks. The accumulators stay in
-// registers over chunks of kChunk terms, whose sums are then added up: float32 rounding grows with the chunk and the
-// number of chunks, not with the whole inner dimension.
+// Sums run in chunks of kChunk terms, each in registers, then added to a running total: float32 rounding grows with
+// the chunk and the number of chunks, not with the whole inner dimension.
 constexpr int64_t kChunk = 128;
 
+using Totals = std::array<Vec, kTileBlocks>;  // one row's running sums over a group of blocks
+
+// totals[r][c] += sum over k in [start, stop) of x[r, k] * blocks[c][k, :], for R rows and C blocks, every
+// accumulator in a register.
 template <int R, int C>
-void tile(const float *x, int64_t x_stride, const float *blocks, int64_t block_stride, int64_t in, const float *bias,
-          float *out, int64_t out_stride, int64_t out_features) {
-    Vec total[R][C] = {};
-    if constexpr (R == 1) {
-        // One row: a block at a time, in one stream through memory, over four accumulators (k mod 4) so that the
-        // additions' latency is hidden.
-        for (int c = 0; c < C; c++) {
-            const float *w = blocks + c * block_stride;
-            for (int64_t start = 0; start < in; start += kChunk) {
-                const int64_t stop = std::min(in, start + kChunk);
-                Vec acc[4] = {};
-                int64_t k = start;
-                for (; k + 4 <= stop; k += 4)
-                    for (int u = 0; u < 4; u++) acc[u] += load(w + (k + u) * kBlock) * x[k + u];
-                for (; k < stop; k++) acc[0] += load(w + k * kBlock) * x[k];
-                total[0][c] += (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            }
-        }
-    } else {
-        for (int64_t start = 0; start < in; start += kChunk) {
-            const int64_t stop = std::min(in, start + kChunk);
-            Vec acc[R][C] = {};
-            for (int64_t k = start; k < stop; k++) {
-                Vec w[C];
-                for (int c = 0; c < C; c++) w[c] = load(blocks + c * block_stride + k * kBlock);
-                for (int r = 0; r < R; r++) {
-                    const float xk = x[r * x_stride + k];
-                    for (int c = 0; c < C; c++) acc[r][c] += w[c] * xk;
-                }
-            }
-            for (int r = 0; r < R; r++)
-                for (int c = 0; c < C; c++) total[r][c] += acc[r][c];
+void accumulate(const float *x, int64_t x_stride, const float *blocks, int64_t block_stride, int64_t start,
+                int64_t stop, Totals *totals) {
+    Vec acc[R][C] = {};
+    for (int64_t k = start; k < stop; k++) {
+        Vec w[C];
+        for (int c = 0; c < C; c++) w[c] = load(blocks + c * block_stride + k * kBlock);
+        for (int r = 0; r < R; r++) {
+            const float xk = x[r * x_stride + k];
+            for (int c = 0; c < C; c++) acc[r][c] += w[c] * xk;
         }
     }
-    for (int c = 0; c < C; c++) {
-        const int64_t n = std::min(kBlock, out_features - c * kBlock);  // the last block may be partly padding
-        if (n <= 0) break;
-        for (int r = 0; r < R; r++) {
-            Vec v = total[r][c];
-            if (bias) {
-                float b[kBlock] = {};
-                std::memcpy(b, bias + c * kBlock, n * sizeof(float));
-                v += load(b);
-            }
-            std::memcpy(out + r * out_stride + c * kBlock, &v, n * sizeof(float));
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) totals[r][c] += acc[r][c];
+}
+
+// The same for one row over all of it: a block at a time, in one stream through memory, over four accumulators
+// (k mod 4) so that the additions' latency is hidden.
+void accumulate_row(const float *x, const float *blocks, int64_t block_stride, int64_t in, int64_t n,
+                    Totals &totals) {
+    for (int64_t c = 0; c < n; c++) {
+        const float *w = blocks + c * block_stride;
+        for (int64_t start = 0; start < in; start += kChunk) {
+            const int64_t stop = std::min(in, start + kChunk);
+            Vec acc[4] = {};
+            int64_t k = start;
+            for (; k + 4 <= stop; k += 4)
+                for (int u = 0; u < 4; u++) acc[u] += load(w + (k + u) * kBlock) * x[k + u];
+            for (; k < stop; k++) acc[0] += load(w + k * kBlock) * x[k];
+            totals[c] += (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
     }
 }
 
-using TileFn = void (*)(const float *, int64_t, const float *, int64_t, int64_t, const float *, float *, int64_t,
-                        int64_t);
+// out[r, 16c : 16c + 16] = totals[r][c] + bias for r rows and n blocks, the last block possibly cut at out_features.
+void store(const Totals *totals, int64_t r, int64_t n, const float *bias, float *out, int64_t out_stride,
+           int64_t out_features) {
+    for (int64_t c = 0; c < n; c++) {
+        const int64_t width = std::min(kBlock, out_features - c * kBlock);
+        Vec b = {};
+        if (bias) std::memcpy(&b, bias + c * kBlock, width * sizeof(float));
+        for (int64_t row = 0; row < r; row++) {
+            const Vec v = totals[row][c] + b;
+            std::memcpy(out + row * out_stride + c * kBlock, &v, width * sizeof(float));
+        }
+    }
+}
+
+using AccumulateFn = void (*)(const float *, int64_t, const float *, int64_t, int64_t, int64_t, Totals *);
 
 template <int R, int... C>
-constexpr void fill_row(TileFn (&table)[kTileRows][kTileBlocks], std::integer_sequence<int, C...>) {
-    ((table[R][C] = &tile<R + 1, C + 1>), ...);
+constexpr void fill_row(AccumulateFn (&table)[kTileRows][kTileBlocks], std::integer_sequence<int, C...>) {
+    ((table[R][C] = &accumulate<R + 1, C + 1>), ...);
 }
 
 template <int... R>
-constexpr void fill(TileFn (&table)[kTileRows][kTileBlocks], std::integer_sequence<int, R...>) {
+constexpr void fill(AccumulateFn (&table)[kTileRows][kTileBlocks], std::integer_sequence<int, R...>) {
     (fill_row<R>(table, std::make_integer_sequence<int, kTileBlocks>{}), ...);
 }
 
-struct Tiles {
-    TileFn table[kTileRows][kTileBlocks];
+struct Tiles {  // accumulate<r, c> for every tile of r rows and c blocks
+    AccumulateFn table[kTileRows][kTileBlocks];
     Tiles() { fill(table, std::make_integer_sequence<int, kTileRows>{}); }
 };
 const Tiles tiles;
@@ -129,17 +131,32 @@ at::Tensor blocked_linear(const at::Tensor &input, const at::Tensor &blocked, co
     const int64_t bytes_per_item = in * kBlock * kTileBlocks * sizeof(float) * tiles_per_span;
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / bytes_per_item);  // parallel only above ~256 KiB
     at::parallel_for(0, groups * spans, grain, [&](int64_t begin, int64_t end) {
+        std::vector<Totals> totals(tiles_per_span * kTileRows);
         for (int64_t item = begin; item < end; item++) {
             const int64_t group = item / spans, span = item % spans;
             const int64_t block = group * kTileBlocks, n = std::min<int64_t>(kTileBlocks, n_blocks - block);
             const int64_t first = span * tiles_per_span * kTileRows;
             const int64_t last = std::min(rows, first + tiles_per_span * kTileRows);
-            for (int64_t row = first; row < last; row += kTileRows) {
-                const int64_t r = std::min<int64_t>(kTileRows, last - row);
-                tiles.table[r - 1][n - 1](px + row * in, in, pw + block * in * kBlock, in * kBlock, in,
-                                          pb ? pb + block * kBlock : nullptr, po + row * out_features + block * kBlock,
-                                          out_features, out_features - block * kBlock);
+            const float *blocks = pw + block * in * kBlock;
+            std::fill(totals.begin(), totals.end(), Totals{});
+            if (rows == 1) {
+                accumulate_row(px, blocks, in * kBlock, in, n, totals[0]);
+            } else {
+                // a chunk of the inner dimension for every row tile before the next, so that the group's blocks
+                // are read from memory once and from the nearest cache for the other row tiles
+                for (int64_t start = 0; start < in; start += kChunk) {
+                    const int64_t stop = std::min(in, start + kChunk);
+                    for (int64_t row = first; row < last; row += kTileRows) {
+                        const int64_t r = std::min<int64_t>(kTileRows, last - row);
+                        tiles.table[r - 1][n - 1](px + row * in, in, blocks, in * kBlock, start, stop,
+                                                  &totals[row - first]);
+                    }
+                }
             }
+            for (int64_t row = first; row < last; row += kTileRows)
+                store(&totals[row - first], std::min<int64_t>(kTileRows, last - row), n,
+                      pb ? pb + block * kBlock : nullptr, po + row * out_features + block * kBlock, out_features,
+                      out_features - block * kBlock);
         }
     });
     return out;
