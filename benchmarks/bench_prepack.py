@@ -4,7 +4,8 @@ head at 1–256 rows, and a 16-row decode step of the serving engine, as loaded 
 Linears: every matrix of the model in a row on random inputs of the given rows, the best of several calls, through
 F.linear, through MKL's packed GEMM, through oneDNN's blocked copy and through llmlab's native kernel (what PackedLinear
 calls for float32, oneDNN where the kernel cannot be built); at one row, each kernel's read rate of the weights against
-torch.sum's bandwidth read right before and after it, over alternating rounds. Engine: 16 requests of 16–256 prompt tokens prefilled,
+torch.sum's bandwidth read right before and after it, over alternating rounds; then greedy generation (batch 1 and
+8) on a copy prepacked for each kernel, alternating. Engine: 16 requests of 16–256 prompt tokens prefilled,
 then the median of 10 one-token steps of all 16 rows (random-weight GPT-2 124M). Also the resident memory the
 prepacked copies add, and a one-row decode step's time outside the linears (the same 12 layers at width 64).
 
@@ -76,6 +77,32 @@ def read_rates(kernels: dict, weight_bytes: int, rounds: int) -> dict[str, list[
             fractions[name].append(rate / max(before, after))
             before = after
     return fractions
+
+
+def generate_speedup(model, rows: int, rounds: int, new_tokens: int = 48) -> list[float]:
+    """Per round, the time of a greedy generate_ids call (rows 32-token prompts) on a copy prepacked for oneDNN over
+    the same call on one prepacked for the native kernel, the two alternating who goes first."""
+    import copy
+
+    from llmlab.infer.generate import generate_ids
+
+    native_copy, onednn_copy = copy.deepcopy(model), copy.deepcopy(model)
+    prepack(native_copy, kernel="native")
+    prepack(onednn_copy, kernel="onednn")
+    ids = torch.randint(3, model.config.vocab_size, (rows, 32), generator=torch.Generator().manual_seed(rows))
+    copies = {"native": native_copy, "onednn": onednn_copy}
+    ratios = []
+    with torch.no_grad():
+        for candidate in copies.values():
+            generate_ids(candidate, ids, max_new_tokens=4, do_sample=False)
+        for round_ in range(rounds):
+            seconds = {}
+            for name in (list(copies) if round_ % 2 == 0 else list(copies)[::-1]):
+                started = time.perf_counter()
+                generate_ids(copies[name], ids, max_new_tokens=new_tokens, do_sample=False)
+                seconds[name] = time.perf_counter() - started
+            ratios.append(seconds["onednn"] / seconds["native"])
+    return ratios
 
 
 def resident_mib() -> float:
@@ -171,6 +198,12 @@ def main() -> None:
               f"{len(fractions)} rounds, each against the bandwidth read right before and after it; "
               f"{min(fractions):.0%}–{max(fractions):.0%})")
     del packed, ours
+    if native:
+        for rows in (1, 8):
+            ratios = generate_speedup(model, rows, arguments.rounds)
+            print(f"generate_ids, {rows} × 32-token prompt{'s' if rows > 1 else ''}, 48 new tokens: the native kernel "
+                  f"{statistics.median(ratios):.2f}× oneDNN's speed (median of {len(ratios)} alternating rounds; "
+                  f"{min(ratios):.2f}–{max(ratios):.2f})")
     print(f"a one-row decode step outside the linears (GPT-2's 12 layers at width 64, prepacked, through generate's "
           f"steps): {outside_linears_ms():.2f} ms")
     as_loaded = decode_step_ms(model)
