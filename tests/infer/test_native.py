@@ -95,8 +95,8 @@ def _in_a_new_process(code: str, cache: Path, **environment) -> subprocess.Compl
 
 
 LOAD = ("from llmlab.infer import native; import torch; from llmlab.infer.prepack import prepack; "
-        "layer = torch.nn.Linear(8, 8); prepack(layer); "
-        "print(native.load('blocked_linear'), layer.packed_weight().is_mkldnn, native.unavailable_reason('blocked_linear'))")
+        "layer = torch.nn.Linear(8, 8); prepack(layer); print(native.load('blocked_linear'), "
+        "layer.packed_weight().is_mkldnn, native.unavailable_reason('blocked_linear'))")
 
 
 @needs_kernel

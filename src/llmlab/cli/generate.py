@@ -10,8 +10,8 @@ import sys
 
 DEFAULT_MAX_NEW_TOKENS = 256
 SAMPLING_ONLY = ("top_p", "top_k", "min_p")
-NO_PREPACK_HELP = ("on the CPU, keep the linear weights as they are rather than packing a copy of them for oneDNN "
-                   "(which decodes faster and takes twice the memory for them)")
+NO_PREPACK_HELP = ("on the CPU, keep the linear weights as they are rather than packing a copy of them for a faster "
+                   "kernel (llmlab's own, else oneDNN's; it decodes faster and takes twice the memory for them)")
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, samples: bool = True) -> None:

@@ -34,7 +34,9 @@ _lock = threading.Lock()
 
 def cache_dir() -> Path:
     """Where built kernels are kept: $LLMLAB_CACHE_DIR/kernels, else ~/.cache/llmlab/kernels."""
-    root = os.environ.get("LLMLAB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmlab"
+    root = os.environ.get("LLMLAB_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmlab"
     return Path(root) / "kernels"
 
 

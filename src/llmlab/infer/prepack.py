@@ -8,9 +8,10 @@ step, ``load_state_dict``); with a gradient it is ``F.linear`` as before. The co
 weights themselves; ``unpack(model)`` frees them.
 
 - float32: llmlab's own kernel (kernels/blocked_linear.cpp, built for the machine on first use by llmlab.infer.native)
-  over the weight in blocks of 16 output features, which it streams once, in order, at any number of rows. At one row
-  it reads GPT-2 124M's linears at torch.sum's bandwidth, where oneDNN reaches about 80% of it and F.linear a third;
-  at 16–256 rows it is within 10% of oneDNN (benchmarks/bench_prepack.py, docs/benchmarks.md).
+  over the weight in blocks of 16 output features, which it streams from memory once, in order, at any number of
+  rows. At one row it reads GPT-2 124M's linears at about 89% of torch.sum's bandwidth, where oneDNN reaches 72% and
+  F.linear a third, and greedy decoding runs 1.2× faster than through oneDNN; at 16–256 rows it is 0.85–1.14×
+  oneDNN (benchmarks/bench_prepack.py, docs/benchmarks.md).
 - bfloat16, and float32 where that kernel cannot be built (no C++ compiler; LLMLAB_NATIVE=0): oneDNN's inner product
   over a copy reordered into its own blocked layout, 1.6–2.9× faster than F.linear at 1–256 rows.
 

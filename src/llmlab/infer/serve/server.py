@@ -32,7 +32,7 @@ def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
           kv_cache_tokens: int | None = None, max_waiting: int | None = None, prepack_weights: bool = True,
           log_level: str = "info") -> None:
     """Serve the checkpoint at model_path with OpenAI's API until SIGTERM or Ctrl-C (the key defaults to
-    $LLMLAB_API_KEY); on the CPU, prepack_weights packs the linear weights for oneDNN (llmlab.infer.prepack)."""
+    $LLMLAB_API_KEY); on the CPU, prepack_weights packs the linear weights for faster kernels (llmlab.infer.prepack)."""
     import uvicorn
 
     import llmlab
