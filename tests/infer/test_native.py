@@ -121,3 +121,16 @@ def test_without_a_working_compiler_the_kernel_is_refused_in_one_line_and_onednn
     assert [path.name for path in (tmp_path / "kernels").iterdir()] == ["blocked_linear.lock"]  # no partial build
     done = _in_a_new_process(LOAD, tmp_path, LLMLAB_NATIVE="0")
     assert done.stdout.startswith("False True llmlab's native kernels are turned off (LLMLAB_NATIVE=0)")
+
+
+@needs_kernel
+def test_a_layer_saved_with_the_native_kernel_loads_on_onednn_where_the_kernel_is_off(tmp_path):
+    layer = torch.nn.Linear(24, 40)
+    prepack(layer, kernel="native")
+    torch.save(layer, tmp_path / "layer.pt")
+    code = ("import torch; from llmlab.infer.prepack import PackedLinear; torch.set_grad_enabled(False); "
+            f"layer = torch.load({str(tmp_path / 'layer.pt')!r}, weights_only=False); x = torch.randn(3, 24); "
+            "torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)); "
+            "print(type(layer).__name__, layer.packed_weight().is_mkldnn)")
+    done = _in_a_new_process(code, tmp_path, LLMLAB_NATIVE="0")
+    assert done.stdout.split() == ["PackedLinear", "True"], done.stderr

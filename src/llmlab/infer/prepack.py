@@ -75,6 +75,7 @@ class PackedLinear(nn.Linear):
         if (input.dtype != weight.dtype or input.device.type != "cpu"
                 or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))):
             return F.linear(input, weight, bias)
+        # a compiled step cannot read data pointers; the eager prefill before it has packed the weight
         packed = self.__dict__["_packed"].tensor if torch.compiler.is_compiling() else self.packed_weight()
         if packed.is_mkldnn:
             return torch.ops.mkldnn._linear_pointwise(input, packed, bias, "none", [], "")
@@ -89,6 +90,8 @@ class PackedLinear(nn.Linear):
         if packed is None:
             packed = self.__dict__["_packed"] = _Packed(uses_native_kernel(weight.dtype))
         if packed.key != key:
+            if packed.native and not native.load("blocked_linear"):  # e.g. unpickled where it cannot be built
+                packed.native = False
             packed.key = key
             packed.tensor = (blocked(weight) if packed.native
                              else torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
