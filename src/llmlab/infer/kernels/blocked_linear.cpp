@@ -52,8 +52,8 @@ void accumulate(const float *x, int64_t x_stride, const float *blocks, int64_t b
         for (int c = 0; c < C; c++) totals[r][c] += acc[r][c];
 }
 
-// The same for one row over all of it: a block at a time, in one stream through memory, over four accumulators
-// (k mod 4) so that the additions' latency is hidden.
+// The same for one row, n blocks and the whole inner dimension: a block at a time, in one stream through memory, over
+// four accumulators (k mod 4) so that the additions' latency is hidden.
 void accumulate_row(const float *x, const float *blocks, int64_t block_stride, int64_t in, int64_t n,
                     Totals &totals) {
     for (int64_t c = 0; c < n; c++) {
