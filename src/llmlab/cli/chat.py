@@ -41,10 +41,9 @@ def print_reply(pieces) -> None:
 
 def run_chat(arguments: argparse.Namespace) -> None:
     """Load MODEL and answer each line read from the terminal until /exit, Ctrl-D or Ctrl-C at the prompt."""
-    from llmlab.infer.chat import ChatSession, read_chat_template, require_tokenizer
+    from llmlab.infer.chat import ChatSession, read_chat_template
 
-    model = load_for_generation(arguments)
-    tokenizer = require_tokenizer(model, arguments.model)
+    model, tokenizer = load_for_generation(arguments)
     template = None if arguments.no_chat_template else read_chat_template(arguments.model)
     session = ChatSession(model, template, tokenizer=tokenizer, **generation_changes(arguments))
     note_unused_sampling_options(arguments, session.config)

@@ -39,14 +39,19 @@ def add_generation_arguments(parser: argparse.ArgumentParser, samples: bool = Tr
 
 
 def load_for_generation(arguments: argparse.Namespace):
-    """MODEL loaded, with its linear weights prepacked for the CPU unless --no-prepack."""
+    """MODEL loaded and its tokenizer; the tokenizer and the options are checked before the linear weights are
+    prepacked for the CPU (unless --no-prepack), which may first build llmlab's native kernel."""
     import llmlab
+    from llmlab.infer.chat import require_tokenizer
+    from llmlab.infer.generate import resolve_config
     from llmlab.infer.prepack import prepack
 
     model = llmlab.load(arguments.model)
+    tokenizer = require_tokenizer(model, arguments.model)
+    resolve_config(model, None, generation_changes(arguments))  # a bad option value: ConfigError
     if not arguments.no_prepack:
         prepack(model)
-    return model
+    return model, tokenizer
 
 
 def generation_changes(arguments: argparse.Namespace) -> dict:
@@ -82,11 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(arguments: argparse.Namespace) -> None:
     """Load MODEL, generate for PROMPT and print each sample (streamed with --stream, under a header when --n > 1)."""
-    from llmlab.infer.chat import chat_prompt_ids, read_chat_template, require_tokenizer
+    from llmlab.infer.chat import chat_prompt_ids, read_chat_template
     from llmlab.infer.generate import generate, resolve_config, stream
 
-    model = load_for_generation(arguments)
-    tokenizer = require_tokenizer(model, arguments.model)
+    model, tokenizer = load_for_generation(arguments)
     config = resolve_config(model, None, generation_changes(arguments))  # a bad option value: ConfigError
     note_unused_sampling_options(arguments, config)
     template = None if arguments.no_chat_template else read_chat_template(arguments.model)
