@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmlab.cli.generate import (add_generation_arguments, generation_changes, load_for_generation,
-                                 note_unused_sampling_options)
+from llmlab.cli.generate import add_generation_arguments, load_for_generation, note_unused_sampling_options
 from llmlab.errors import LlmlabError
 
 COMMANDS = ("Commands: /reset clears the conversation, /exit leaves; Ctrl-C stops a reply, "
@@ -43,9 +42,9 @@ def run_chat(arguments: argparse.Namespace) -> None:
     """Load MODEL and answer each line read from the terminal until /exit, Ctrl-D or Ctrl-C at the prompt."""
     from llmlab.infer.chat import ChatSession, read_chat_template
 
-    model, tokenizer = load_for_generation(arguments)
+    model, tokenizer, config = load_for_generation(arguments)
     template = None if arguments.no_chat_template else read_chat_template(arguments.model)
-    session = ChatSession(model, template, tokenizer=tokenizer, **generation_changes(arguments))
+    session = ChatSession(model, template, config, tokenizer=tokenizer)
     note_unused_sampling_options(arguments, session.config)
     if sys.stdin.isatty():
         try:

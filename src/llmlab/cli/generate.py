@@ -39,8 +39,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser, samples: bool = Tr
 
 
 def load_for_generation(arguments: argparse.Namespace):
-    """MODEL loaded and its tokenizer; the tokenizer and the options are checked before the linear weights are
-    prepacked for the CPU (unless --no-prepack), which may first build llmlab's native kernel."""
+    """MODEL, its tokenizer and the GenerationConfig the options give; both are checked before the linear weights
+    are prepacked for the CPU (unless --no-prepack), which may first build llmlab's native kernel."""
     import llmlab
     from llmlab.infer.chat import require_tokenizer
     from llmlab.infer.generate import resolve_config
@@ -48,10 +48,10 @@ def load_for_generation(arguments: argparse.Namespace):
 
     model = llmlab.load(arguments.model)
     tokenizer = require_tokenizer(model, arguments.model)
-    resolve_config(model, None, generation_changes(arguments))  # a bad option value: ConfigError
+    config = resolve_config(model, None, generation_changes(arguments))  # a bad option value: ConfigError
     if not arguments.no_prepack:
         prepack(model)
-    return model, tokenizer
+    return model, tokenizer, config
 
 
 def generation_changes(arguments: argparse.Namespace) -> dict:
@@ -88,10 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(arguments: argparse.Namespace) -> None:
     """Load MODEL, generate for PROMPT and print each sample (streamed with --stream, under a header when --n > 1)."""
     from llmlab.infer.chat import chat_prompt_ids, read_chat_template
-    from llmlab.infer.generate import generate, resolve_config, stream
+    from llmlab.infer.generate import generate, stream
 
-    model, tokenizer = load_for_generation(arguments)
-    config = resolve_config(model, None, generation_changes(arguments))  # a bad option value: ConfigError
+    model, tokenizer, config = load_for_generation(arguments)
     note_unused_sampling_options(arguments, config)
     template = None if arguments.no_chat_template else read_chat_template(arguments.model)
     prompt = (arguments.prompt if template is None

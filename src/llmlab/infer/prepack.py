@@ -109,19 +109,24 @@ def prepack(model: nn.Module, kernel: str = "auto") -> int:
                           f"{native.unavailable_reason('blocked_linear')}.")
     count = 0
     for module in model.modules():
-        if type(module) is not nn.Linear or module.weight.device.type != "cpu":
-            continue
-        dtype = module.weight.dtype
-        use_native = uses_native_kernel(dtype) if kernel == "auto" else kernel == "native"
-        if use_native and dtype != torch.float32 or dtype not in PACKABLE_DTYPES:
-            continue
-        if not use_native and not torch.backends.mkldnn.is_available():
-            continue
-        module.__class__ = PackedLinear
-        module.__dict__["_packed"] = _Packed(use_native)
-        module.packed_weight()
-        count += 1
+        if type(module) is nn.Linear and module.weight.device.type == "cpu":
+            use_native = _native_for(module.weight.dtype, kernel)
+            if use_native is not None:
+                module.__class__ = PackedLinear
+                module.__dict__["_packed"] = _Packed(use_native)
+                module.packed_weight()
+                count += 1
     return count
+
+
+def _native_for(dtype: torch.dtype, kernel: str) -> bool | None:
+    """Whether prepack's kernel choice packs weights of dtype for the native kernel (True) or oneDNN (False); None
+    where the chosen kernel cannot take them."""
+    if dtype not in PACKABLE_DTYPES:
+        return None
+    if kernel == "native" or (kernel == "auto" and uses_native_kernel(dtype)):
+        return True if dtype == torch.float32 else None
+    return False if torch.backends.mkldnn.is_available() else None
 
 
 def unpack(model: nn.Module) -> None:
