@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.errors import ConfigError
-from llmlab.infer import native
+from llmlab.infer import decode_attention, native
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 BLOCK = 16  # output features per block of the native kernel's layout (one vector of float32)
@@ -101,13 +101,15 @@ class PackedLinear(nn.Linear):
 def prepack(model: nn.Module, kernel: str = "auto") -> int:
     """Make every plain nn.Linear of model whose weight is float32 or bfloat16 on the CPU a PackedLinear, in place,
     and pack its weight for kernel ("auto": the native kernel for float32 where it builds, else oneDNN; "onednn";
-    "native", float32 only); returns how many layers (none that the chosen kernel cannot take)."""
+    "native", float32 only); returns how many layers (none that the chosen kernel cannot take). Where layers use the
+    native kernel and the model attends through sdpa, its decode steps then attend through the native backend
+    (llmlab.infer.decode_attention)."""
     if kernel not in KERNELS:
         raise ConfigError(f"prepack's kernel must be one of {', '.join(KERNELS)}, not {kernel!r}.")
     if kernel == "native" and not native.load("blocked_linear"):
         raise ConfigError(f"llmlab's native kernel is not available here: "
                           f"{native.unavailable_reason('blocked_linear')}.")
-    count = 0
+    count = native_layers = 0
     for module in model.modules():
         if type(module) is nn.Linear and module.weight.device.type == "cpu":
             use_native = _native_for(module.weight.dtype, kernel)
@@ -116,6 +118,9 @@ def prepack(model: nn.Module, kernel: str = "auto") -> int:
                 module.__dict__["_packed"] = _Packed(use_native)
                 module.packed_weight()
                 count += 1
+                native_layers += use_native
+    if native_layers and getattr(model, "attention_backend", None) == "sdpa" and decode_attention.available():
+        model.set_attention_backend(decode_attention.BACKEND.name)
     return count
 
 
@@ -130,11 +135,14 @@ def _native_for(dtype: torch.dtype, kernel: str) -> bool | None:
 
 
 def unpack(model: nn.Module) -> None:
-    """Make model's PackedLinear layers plain nn.Linear again and free their packed copies."""
+    """Make model's PackedLinear layers plain nn.Linear again and free their packed copies (and attend through the
+    dense backend again where prepack chose the native one)."""
     for module in model.modules():
         if type(module) is PackedLinear:
             module.__dict__.pop("_packed", None)
             module.__class__ = nn.Linear
+    if getattr(model, "attention_backend", None) == decode_attention.BACKEND.name:
+        model.set_attention_backend("sdpa")
 
 
 def is_prepacked(model: nn.Module) -> bool:

@@ -119,6 +119,7 @@ class DenseAttention:
     """The reference backend: one additive mask per layer kind, through scaled_dot_product_attention."""
 
     name = "sdpa"
+    per_row = True  # attends to per-row lists of keys/values, row by row
 
     def lower(self, spec: AttentionSpec, window: int | None, biases: tuple, dtype: torch.dtype):
         """(additive mask [batch | 1, heads | 1, queries, keys] or None, whether SDPA's is_causal applies)."""
@@ -161,6 +162,12 @@ BACKENDS = {backend.name: backend for backend in (DenseAttention(), FlexAttentio
 AUTO = "auto"  # flex on CUDA unless attention dropout is active, else sdpa: chosen per call by resolve_backend
 
 
+def register_backend(backend) -> None:
+    """Make an attention backend (an object with name, lower and attend, like DenseAttention's) selectable by name;
+    one with per_row set also attends to caches whose rows have keys of their own lengths."""
+    BACKENDS[backend.name] = backend
+
+
 def check_backend(name: str) -> str:
     """The backend name itself, or a ConfigError naming the known ones."""
     if name != AUTO and name not in BACKENDS:
@@ -171,9 +178,9 @@ def check_backend(name: str) -> str:
 
 def resolve_backend(name: str, device: torch.device, dropout: bool, cache: Cache | None = None):
     """The backend instance for a name; "auto" is flex on CUDA without attention dropout, sdpa otherwise, and sdpa
-    whatever the name for a cache whose rows have keys of their own lengths (per_row)."""
+    for a cache whose rows have keys of their own lengths (per_row) unless the named backend takes those too."""
     if getattr(cache, "per_row", False):
-        return BACKENDS["sdpa"]
+        return BACKENDS[name] if getattr(BACKENDS.get(name), "per_row", False) else BACKENDS["sdpa"]
     if check_backend(name) == AUTO:
         name = "flex" if device.type == "cuda" and not dropout else "sdpa"
     return BACKENDS[name]
