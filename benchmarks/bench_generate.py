@@ -5,9 +5,11 @@ run with the same threads in one process, in alternating rounds: batch 1 (a 32-t
 16 to 256 tokens, left-padded), 128 new tokens each, EOS ignored. Reported per implementation: tokens/s (all new
 tokens over the whole call), time to first token (a call with max_new_tokens=1), the median of the per-round ratios to
 transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight a step reads, once
-per token, over the machine's read bandwidth, measured here by summing a 1 GiB tensor right before and right after each
-call, the higher of the two taken, since a shared host's bandwidth varies from minute to minute; the median of the
-rounds' fractions).
+per token, over the machine's read bandwidth; the median of the rounds' fractions). The bandwidth is torch.sum's over
+a 1 GiB tensor, read again and again for a second right before and right after each call, the higher of the two
+taken, since a shared host's bandwidth varies from minute to minute: sustained, all the bytes over all the time, as a
+decode step's rate is; the fastest single read of those (the peak, which a shared host rarely sustains for the
+seconds a call takes) gives the second, stricter fraction.
 
 Peak memory is what a call adds above the loaded models, the median over rounds: on CPU the kernel's peak-RSS counter
 is reset before each call (/proc/self/clear_refs) and VmHWM after it less VmRSS before it is reported, the script
@@ -145,12 +147,16 @@ def measured(device: str, function) -> tuple[float, float, object]:
     return elapsed, (peak - before) / 2 ** 20, result
 
 
-def read_bandwidth(device: str) -> float:
-    """Bytes/s of reading a 1 GiB float32 tensor (torch.sum), the best of five."""
+def read_bandwidth(device: str, seconds: float = 1.0) -> tuple[float, float]:
+    """(sustained, peak) bytes/s of reading a 1 GiB float32 tensor (torch.sum) over and over for about seconds: all
+    the bytes over all the time, and the fastest single read."""
     x = torch.ones(2 ** 28, device=device)
     x.sum()
-    best = min(measured(device, x.sum)[0] for _ in range(5))
-    return x.numel() * x.element_size() / best
+    times = []
+    while sum(times) < seconds or len(times) < 2:
+        times.append(measured(device, x.sum)[0])
+    size = x.numel() * x.element_size()
+    return size * len(times) / sum(times), size / min(times)
 
 
 def bytes_read_per_token(model) -> int:
@@ -192,8 +198,9 @@ def main() -> None:
     rounds = arguments.rounds or (1 if arguments.quick else 2)
     batches = [int(b) for b in arguments.batches.split(",")]
     bandwidth = read_bandwidth(device)
-    print(f"device {device}, {threads} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s (at the start; batch 1 "
-          f"measures it again around each call), {new_tokens} new tokens, {rounds} rounds")
+    print(f"device {device}, {threads} threads, read bandwidth {bandwidth[0] / 1e9:.1f} GB/s sustained, "
+          f"{bandwidth[1] / 1e9:.1f} at the peak (at the start; batch 1 measures it again around each call), "
+          f"{new_tokens} new tokens, {rounds} rounds")
     rows = []
     for name in models:
         torch.manual_seed(0)
@@ -212,7 +219,7 @@ def main() -> None:
                     call(impl, models[impl], ids, mask, 2)  # warm-up (and compilation: the same cache capacity)
                 outputs = {}
                 seconds, first, memory = ({impl: [] for impl in impls} for _ in range(3))
-                bounds = {impl: [] for impl in impls}  # batch 1: the bandwidth around each call
+                bounds = {impl: [] for impl in impls}  # batch 1: the (sustained, peak) bandwidth around each call
                 for round_ in range(rounds):
                     order = impls if round_ % 2 == 0 else impls[::-1]  # alternate who goes first
                     before = read_bandwidth(device) if batch == 1 else bandwidth
@@ -226,7 +233,7 @@ def main() -> None:
                         memory[impl].append(added)
                         outputs.setdefault(impl, out)
                         after = read_bandwidth(device) if batch == 1 else bandwidth
-                        bounds[impl].append(max(before, after))
+                        bounds[impl].append((max(before[0], after[0]), max(before[1], after[1])))
                         before = after
                 same = {impl: torch.equal(out, outputs.get("hf", out)) for impl, out in outputs.items()}
                 for impl in impls:
@@ -237,23 +244,27 @@ def main() -> None:
                         row["ratio"] = statistics.median(h / s for h, s in zip(seconds["hf"], seconds[impl]))
                         row["ratios"] = [h / s for h, s in zip(seconds["hf"], seconds[impl])]
                     if batch == 1:  # decode steps only (the prefill's time taken out), per round
-                        row["bw_fracs"] = [(new_tokens - 1) / (t - f) * weight_bytes / bound
-                                           for t, f, bound in zip(seconds[impl], first[impl], bounds[impl])]
+                        rates = [(new_tokens - 1) / (t - f) * weight_bytes for t, f in zip(seconds[impl], first[impl])]
+                        row["bw_fracs"] = [rate / bound[0] for rate, bound in zip(rates, bounds[impl])]
                         row["bw_frac"] = statistics.median(row["bw_fracs"])
-                        row["bandwidths_gb_s"] = [round(b / 1e9, 1) for b in bounds[impl]]
+                        row["peak_bw_frac"] = statistics.median(rate / bound[1] for rate, bound in
+                                                                zip(rates, bounds[impl]))
+                        row["bandwidths_gb_s"] = [round(b[0] / 1e9, 1) for b in bounds[impl]]
+                        row["peak_bandwidths_gb_s"] = [round(b[1] / 1e9, 1) for b in bounds[impl]]
                     row["mem_mib"] = statistics.median(memory[impl])
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             del models
     print()
     print("| model | batch | impl | tokens/s | × transformers (per round) | TTFT ms | peak +MiB | of BW bound | "
-          "same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "of peak BW bound | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratios'])})" if "ratio" in r else "–"
         print(f"| {r['model']} | {r['batch']} | {r['impl']} | {r['tok_s']:.1f} | {ratio} | {r['ttft_ms']:.0f} | "
               f"{r.get('mem_mib', float('nan')):.0f} | "
-              f"{'–' if 'bw_frac' not in r else bw_cell(r)} | {r['same']} |")
+              f"{'–' if 'bw_frac' not in r else bw_cell(r)} | "
+              f"{'–' if 'peak_bw_frac' not in r else format(r['peak_bw_frac'], '.0%')} | {r['same']} |")
 
 
 def bw_cell(row: dict) -> str:

@@ -195,6 +195,12 @@ class RaggedCache(_CrossAttentionStore):
         return torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device), \
             max(lengths) + new_tokens
 
+    def step_plan(self) -> tuple[list[int], list[tuple[int, int]]]:
+        """The one-token step slots(1) set up: each selected row's buffer slot for it, and the row's region
+        (start, length) once it is written."""
+        _, spans, _ = self._step
+        return [start + length - 1 for start, length in spans], spans
+
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
         """Write keys/values [rows, kv_heads, new, head_dim] at the slots slots() gave; return per row its keys and

@@ -18,6 +18,7 @@ from llmlab.errors import ConfigError
 from llmlab.infer.cache import DynamicCache, RaggedCache, StaticCache
 from llmlab.infer.compiled import StaticDecoder, compiled_capacity
 from llmlab.infer.config import GenerationConfig
+from llmlab.infer import native_step
 from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.paged import PagedCache
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
@@ -118,6 +119,11 @@ class DecodeState:
         self.prompt_length = self.sequence.shape[1]
         self.cached = 0  # how many of the tokens so far the cache holds
         self.compile, self.decoder = compile, None  # compiled decode steps over a static cache: llmlab.infer.compiled
+        # one native call per decode step (llmlab.infer.native_step) where a prepacked model takes it
+        self.native_step = None
+        if (isinstance(self.cache, RaggedCache) and self.memory is None and blank_positions is None
+                and (self.mask is None or self.padding is not None)):
+            self.native_step = native_step.lower(model)
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
@@ -135,6 +141,8 @@ class DecodeState:
         positions = None if self.blank_positions is None else self._blank_positions(ids.shape[1])
         if start == 0 and self.padding is not None:
             return self._prefill_rows(ids, positions, count)
+        if self.native_step is not None and start > 0 and ids.shape[1] == count == 1:
+            return self._native_logits(ids)
         inputs = self.model.prepare(ids, None if self.padding is not None else self.mask, positions,
                                     prefix_lengths=self.prefix if start == 0 else None, cache=self.cache,
                                     check_ids=False)
@@ -143,6 +151,15 @@ class DecodeState:
         if start == 0 and isinstance(self.cache, StaticCache) and self.memory is None and self.blank_positions is None:
             self.decoder = StaticDecoder(self.model, self.cache, self.mask, self.compile)  # fixed-shape decode steps
         return self.model.logits(hidden[:, -count:])
+
+    def _native_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """score(1) of one new token per row [batch, 1] through the native step."""
+        positions, _ = self.cache.slots(1, ids.device)
+        slots, spans = self.cache.step_plan()
+        logits = self.native_step(ids[:, 0], positions[:, 0], self.cache, slots, spans)
+        self.cache.advance(1)
+        self.cached = self.sequence.shape[1]
+        return logits[:, None]
 
     def _prefill_rows(self, ids: torch.Tensor, positions: torch.Tensor | None, count: int) -> torch.Tensor:
         """score(count) of the prompts, each prefilled alone without its padding into its region of a ragged cache."""

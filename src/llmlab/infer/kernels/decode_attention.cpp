@@ -4,7 +4,9 @@
 // (grouped-query attention), and the softmax is exact: max-subtracted, in float32. One (row, head) is a work item;
 // its keys' scores stay in a buffer of the thread, its output in registers. A step's attention then costs what
 // reading its keys and values costs, where torch's flash kernel, built for blocks of queries, spends several times
-// that at one query. Built and loaded by llmlab.infer.native; registered as torch.ops.llmlab.decode_attention.
+// that at one query. decode_attention_spans does the same over the cache's whole buffers and each row's span of them
+// (llmlab.infer.native_step's decode step). Built and loaded by llmlab.infer.native; registered as
+// torch.ops.llmlab.decode_attention and torch.ops.llmlab.decode_attention_spans.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -92,6 +94,17 @@ void check_rows(const at::Tensor &query, at::TensorList keys, at::TensorList val
     }
 }
 
+// Every item's attention, the (row, head) items split between threads by the floats they read.
+void attend_all(const std::vector<Item> &items, int64_t longest, int64_t floats, int64_t dim, double scale) {
+    const int64_t per_item = std::max<int64_t>(1, floats / static_cast<int64_t>(items.size()));
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / per_item);  // parallel above ~64 KiB a thread
+    const float factor = static_cast<float>(scale);
+    at::parallel_for(0, static_cast<int64_t>(items.size()), grain, [&](int64_t begin, int64_t end) {
+        std::vector<float> scores(longest);
+        for (int64_t i = begin; i < end; i++) attend(items[i], dim, factor, scores.data());
+    });
+}
+
 at::Tensor decode_attention(const at::Tensor &input, at::TensorList keys, at::TensorList values, double scale) {
     check_rows(input, keys, values);
     const at::Tensor query = input.stride(3) == 1 ? input : input.contiguous();
@@ -112,14 +125,43 @@ at::Tensor decode_attention(const at::Tensor &input, at::TensorList keys, at::Te
             floats += 2 * k.size(2) * dim;
         }
     }
-    const int64_t per_item = std::max<int64_t>(1, floats / static_cast<int64_t>(items.size()));
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / per_item);  // parallel above ~64 KiB a thread
-    const float factor = static_cast<float>(scale);
-    at::parallel_for(0, static_cast<int64_t>(items.size()), grain, [&](int64_t begin, int64_t end) {
-        std::vector<float> scores(longest);
-        for (int64_t i = begin; i < end; i++) attend(items[i], dim, factor, scores.data());
-    });
+    attend_all(items, longest, floats, dim, scale);
     return out.transpose(1, 2);
+}
+
+// The same over whole cache buffers [kv_heads, slots, head_dim], row r's keys being slots starts[r] ..
+// starts[r] + lengths[r] - 1 (the ragged cache's regions); query [rows, heads, head_dim], contiguous in head_dim.
+at::Tensor decode_attention_spans(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values,
+                                  at::IntArrayRef starts, at::IntArrayRef lengths, double scale) {
+    TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && query.scalar_type() == at::kFloat &&
+                    query.size(2) <= kMaxHeadDim,
+                "decode_attention_spans's query must be float32 [rows, heads, head_dim]");
+    TORCH_CHECK(keys.dim() == 3 && keys.sizes() == values.sizes() && keys.is_contiguous() && values.is_contiguous() &&
+                    keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat &&
+                    keys.size(2) == query.size(2) && query.size(1) % keys.size(0) == 0,
+                "decode_attention_spans's buffers must be contiguous float32 [kv_heads, slots, head_dim]");
+    const int64_t rows = query.size(0), heads = query.size(1), dim = query.size(2), slots = keys.size(1);
+    TORCH_CHECK(static_cast<int64_t>(starts.size()) == rows && static_cast<int64_t>(lengths.size()) == rows,
+                "decode_attention_spans needs a span per query row");
+    const int64_t group = heads / keys.size(0);
+    at::Tensor out = at::empty({rows, heads, dim}, query.options());
+    std::vector<Item> items;
+    items.reserve(rows * heads);
+    int64_t longest = 0, floats = 0;
+    for (int64_t row = 0; row < rows; row++) {
+        TORCH_CHECK(lengths[row] > 0 && starts[row] >= 0 && starts[row] + lengths[row] <= slots,
+                    "decode_attention_spans's spans must lie within the buffers");
+        longest = std::max(longest, lengths[row]);
+        for (int64_t head = 0; head < heads; head++) {
+            const int64_t offset = head / group * slots * dim + starts[row] * dim;
+            items.push_back({query.data_ptr<float>() + row * query.stride(0) + head * query.stride(1),
+                             keys.data_ptr<float>() + offset, values.data_ptr<float>() + offset, dim, dim,
+                             lengths[row], out.data_ptr<float>() + (row * heads + head) * dim});
+            floats += 2 * lengths[row] * dim;
+        }
+    }
+    attend_all(items, longest, floats, dim, scale);
+    return out;
 }
 
 at::Tensor decode_attention_meta(const at::Tensor &query, at::TensorList keys, at::TensorList values, double scale) {
@@ -130,6 +172,11 @@ at::Tensor decode_attention_meta(const at::Tensor &query, at::TensorList keys, a
 
 TORCH_LIBRARY_FRAGMENT(llmlab, m) {
     m.def("decode_attention(Tensor query, Tensor[] keys, Tensor[] values, float scale) -> Tensor");
+    m.def("decode_attention_spans(Tensor query, Tensor keys, Tensor values, int[] starts, int[] lengths, "
+          "float scale) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(llmlab, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(llmlab, CPU, m) {
+    m.impl("decode_attention", &decode_attention);
+    m.impl("decode_attention_spans", &decode_attention_spans);
+}
 TORCH_LIBRARY_IMPL(llmlab, Meta, m) { m.impl("decode_attention", &decode_attention_meta); }
