@@ -10,6 +10,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -53,64 +54,104 @@ at::Tensor attend(const at::Tensor &q, const at::Tensor &keys, const at::Tensor 
 
 // Each row's new keys (or values) [rows, kv_heads, head_dim] into its slot of a buffer [kv_heads, slots, head_dim].
 void write(at::Tensor &buffer, const at::Tensor &rows_new, at::IntArrayRef slots) {
-    const at::Tensor source = rows_new.contiguous();
-    const int64_t rows = source.size(0), kv_heads = source.size(1), dim = source.size(2);
-    const float *from = source.data_ptr<float>();
+    const int64_t rows = rows_new.size(0), kv_heads = rows_new.size(1), dim = rows_new.size(2);
+    const float *from = rows_new.data_ptr<float>();
     float *to = buffer.data_ptr<float>();
     for (int64_t row = 0; row < rows; row++)
         for (int64_t head = 0; head < kv_heads; head++)
-            std::memcpy(to + (head * buffer.size(1) + slots[row]) * dim, from + (row * kv_heads + head) * dim,
-                        dim * sizeof(float));
+            std::memcpy(to + (head * buffer.size(1) + slots[row]) * dim,
+                        from + row * rows_new.stride(0) + head * rows_new.stride(1), dim * sizeof(float));
 }
 
+// The arithmetic between the products, on rows of float32, as the model's modules define it (the sums of the norms in
+// double): a few hundred floats a row, where ATen's dispatch and iterator setup would cost more than the work; the
+// activations, a few thousand transcendental functions a row, go through ATen's vectorised kernels.
 struct Step {
     const std::vector<int64_t> &settings;
     const std::vector<double> &scales;
 
-    // nn.LayerNorm or llmlab's RMSNorm (accumulated in float32, the weight applied last)
+    // nn.LayerNorm or llmlab's RMSNorm (RMSNorm: x · rsqrt(mean(x²) + eps), then the weight) of x [rows, d]
     at::Tensor norm(const at::Tensor &x, const std::optional<at::Tensor> &weight,
                     const std::optional<at::Tensor> &bias) const {
+        const int64_t rows = x.size(0), d = x.size(1);
         const double eps = scales[kNormEps];
-        if (!settings[kRmsNorm]) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
-        at::Tensor h = x.to(at::kFloat);
-        h = h * at::rsqrt(h.pow(2).mean(-1, true) + eps);
-        return *weight * h.to(x.scalar_type());
+        at::Tensor out = at::empty_like(x);
+        const float *w = weight ? weight->data_ptr<float>() : nullptr, *b = bias ? bias->data_ptr<float>() : nullptr;
+        for (int64_t row = 0; row < rows; row++) {
+            const float *in = x.data_ptr<float>() + row * x.stride(0);
+            float *o = out.data_ptr<float>() + row * d;
+            if (settings[kRmsNorm]) {
+                double squares = 0.0;
+                for (int64_t i = 0; i < d; i++) squares += double(in[i]) * in[i];
+                const float scale = 1.0f / std::sqrt(static_cast<float>(squares / d + eps));
+                for (int64_t i = 0; i < d; i++) o[i] = w[i] * (in[i] * scale);
+            } else {
+                double total = 0.0, squares = 0.0;
+                for (int64_t i = 0; i < d; i++) total += in[i];
+                const double mean = total / d;
+                for (int64_t i = 0; i < d; i++) squares += (in[i] - mean) * (in[i] - mean);
+                const float centre = static_cast<float>(mean);
+                const float scale = static_cast<float>(1.0 / std::sqrt(squares / d + eps));
+                for (int64_t i = 0; i < d; i++) {
+                    const float y = (in[i] - centre) * scale;
+                    o[i] = (w ? y * w[i] : y) + (b ? b[i] : 0.0f);
+                }
+            }
+        }
+        return out;
     }
 
-    at::Tensor activate(const at::Tensor &x) const {
+    // The activation in place, through ATen's vectorised kernels (the model's own, to the last bit).
+    void activate(at::Tensor &x) const {
         switch (settings[kActivation]) {
-            case kGelu: return at::gelu(x);
-            case kGeluTanh: return at::gelu(x, "tanh");
-            case kRelu: return at::relu(x);
-            default: return at::silu(x);
+            case kGelu: at::gelu_(x); break;
+            case kGeluTanh: at::gelu_(x, "tanh"); break;
+            case kRelu: at::relu_(x); break;
+            default: at::silu_(x);
         }
     }
 
     at::Tensor mlp(const at::Tensor &x, const Weights &w, int64_t base) const {
         const int64_t d_ff = settings[kFeedForward], d_model = x.size(-1);
         at::Tensor up = linear(x, w.get(base + kUp), w.get(base + kUpBias), d_ff);
-        at::Tensor inner = settings[kGated]
-                               ? activate(linear(x, w.get(base + kGate), w.get(base + kGateBias), d_ff)) * up
-                               : activate(up);
-        return linear(inner, w.get(base + kDown), w.get(base + kDownBias), d_model);
+        if (settings[kGated]) {
+            at::Tensor gate = linear(x, w.get(base + kGate), w.get(base + kGateBias), d_ff);
+            activate(gate);
+            float *u = up.data_ptr<float>();
+            const float *g = gate.data_ptr<float>();
+            for (int64_t i = 0; i < up.numel(); i++) u[i] = g[i] * u[i];
+        } else {
+            activate(up);
+        }
+        return linear(up, w.get(base + kDown), w.get(base + kDownBias), d_model);
     }
 
-    // Rotary positions on [rows, heads, head_dim] with cos, sin [rows, 1, rotary_dim], as Rotary.rotate does.
-    at::Tensor rotate(const at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) const {
-        const int64_t rotary = settings[kRotaryDim];
-        at::Tensor rot = x.slice(-1, 0, rotary), rest = x.slice(-1, rotary);
-        at::Tensor turned;
-        if (settings[kRope] == kRopeInterleaved) {
-            at::Tensor even = rot.slice(-1, 0, rotary, 2), odd = rot.slice(-1, 1, rotary, 2);
-            turned = at::stack({-odd, even}, -1).flatten(-2);
-        } else {
-            auto halves = rot.chunk(2, -1);
-            turned = at::cat({-halves[1], halves[0]}, -1);
+    // Rotary positions, in place, on x [rows, heads, head_dim] (contiguous in head_dim) with cos, sin
+    // [rows, rotary_dim], as Rotary.rotate does: rot · cos + turned · sin over the first rotary_dim features.
+    void rotate(at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) const {
+        const int64_t rotary = settings[kRotaryDim], half = rotary / 2;
+        const bool interleaved = settings[kRope] == kRopeInterleaved;
+        float turned[1024];
+        for (int64_t row = 0; row < x.size(0); row++) {
+            const float *c = cos.data_ptr<float>() + row * rotary, *s = sin.data_ptr<float>() + row * rotary;
+            for (int64_t head = 0; head < x.size(1); head++) {
+                float *v = x.data_ptr<float>() + row * x.stride(0) + head * x.stride(1);
+                for (int64_t i = 0; i < rotary; i++)
+                    turned[i] = interleaved ? (i % 2 ? v[i - 1] : -v[i + 1]) : (i < half ? -v[i + half] : v[i - half]);
+                for (int64_t i = 0; i < rotary; i++) v[i] = v[i] * c[i] + turned[i] * s[i];
+            }
         }
-        at::Tensor rotated = rot * cos + turned * sin;
-        return rest.size(-1) ? at::cat({rotated, rest}, -1) : rotated;
     }
 };
+
+// x += y, row by row (x [rows, d] contiguous; y [rows, d], rows apart by its stride)
+void add_to(at::Tensor &x, const at::Tensor &y) {
+    for (int64_t row = 0; row < x.size(0); row++) {
+        float *to = x.data_ptr<float>() + row * x.size(1);
+        const float *from = y.data_ptr<float>() + row * y.stride(0);
+        for (int64_t i = 0; i < x.size(1); i++) to[i] += from[i];
+    }
+}
 
 at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const std::optional<at::Tensor> &cos,
                        const std::optional<at::Tensor> &sin, const Weights &weights, std::vector<int64_t> settings,
@@ -136,9 +177,32 @@ at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const
                     "decode_step's rows must write within their regions of the cache");
     const Step step{settings, scales};
     at::NoGradGuard no_grad;
-    at::Tensor x = weights.get(kTokens)->index_select(0, ids);
-    if (scales[kEmbeddingScale] != 1.0) x = x * scales[kEmbeddingScale];
-    if (settings[kLearnedPositions]) x = x + weights.get(kPositions)->index_select(0, positions + settings[kPositionOffset]);
+    const at::Tensor &tokens = *weights.get(kTokens);
+    const int64_t d_model = tokens.size(1);
+    TORCH_CHECK(tokens.is_contiguous() && ids.dim() == 1 && positions.dim() == 1 && positions.size(0) == rows &&
+                    ids.scalar_type() == at::kLong && positions.scalar_type() == at::kLong,
+                "decode_step needs one int64 token id and one int64 position per row");
+    const auto id_of = ids.accessor<int64_t, 1>(), position_of = positions.accessor<int64_t, 1>();
+    TORCH_CHECK(!settings[kRope] || (cos && sin && cos->is_contiguous() && sin->is_contiguous() &&
+                                     cos->numel() == rows * settings[kRotaryDim] && settings[kRotaryDim] <= 1024),
+                "decode_step's rotary cos and sin must be [rows, rotary_dim]");
+    at::Tensor x = at::empty({rows, d_model}, tokens.options());
+    const float embedding_scale = static_cast<float>(scales[kEmbeddingScale]);
+    for (int64_t row = 0; row < rows; row++) {
+        const int64_t id = id_of[row];
+        TORCH_CHECK(id >= 0 && id < tokens.size(0), "decode_step's token id ", id, " is outside the vocabulary");
+        const float *embedding = tokens.data_ptr<float>() + id * d_model;
+        float *to = x.data_ptr<float>() + row * d_model;
+        for (int64_t i = 0; i < d_model; i++) to[i] = embedding_scale == 1.0f ? embedding[i] : embedding[i] * embedding_scale;
+        if (settings[kLearnedPositions]) {
+            const at::Tensor &table = *weights.get(kPositions);
+            const int64_t position = position_of[row] + settings[kPositionOffset];
+            TORCH_CHECK(position >= 0 && position < table.size(0), "decode_step's position ", position,
+                        " is outside the position table");
+            const float *added = table.data_ptr<float>() + position * d_model;
+            for (int64_t i = 0; i < d_model; i++) to[i] += added[i];
+        }
+    }
     const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
     for (int64_t layer = 0; layer < layers; layer++) {
         const int64_t base = kGlobals + layer * kLayerSlots;
@@ -156,26 +220,30 @@ at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const
         q = q.view({rows, heads, head_dim});
         k = k.view({rows, kv_heads, head_dim});
         v = v.view({rows, kv_heads, head_dim});
-        if (settings[kRope] != kNoRope) q = step.rotate(q, *cos, *sin), k = step.rotate(k, *cos, *sin);
+        if (settings[kRope] != kNoRope) {
+            step.rotate(q, *cos, *sin);
+            step.rotate(k, *cos, *sin);
+        }
         at::Tensor key_buffer = keys[layer], value_buffer = values[layer];
         write(key_buffer, k, slots);
         write(value_buffer, v, slots);
         at::Tensor attended = attend(q, key_buffer, value_buffer, starts, lengths, scales[kAttentionScale]);
         at::Tensor o = linear(attended.view({rows, q_width}), weights.get(base + kO), weights.get(base + kOBias),
                               x.size(-1));
-        if (settings[kParallelResidual]) {
+        if (settings[kParallelResidual]) {  // x + (attention + mlp), in the model's order
             const at::Tensor m = settings[kParallelSharedNorm]
                                      ? h
                                      : step.norm(x, weights.get(base + kNorm2Weight), weights.get(base + kNorm2Bias));
-            x = x + (o + step.mlp(m, weights, base));
+            add_to(o, step.mlp(m, weights, base));
+            add_to(x, o);
         } else {
-            x = x + o;
-            x = x + step.mlp(step.norm(x, weights.get(base + kNorm2Weight), weights.get(base + kNorm2Bias)),
-                             weights, base);
+            add_to(x, o);
+            add_to(x, step.mlp(step.norm(x, weights.get(base + kNorm2Weight), weights.get(base + kNorm2Bias)),
+                               weights, base));
         }
     }
     if (settings[kFinalNorm]) x = step.norm(x, weights.get(kFinalWeight), weights.get(kFinalBias));
-    if (scales[kHeadInputScale] != 1.0) x = x * scales[kHeadInputScale];
+    if (scales[kHeadInputScale] != 1.0) x.mul_(scales[kHeadInputScale]);
     return linear(x, weights.get(kHead), weights.get(kHeadBias), settings[kVocab]);
 }
 
