@@ -149,8 +149,11 @@ def measured(device: str, function) -> tuple[float, float, object]:
 
 def read_bandwidth(device: str, seconds: float = 1.0) -> tuple[float, float]:
     """(sustained, peak) bytes/s of reading a 1 GiB float32 tensor (torch.sum) over and over for about seconds: all
-    the bytes over all the time, and the fastest single read."""
-    x = torch.ones(2 ** 28, device=device)
+    the bytes over all the time, and the fastest single read. On the CPU the tensor lies on huge pages where the
+    system gives them, as prepacked weights do (llmlab.infer.prepack.huge_page_empty): the fastest memory to read."""
+    from llmlab.infer.prepack import huge_page_empty
+    x = huge_page_empty((2 ** 28,), torch.float32) if device == "cpu" else torch.empty(2 ** 28, device=device)
+    x.fill_(1.0)
     x.sum()
     times = []
     while sum(times) < seconds or len(times) < 2:
