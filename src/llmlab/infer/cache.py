@@ -195,11 +195,16 @@ class RaggedCache(_CrossAttentionStore):
         return torch.tensor(lengths, device=device)[:, None] + torch.arange(new_tokens, device=device), \
             max(lengths) + new_tokens
 
-    def step_plan(self) -> tuple[list[int], list[tuple[int, int]]]:
-        """The one-token step slots(1) set up: each selected row's buffer slot for it, and the row's region
-        (start, length) once it is written."""
-        _, spans, _ = self._step
-        return [start + length - 1 for start, length in spans], spans
+    def one_token_plan(self) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """For one new token per selected row, as Python ints: each row's position (how many slots it has written),
+        the buffer slot the token goes to, and the row's region (start, length) once it is written."""
+        lengths = [self.row_lengths[r] for r in self.rows]
+        for row, length in zip(self.rows, lengths):
+            if length + 1 > self.capacities[row]:
+                raise CacheFullError(f"Row {row} of the ragged cache holds {self.capacities[row]} slots; all are "
+                                     f"written and another does not fit.")
+        starts = [self.offsets[r] for r in self.rows]
+        return lengths, [start + n for start, n in zip(starts, lengths)], [(s, n + 1) for s, n in zip(starts, lengths)]
 
     def update(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:

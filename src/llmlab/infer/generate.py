@@ -120,7 +120,7 @@ class DecodeState:
         self.cached = 0  # how many of the tokens so far the cache holds
         self.compile, self.decoder = compile, None  # compiled decode steps over a static cache: llmlab.infer.compiled
         # one native call per decode step (llmlab.infer.native_step) where a prepacked model takes it
-        self.native_step = None
+        self.native_step, self.bound_step = None, None
         if (isinstance(self.cache, RaggedCache) and self.memory is None and blank_positions is None
                 and (self.mask is None or self.padding is not None)):
             self.native_step = native_step.lower(model)
@@ -154,9 +154,10 @@ class DecodeState:
 
     def _native_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """score(1) of one new token per row [batch, 1] through the native step."""
-        positions, _ = self.cache.slots(1, ids.device)
-        slots, spans = self.cache.step_plan()
-        logits = self.native_step(ids[:, 0], positions[:, 0], self.cache, slots, spans)
+        if self.bound_step is None:  # the weights, packed as they are when this generation starts
+            self.bound_step = self.native_step.bind(max(self.cache.capacities))
+        positions, slots, spans = self.cache.one_token_plan()
+        logits = self.bound_step(ids[:, 0], self.cache, positions, slots, spans)
         self.cache.advance(1)
         self.cached = self.sequence.shape[1]
         return logits[:, None]

@@ -15,6 +15,8 @@ sequential or parallel residuals. Anything else keeps the eager step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -30,61 +32,64 @@ ROPE_LAYOUTS = {"half": 1, "interleaved": 2}
 
 
 class NativeStep:
-    """A model's weights and settings in the order decode_step takes them; call it for one step's logits."""
+    """A model's settings in the order decode_step takes them; bind() adds its weights for one generation."""
 
     def __init__(self, model):
         config = model.config
-        self.model, self.config = model, config
-        self.rotary = model.decoder.rotary
-        self.linears = []  # (slot, PackedLinear): their packed copies are read at every call, packed again if changed
-        blocks = model.decoder.blocks
-        tokens = model.embed.tokens.weight
-        positions = model.embed.positions.weight if config.position == "learned" else None
-        final = model.decoder.norm
-        self.fixed = [tokens, positions, _weight(final), _bias(final), None, _bias(model.head)]
-        self.linears.append((4, model.head))
-        for index, block in enumerate(blocks):
-            base = len(self.fixed)
-            attention, mlp = block.attn, block.mlp
-            second_norm = getattr(block, "mlp_norm", None)
-            layer = [_weight(block.attn_norm), _bias(block.attn_norm), None, None, None, None, None, None, None,
-                     _bias(attention.o), _weight(second_norm), _bias(second_norm), None, None, None, None, None, None]
-            projections = ([attention.qkv] if hasattr(attention, "qkv")
-                           else [attention.q, attention.k, attention.v])
-            for offset, linear in zip((2, 4, 6), projections):
-                layer[offset + 1] = _bias(linear)
-                self.linears.append((base + offset, linear))
-            self.linears.append((base + 8, attention.o))
-            for offset, linear in ((12, mlp.gate), (14, mlp.up), (16, mlp.down)):
-                if linear is not None:
-                    layer[offset + 1] = _bias(linear)
-                    self.linears.append((base + offset, linear))
-            self.fixed.extend(layer)
-        first = blocks[0].attn
+        self.model = model
+        first = model.decoder.blocks[0].attn
         self.settings = [
-            len(blocks), first.n_heads, first.n_kv_heads, first.head_dim, config.d_ff, config.vocab_size,
+            config.n_layers, first.n_heads, first.n_kv_heads, first.head_dim, config.d_ff, config.vocab_size,
             int(config.norm == "rmsnorm"), ACTIVATIONS.index(config.activation), int(config.is_gated),
             int(config.parallel_residual), int(config.parallel_shared_norm),
             ROPE_LAYOUTS.get(config.rope_layout, 0) if config.position == "rope" else 0,
             config.rotary_dim if config.position == "rope" else 0, int(config.position == "learned"),
-            config.position_offset, int(final is not None), int(hasattr(first, "qkv")),
+            config.position_offset, int(model.decoder.norm is not None), int(hasattr(first, "qkv")),
         ]
         scale = first.scale if first.scale is not None else first.head_dim ** -0.5
         self.scales = [config.norm_eps, scale, config.embedding_scale, config.head_input_scale]
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, cache, slots: list[int],
-                 spans: list[tuple[int, int]]) -> torch.Tensor:
-        """Logits [rows, vocab] after ids [rows] at positions [rows], each row's keys and values written at its slot
-        of cache's buffers, each row then attending to its span (start, length) of them."""
-        weights = list(self.fixed)
-        for slot, linear in self.linears:
-            weights[slot] = linear.packed_weight()
+    def weights(self) -> list[torch.Tensor | None]:
+        """The model's weights as they are now, in decode_step's order: the embeddings, the final norm and the head,
+        then per layer its norms, projections and MLP (linear layers as their packed copies; None where absent)."""
+        model = self.model
+        final = model.decoder.norm
+        positions = model.embed.positions.weight if hasattr(model.embed, "positions") else None
+        weights = [model.embed.tokens.weight, positions, _weight(final), _bias(final), *_linear(model.head)]
+        for block in model.decoder.blocks:
+            attention, mlp = block.attn, block.mlp
+            projections = [attention.qkv, None, None] if hasattr(attention, "qkv") else [attention.q, attention.k,
+                                                                                       attention.v]
+            second_norm = getattr(block, "mlp_norm", None)
+            weights += [_weight(block.attn_norm), _bias(block.attn_norm)]
+            for linear in projections:
+                weights += _linear(linear)
+            weights += [*_linear(attention.o), _weight(second_norm), _bias(second_norm)]
+            for linear in (mlp.gate, mlp.up, mlp.down):
+                weights += _linear(linear)
+        return weights
+
+    def bind(self, positions: int) -> Callable[..., torch.Tensor]:
+        """This generation's step: (ids [rows], cache, positions, slots, spans) → logits [rows, vocab], each row's
+        token at its position (below positions), its keys and values written at its slot of cache's buffers, and the
+        row attending to its span (start, length) of them. The weights are taken (and packed) once, here."""
         cos = sin = None
-        if self.rotary is not None:
-            cos, sin = self.rotary.cos_sin(positions[:, None])
-            cos, sin = cos[:, :, 0], sin[:, :, 0]  # [rows, 1, rotary_dim]: one position per row
-        return torch.ops.llmlab.decode_step(ids, positions, cos, sin, weights, self.settings, self.scales, cache.keys,
-                                            cache.values, slots, [s for s, _ in spans], [n for _, n in spans])
+        rotary = self.model.decoder.rotary
+        if rotary is not None:  # every position's, computed as the eager step computes them
+            cos, sin = (table[0, 0] for table in rotary.cos_sin(torch.arange(positions)[None]))
+        weights = self.weights()
+
+        def step(ids: torch.Tensor, cache, row_positions: list[int], slots: list[int],
+                 spans: list[tuple[int, int]]) -> torch.Tensor:
+            return torch.ops.llmlab.decode_step(ids, row_positions, cos, sin, weights, self.settings, self.scales,
+                                                cache.keys, cache.values, slots, [start for start, _ in spans],
+                                                [length for _, length in spans])
+        return step
+
+
+def _linear(linear: nn.Module | None) -> list[torch.Tensor | None]:
+    """A linear layer's packed weight and its bias, or two Nones."""
+    return [None, None] if linear is None else [linear.packed_weight(), linear.bias]
 
 
 def _weight(norm: nn.Module | None) -> torch.Tensor | None:

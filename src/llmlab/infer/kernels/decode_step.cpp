@@ -126,14 +126,16 @@ struct Step {
         return linear(up, w.get(base + kDown), w.get(base + kDownBias), d_model);
     }
 
-    // Rotary positions, in place, on x [rows, heads, head_dim] (contiguous in head_dim) with cos, sin
-    // [rows, rotary_dim], as Rotary.rotate does: rot · cos + turned · sin over the first rotary_dim features.
-    void rotate(at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) const {
+    // Rotary positions, in place, on x [rows, heads, head_dim] (contiguous in head_dim) with each row's cos and sin
+    // [rotary_dim] from tables [positions, rotary_dim], as Rotary.rotate does: rot · cos + turned · sin over the
+    // first rotary_dim features.
+    void rotate(at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin, const std::vector<int64_t> &positions) const {
         const int64_t rotary = settings[kRotaryDim], half = rotary / 2;
         const bool interleaved = settings[kRope] == kRopeInterleaved;
         float turned[1024];
         for (int64_t row = 0; row < x.size(0); row++) {
-            const float *c = cos.data_ptr<float>() + row * rotary, *s = sin.data_ptr<float>() + row * rotary;
+            const float *c = cos.data_ptr<float>() + positions[row] * rotary;
+            const float *s = sin.data_ptr<float>() + positions[row] * rotary;
             for (int64_t head = 0; head < x.size(1); head++) {
                 float *v = x.data_ptr<float>() + row * x.stride(0) + head * x.stride(1);
                 for (int64_t i = 0; i < rotary; i++)
@@ -153,7 +155,7 @@ void add_to(at::Tensor &x, const at::Tensor &y) {
     }
 }
 
-at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const std::optional<at::Tensor> &cos,
+at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, const std::optional<at::Tensor> &cos,
                        const std::optional<at::Tensor> &sin, const Weights &weights, std::vector<int64_t> settings,
                        std::vector<double> scales, at::TensorList keys, at::TensorList values,
                        std::vector<int64_t> slots, std::vector<int64_t> starts, std::vector<int64_t> lengths) {
@@ -179,13 +181,19 @@ at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const
     at::NoGradGuard no_grad;
     const at::Tensor &tokens = *weights.get(kTokens);
     const int64_t d_model = tokens.size(1);
-    TORCH_CHECK(tokens.is_contiguous() && ids.dim() == 1 && positions.dim() == 1 && positions.size(0) == rows &&
-                    ids.scalar_type() == at::kLong && positions.scalar_type() == at::kLong,
-                "decode_step needs one int64 token id and one int64 position per row");
-    const auto id_of = ids.accessor<int64_t, 1>(), position_of = positions.accessor<int64_t, 1>();
-    TORCH_CHECK(!settings[kRope] || (cos && sin && cos->is_contiguous() && sin->is_contiguous() &&
-                                     cos->numel() == rows * settings[kRotaryDim] && settings[kRotaryDim] <= 1024),
-                "decode_step's rotary cos and sin must be [rows, rotary_dim]");
+    TORCH_CHECK(tokens.is_contiguous() && ids.dim() == 1 && ids.scalar_type() == at::kLong &&
+                    static_cast<int64_t>(positions.size()) == rows,
+                "decode_step needs one int64 token id and one position per row");
+    const auto id_of = ids.accessor<int64_t, 1>();
+    if (settings[kRope]) {
+        TORCH_CHECK(cos && sin && cos->is_contiguous() && sin->is_contiguous() && cos->dim() == 2 &&
+                        cos->sizes() == sin->sizes() && cos->size(1) == settings[kRotaryDim] &&
+                        settings[kRotaryDim] <= 1024,
+                    "decode_step's rotary cos and sin must be [positions, rotary_dim]");
+        for (int64_t row = 0; row < rows; row++)
+            TORCH_CHECK(positions[row] >= 0 && positions[row] < cos->size(0), "decode_step's position ",
+                        positions[row], " is past its rotary tables");
+    }
     at::Tensor x = at::empty({rows, d_model}, tokens.options());
     const float embedding_scale = static_cast<float>(scales[kEmbeddingScale]);
     for (int64_t row = 0; row < rows; row++) {
@@ -196,7 +204,7 @@ at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const
         for (int64_t i = 0; i < d_model; i++) to[i] = embedding_scale == 1.0f ? embedding[i] : embedding[i] * embedding_scale;
         if (settings[kLearnedPositions]) {
             const at::Tensor &table = *weights.get(kPositions);
-            const int64_t position = position_of[row] + settings[kPositionOffset];
+            const int64_t position = positions[row] + settings[kPositionOffset];
             TORCH_CHECK(position >= 0 && position < table.size(0), "decode_step's position ", position,
                         " is outside the position table");
             const float *added = table.data_ptr<float>() + position * d_model;
@@ -221,8 +229,8 @@ at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const
         k = k.view({rows, kv_heads, head_dim});
         v = v.view({rows, kv_heads, head_dim});
         if (settings[kRope] != kNoRope) {
-            step.rotate(q, *cos, *sin);
-            step.rotate(k, *cos, *sin);
+            step.rotate(q, *cos, *sin, positions);
+            step.rotate(k, *cos, *sin, positions);
         }
         at::Tensor key_buffer = keys[layer], value_buffer = values[layer];
         write(key_buffer, k, slots);
@@ -250,7 +258,7 @@ at::Tensor decode_step(const at::Tensor &ids, const at::Tensor &positions, const
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(llmlab, m) {
-    m.def("decode_step(Tensor ids, Tensor positions, Tensor? cos, Tensor? sin, Tensor?[] weights, int[] settings, "
+    m.def("decode_step(Tensor ids, int[] positions, Tensor? cos, Tensor? sin, Tensor?[] weights, int[] settings, "
           "float[] scales, Tensor(a!)[] keys, Tensor(b!)[] values, int[] slots, int[] starts, int[] lengths) "
           "-> Tensor");
 }
