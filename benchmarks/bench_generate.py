@@ -5,11 +5,13 @@ run with the same threads in one process, in alternating rounds: batch 1 (a 32-t
 16 to 256 tokens, left-padded), 128 new tokens each, EOS ignored. Reported per implementation: tokens/s (all new
 tokens over the whole call), time to first token (a call with max_new_tokens=1), the median of the per-round ratios to
 transformers, peak memory, and for batch 1 the fraction of the memory-bandwidth bound (every weight a step reads, once
-per token, over the machine's read bandwidth; the median of the rounds' fractions). The bandwidth is torch.sum's over
-a 1 GiB tensor, read again and again for a second right before and right after each call, the higher of the two
-taken, since a shared host's bandwidth varies from minute to minute: sustained, all the bytes over all the time, as a
-decode step's rate is; the fastest single read of those (the peak, which a shared host rarely sustains for the
-seconds a call takes) gives the second, stricter fraction.
+per token, over the machine's read bandwidth). The bandwidth is torch.sum's over a 1 GiB tensor, read again and
+again for a second right before and right after each call, the higher of the two taken, since a shared host's
+bandwidth varies from minute to minute: sustained, all the bytes over all the time, as a decode step's rate is; the
+fastest single read of those (the peak, which a shared host rarely sustains for the seconds a call takes) gives the
+second, stricter fraction. The fraction reported is the median over the steady rounds, those whose two readings agree
+within 10% (a call during which the host changed pace is held to a bound it did not have throughout); every round's
+is printed, an unsteady one's marked *.
 
 Peak memory is what a call adds above the loaded models, the median over rounds: on CPU the kernel's peak-RSS counter
 is reset before each call (/proc/self/clear_refs) and VmHWM after it less VmRSS before it is reported, the script
@@ -236,7 +238,7 @@ def main() -> None:
                         memory[impl].append(added)
                         outputs.setdefault(impl, out)
                         after = read_bandwidth(device) if batch == 1 else bandwidth
-                        bounds[impl].append((max(before[0], after[0]), max(before[1], after[1])))
+                        bounds[impl].append((before, after))
                         before = after
                 same = {impl: torch.equal(out, outputs.get("hf", out)) for impl, out in outputs.items()}
                 for impl in impls:
@@ -247,13 +249,8 @@ def main() -> None:
                         row["ratio"] = statistics.median(h / s for h, s in zip(seconds["hf"], seconds[impl]))
                         row["ratios"] = [h / s for h, s in zip(seconds["hf"], seconds[impl])]
                     if batch == 1:  # decode steps only (the prefill's time taken out), per round
-                        rates = [(new_tokens - 1) / (t - f) * weight_bytes for t, f in zip(seconds[impl], first[impl])]
-                        row["bw_fracs"] = [rate / bound[0] for rate, bound in zip(rates, bounds[impl])]
-                        row["bw_frac"] = statistics.median(row["bw_fracs"])
-                        row["peak_bw_frac"] = statistics.median(rate / bound[1] for rate, bound in
-                                                                zip(rates, bounds[impl]))
-                        row["bandwidths_gb_s"] = [round(b[0] / 1e9, 1) for b in bounds[impl]]
-                        row["peak_bandwidths_gb_s"] = [round(b[1] / 1e9, 1) for b in bounds[impl]]
+                        row.update(bandwidth_fractions(seconds[impl], first[impl], bounds[impl], new_tokens,
+                                                       weight_bytes))
                     row["mem_mib"] = statistics.median(memory[impl])
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -270,9 +267,31 @@ def main() -> None:
               f"{'–' if 'peak_bw_frac' not in r else format(r['peak_bw_frac'], '.0%')} | {r['same']} |")
 
 
+STEADY = 0.9  # a round's bandwidth is steady when the lower of its two readings is within 10% of the higher
+
+
+def bandwidth_fractions(seconds: list, first: list, readings: list, new_tokens: int, weight_bytes: int) -> dict:
+    """Per round, the decode rate (bytes of weights a step reads × steps after the first, over the call's time less
+    its TTFT) over the higher of the (sustained, peak) bandwidths read right before and after the call; the median
+    over the steady rounds (both readings within 10%: the host did not change pace during the call), or over all
+    rounds where none was steady, and which rounds were steady."""
+    rates = [(new_tokens - 1) / (t - f) * weight_bytes for t, f in zip(seconds, first)]
+    sustained = [max(before[0], after[0]) for before, after in readings]
+    steady = [min(before[0], after[0]) >= STEADY * max(before[0], after[0]) for before, after in readings]
+    fractions = [rate / bound for rate, bound in zip(rates, sustained)]
+    peak = [rate / max(before[1], after[1]) for rate, (before, after) in zip(rates, readings)]
+    kept = [i for i, ok in enumerate(steady) if ok] or list(range(len(rates)))
+    return {"bw_fracs": fractions, "steady": steady, "bw_frac": statistics.median(fractions[i] for i in kept),
+            "peak_bw_frac": statistics.median(peak[i] for i in kept),
+            "bandwidths_gb_s": [[round(b[0] / 1e9, 1), round(a[0] / 1e9, 1)] for b, a in readings],
+            "peak_bandwidths_gb_s": [[round(b[1] / 1e9, 1), round(a[1] / 1e9, 1)] for b, a in readings]}
+
+
 def bw_cell(row: dict) -> str:
-    """The median fraction of the bandwidth bound, each round's in brackets."""
-    return f"{row['bw_frac']:.0%} ({', '.join(format(f, '.0%') for f in row['bw_fracs'])})"
+    """The median fraction of the bandwidth bound over the steady rounds, each round's in brackets (an unsteady
+    one's marked with *)."""
+    rounds = ", ".join(f"{f:.0%}" + ("" if ok else "*") for f, ok in zip(row["bw_fracs"], row["steady"]))
+    return f"{row['bw_frac']:.0%} ({rounds})"
 
 
 if __name__ == "__main__":

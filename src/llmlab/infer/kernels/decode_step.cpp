@@ -6,8 +6,14 @@
 // interpreter and dispatch time, and the cache misses it suffers after each matrix has streamed through, are a fifth
 // of the step. llmlab.infer.native_step lowers a model to the weights and settings below. Built and loaded by
 // llmlab.infer.native; registered as torch.ops.llmlab.decode_step.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
 #include <torch/library.h>
 
 #include <cmath>
