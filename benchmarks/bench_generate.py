@@ -192,11 +192,15 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--bandwidth-check", type=int, default=0, metavar="N",
+                        help="only compare torch.sum's sustained bandwidth over 2 s with the peak around it, N times")
     arguments = parser.parse_args()
     device, threads = arguments.device, arguments.threads
     if device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # see measured(): run again under it
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     torch.set_num_threads(threads)  # both sides run in this process, with these threads
+    if arguments.bandwidth_check:
+        return check_bandwidth(device, arguments.bandwidth_check)
     models = (arguments.models or ("gpt2-124m" if arguments.quick else ",".join(MODELS))).split(",")
     impls = arguments.impls.split(",")
     new_tokens = arguments.new_tokens or (16 if arguments.quick else 128)
@@ -265,6 +269,19 @@ def main() -> None:
               f"{r.get('mem_mib', float('nan')):.0f} | "
               f"{'–' if 'bw_frac' not in r else bw_cell(r)} | "
               f"{'–' if 'peak_bw_frac' not in r else format(r['peak_bw_frac'], '.0%')} | {r['same']} |")
+
+
+def check_bandwidth(device: str, rounds: int) -> None:
+    """How much of the peak read bandwidth torch.sum itself sustains: per round, its sustained rate over two seconds
+    over the higher peak read in the second before and after (as a batch-1 call's bound is read around it)."""
+    ratios = []
+    for _ in range(rounds):
+        before, sustained, after = read_bandwidth(device), read_bandwidth(device, 2.0), read_bandwidth(device)
+        ratios.append(sustained[0] / max(before[1], after[1]))
+        print(f"peak {before[1] / 1e9:.1f} → {after[1] / 1e9:.1f} GB/s, sustained over 2 s {sustained[0] / 1e9:.1f}: "
+              f"{ratios[-1]:.2f} of the peak", flush=True)
+    print(f"torch.sum sustains {statistics.median(ratios):.2f} of the peak around it (median of {rounds}; "
+          f"{min(ratios):.2f}–{max(ratios):.2f})")
 
 
 STEADY = 0.9  # a round's bandwidth is steady when the lower of its two readings is within 10% of the higher

@@ -10,6 +10,7 @@ from llmlab.infer.config import GenerationConfig
 from llmlab.infer.generate import DecodeState, generate
 from llmlab.infer.prepack import prepack, unpack
 from tests.infer.test_generate import PROMPTS, tiny_model
+from tests.infer.test_native import ROOT
 
 available = all(native.load(kernel) for kernel in native_step.KERNELS)
 pytestmark = pytest.mark.skipif(not available, reason=f"no native kernels here: "
@@ -101,3 +102,14 @@ def test_the_op_refuses_settings_that_do_not_match_in_one_sentence():
     step.settings = step.settings[:-1]
     with pytest.raises(RuntimeError, match="decode_step's settings do not match"):
         generate(model, PROMPTS, CONFIG)
+
+
+def test_with_the_native_kernels_off_a_prepacked_model_generates_through_onednn_and_sdpa(tmp_path):
+    from tests.infer.test_native import _in_a_new_process
+    code = ("import torch; from llmlab.infer import generate, native_step, prepack; "
+            "from tests.infer.test_generate import PROMPTS, tiny_model; model = tiny_model('llama'); "
+            "expected = generate(model, PROMPTS, max_new_tokens=5).tokens; prepack(model); "
+            "print(model.attention_backend, native_step.lower(model), "
+            "generate(model, PROMPTS, max_new_tokens=5).tokens == expected)")
+    done = _in_a_new_process(code, tmp_path, LLMLAB_NATIVE="0", PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
+    assert done.stdout.split() == ["sdpa", "None", "True"], done.stderr

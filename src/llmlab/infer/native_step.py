@@ -2,9 +2,11 @@
 
 At one row on the CPU a decode step is a stream of weights through memory with a little arithmetic in between, and
 Python runs that arithmetic: some thirty operations per layer, each a trip through the interpreter and the dispatcher,
-and each slowed by cache misses because the matrix before it has just swept the caches. The native step runs the
-same ATen operations in the same order, and llmlab's kernels for the products and the attention, from C++, so the
-logits are the eager step's. ``lower(model)`` says whether a model can take it: a float32 pre-norm decoder on the
+and each slowed by cache misses because the matrix before it has just swept the caches. The native step computes
+from C++ what the eager step computes: the norms, residuals and rotary positions by the modules' formulas on raw
+rows, the activations through ATen's own kernels, the products and the attention through llmlab's kernels, so its
+logits are the eager step's to float32 rounding. ``lower(model)`` says whether a model can take it: a float32
+pre-norm decoder on the
 CPU whose linear layers are packed for the native kernel (``prepack``), with LayerNorm or RMSNorm, learned or rotary
 positions, multi-head or grouped-query attention without windows or position biases, a dense MLP (gated or not),
 sequential or parallel residuals. Anything else keeps the eager step.

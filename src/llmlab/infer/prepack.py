@@ -15,6 +15,11 @@ weights themselves; ``unpack(model)`` frees them.
 - bfloat16, and float32 where that kernel cannot be built (no C++ compiler; LLMLAB_NATIVE=0): oneDNN's inner product
   over a copy reordered into its own blocked layout, 1.6–2.9× faster than F.linear at 1–256 rows.
 
+The native kernel's copies lie on transparent huge pages where Linux gives them (huge_page_empty), which read about a
+tenth faster than 4 KiB pages. A model prepacked for it also attends through the native backend
+(llmlab.infer.decode_attention) and, on the ragged cache, runs each decode step in one native call
+(llmlab.infer.native_step).
+
     prepack(model)        # serving or generating on the CPU
     generate(model, prompts, config)
 """

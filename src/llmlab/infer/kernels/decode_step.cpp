@@ -1,11 +1,12 @@
 // One decode step of a pre-norm decoder in one call: every layer, the final norm and the head, for one new token per
 // row over a ragged cache (llmlab.infer.cache.RaggedCache: per layer one [kv_heads, slots, head_dim] buffer of keys
-// and one of values, each row in a region of its own). It runs the same ATen operations, in the same order, as the
-// model's eager forward does, and llmlab's blocked_linear and decode_attention kernels for the products, so its
-// logits are the eager step's; what it saves is the Python between them: on a small CPU model at one row that
-// interpreter and dispatch time, and the cache misses it suffers after each matrix has streamed through, are a fifth
-// of the step. llmlab.infer.native_step lowers a model to the weights and settings below. Built and loaded by
-// llmlab.infer.native; registered as torch.ops.llmlab.decode_step.
+// and one of values, each row in a region of its own). It computes what the model's eager forward computes (the
+// same formulas in float32, the activations through ATen's kernels, llmlab's blocked_linear and decode_attention
+// kernels for the products and the attention), so its logits are the eager step's to float32 rounding; what it saves
+// is the Python between them: on a small CPU model at one row that interpreter and dispatch time, and the cache
+// misses it suffers after each matrix has streamed through, were a fifth of the step. llmlab.infer.native_step lowers
+// a model to the weights and settings below. Built and loaded by llmlab.infer.native; registered as
+// torch.ops.llmlab.decode_step.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
@@ -135,7 +136,8 @@ struct Step {
     // Rotary positions, in place, on x [rows, heads, head_dim] (contiguous in head_dim) with each row's cos and sin
     // [rotary_dim] from tables [positions, rotary_dim], as Rotary.rotate does: rot · cos + turned · sin over the
     // first rotary_dim features.
-    void rotate(at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin, const std::vector<int64_t> &positions) const {
+    void rotate(at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin,
+                const std::vector<int64_t> &positions) const {
         const int64_t rotary = settings[kRotaryDim], half = rotary / 2;
         const bool interleaved = settings[kRope] == kRopeInterleaved;
         float turned[1024];
@@ -207,7 +209,7 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
         TORCH_CHECK(id >= 0 && id < tokens.size(0), "decode_step's token id ", id, " is outside the vocabulary");
         const float *embedding = tokens.data_ptr<float>() + id * d_model;
         float *to = x.data_ptr<float>() + row * d_model;
-        for (int64_t i = 0; i < d_model; i++) to[i] = embedding_scale == 1.0f ? embedding[i] : embedding[i] * embedding_scale;
+        for (int64_t i = 0; i < d_model; i++) to[i] = embedding[i] * embedding_scale;
         if (settings[kLearnedPositions]) {
             const at::Tensor &table = *weights.get(kPositions);
             const int64_t position = positions[row] + settings[kPositionOffset];
