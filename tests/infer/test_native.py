@@ -134,3 +134,17 @@ def test_a_layer_saved_with_the_native_kernel_loads_on_onednn_where_the_kernel_i
             "print(type(layer).__name__, layer.packed_weight().is_mkldnn)")
     done = _in_a_new_process(code, tmp_path, LLMLAB_NATIVE="0")
     assert done.stdout.split() == ["PackedLinear", "True"], done.stderr
+
+
+def test_large_packed_weights_lie_on_2_mib_aligned_memory_that_outlives_its_mapping_call():
+    from llmlab.infer.prepack import HUGE_PAGE, huge_page_empty
+    weight = torch.randn(3000, 768)  # 9 MiB: madvised into huge pages where the system has them
+    packed = blocked(weight)
+    import gc
+    gc.collect()
+    assert packed.data_ptr() % HUGE_PAGE == 0 and packed.is_contiguous()
+    for out in (0, 17, 2999):
+        assert torch.equal(packed[out // BLOCK, :, out % BLOCK], weight[out])
+    assert not packed[-1, :, 3000 % BLOCK:].any()
+    small = huge_page_empty((4, 4), torch.float32)  # below a huge page: ordinary memory
+    assert small.shape == (4, 4) and small.dtype == torch.float32

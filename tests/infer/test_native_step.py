@@ -17,8 +17,10 @@ pytestmark = pytest.mark.skipif(not available, reason=f"no native kernels here: 
                                                       f"{native.unavailable_reason('decode_step')}")
 
 # pre-norm decoders: learned or rotary positions (half and interleaved, partial), LayerNorm with and without bias or
-# RMSNorm, multi-head, grouped and multi-query attention, plain and gated MLPs, sequential and parallel residuals
-NATIVE_FAMILIES = ["gpt2", "opt", "gptj", "pythia", "gpt_neox", "falcon", "llama", "prefix_llama", "palm"]
+# RMSNorm, multi-head, grouped and multi-query attention, global and sliding-window layers, plain and gated MLPs,
+# sequential and parallel residuals
+NATIVE_FAMILIES = ["gpt2", "opt", "gptj", "pythia", "gpt_neox", "falcon", "llama", "prefix_llama", "palm", "gpt_neo",
+                   "gpt3"]
 CONFIG = GenerationConfig(max_new_tokens=8, ignore_eos=True)
 
 
@@ -46,7 +48,8 @@ def test_the_native_step_gives_the_eager_steps_logits_and_tokens(name):
     expected = generate(model, PROMPTS, CONFIG, cache="ragged").tokens
     prepack(model)
     assert native_step.lower(model) is not None
-    torch.testing.assert_close(step_logits(model, True), step_logits(model, False), rtol=1e-5, atol=1e-5)
+    # float32 sums in other orders (its norms sum in double); GPT-Neo's unscaled attention sharpens them most
+    torch.testing.assert_close(step_logits(model, True), step_logits(model, False), rtol=1e-4, atol=1e-4)
     with torch.profiler.profile() as profile:
         tokens = generate(model, PROMPTS, CONFIG, cache="ragged").tokens
     assert tokens == expected
@@ -55,7 +58,7 @@ def test_the_native_step_gives_the_eager_steps_logits_and_tokens(name):
     assert generate(model, PROMPTS, CONFIG, cache="dynamic").tokens == expected  # other caches keep eager steps
 
 
-@pytest.mark.parametrize("name", ["bloom", "gpt_neo", "t5"])  # ALiBi, sliding windows, an encoder-decoder
+@pytest.mark.parametrize("name", ["bloom", "mpt", "t5"])  # ALiBi, ALiBi, an encoder-decoder
 def test_models_with_parts_the_native_step_lacks_keep_the_eager_step(name):
     model = tiny_model(name)
     expected = generate(model, PROMPTS, CONFIG).tokens
@@ -113,3 +116,14 @@ def test_with_the_native_kernels_off_a_prepacked_model_generates_through_onednn_
             "generate(model, PROMPTS, max_new_tokens=5).tokens == expected)")
     done = _in_a_new_process(code, tmp_path, LLMLAB_NATIVE="0", PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     assert done.stdout.split() == ["sdpa", "None", "True"], done.stderr
+
+
+@pytest.mark.parametrize("name", ["gpt_neo", "gpt3"])
+def test_sliding_window_layers_see_only_their_window_past_its_length(name):
+    model = tiny_model(name)
+    window = model.config.attn_window
+    config = GenerationConfig(max_new_tokens=window + 8, ignore_eos=True)  # every prompt grows past the window
+    expected = generate(model, PROMPTS, config, cache="ragged").tokens
+    prepack(model)
+    assert native_step.lower(model) is not None
+    assert generate(model, PROMPTS, config, cache="ragged").tokens == expected

@@ -8,8 +8,8 @@ rows, the activations through ATen's own kernels, the products and the attention
 logits are the eager step's to float32 rounding. ``lower(model)`` says whether a model can take it: a float32
 pre-norm decoder on the
 CPU whose linear layers are packed for the native kernel (``prepack``), with LayerNorm or RMSNorm, learned or rotary
-positions, multi-head or grouped-query attention without windows or position biases, a dense MLP (gated or not),
-sequential or parallel residuals. Anything else keeps the eager step.
+positions, multi-head or grouped-query attention (global or in a sliding window) without position biases, a dense MLP
+(gated or not), sequential or parallel residuals. Anything else keeps the eager step.
 
     prepack(model)
     generate(model, prompts)   # on the CPU: decode steps through the native step where the model allows
@@ -50,6 +50,7 @@ class NativeStep:
         ]
         scale = first.scale if first.scale is not None else first.head_dim ** -0.5
         self.scales = [config.norm_eps, scale, config.embedding_scale, config.head_input_scale]
+        self.windows = [config.attn_window if config.layer_kind(i) == "local" else 0 for i in range(config.n_layers)]
 
     def weights(self) -> list[torch.Tensor | None]:
         """The model's weights as they are now, in decode_step's order: the embeddings, the final norm and the head,
@@ -85,7 +86,7 @@ class NativeStep:
                  spans: list[tuple[int, int]]) -> torch.Tensor:
             return torch.ops.llmlab.decode_step(ids, row_positions, cos, sin, weights, self.settings, self.scales,
                                                 cache.keys, cache.values, slots, [start for start, _ in spans],
-                                                [length for _, length in spans])
+                                                [length for _, length in spans], self.windows)
         return step
 
 
@@ -120,8 +121,7 @@ def _supported(model) -> bool:
         return False
     if (config.norm_placement != "pre" or config.embedding_norm or config.residual_scale != 1.0
             or config.embed_proj_dim or config.type_vocab_size or config.head_transform or config.n_experts
-            or config.position not in ("learned", "rope") or config.attn_window is not None
-            or config.layer_kinds is not None or config.activation not in ACTIVATIONS
+            or config.position not in ("learned", "rope") or config.activation not in ACTIVATIONS
             or (config.position == "rope" and config.rope_layout not in ROPE_LAYOUTS)):
         return False
     blocks = model.decoder.blocks

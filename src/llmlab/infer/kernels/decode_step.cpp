@@ -166,7 +166,8 @@ void add_to(at::Tensor &x, const at::Tensor &y) {
 at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, const std::optional<at::Tensor> &cos,
                        const std::optional<at::Tensor> &sin, const Weights &weights, std::vector<int64_t> settings,
                        std::vector<double> scales, at::TensorList keys, at::TensorList values,
-                       std::vector<int64_t> slots, std::vector<int64_t> starts, std::vector<int64_t> lengths) {
+                       std::vector<int64_t> slots, std::vector<int64_t> starts, std::vector<int64_t> lengths,
+                       std::vector<int64_t> windows) {
     TORCH_CHECK(settings.size() == kSettings && scales.size() == kScales, "decode_step's settings do not match");
     const int64_t layers = settings[kLayers], heads = settings[kHeads], kv_heads = settings[kKvHeads];
     const int64_t head_dim = settings[kHeadDim], rows = ids.size(0);
@@ -174,8 +175,8 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
                     static_cast<int64_t>(keys.size()) == layers && static_cast<int64_t>(values.size()) == layers,
                 "decode_step needs the weights and a key and value buffer of every layer");
     TORCH_CHECK(static_cast<int64_t>(slots.size()) == rows && static_cast<int64_t>(starts.size()) == rows &&
-                    static_cast<int64_t>(lengths.size()) == rows,
-                "decode_step needs each row's slot and region of the cache");
+                    static_cast<int64_t>(lengths.size()) == rows && static_cast<int64_t>(windows.size()) == layers,
+                "decode_step needs each row's slot and region of the cache, and each layer's window");
     for (int64_t layer = 0; layer < layers; layer++)
         TORCH_CHECK(keys[layer].is_contiguous() && values[layer].is_contiguous() && keys[layer].dim() == 3 &&
                         keys[layer].sizes() == values[layer].sizes() && keys[layer].size(0) == kv_heads &&
@@ -220,6 +221,7 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
         }
     }
     const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
+    std::vector<int64_t> window_starts(rows), window_lengths(rows);
     for (int64_t layer = 0; layer < layers; layer++) {
         const int64_t base = kGlobals + layer * kLayerSlots;
         const at::Tensor h = step.norm(x, weights.get(base + kNorm1Weight), weights.get(base + kNorm1Bias));
@@ -243,7 +245,16 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
         at::Tensor key_buffer = keys[layer], value_buffer = values[layer];
         write(key_buffer, k, slots);
         write(value_buffer, v, slots);
-        at::Tensor attended = attend(q, key_buffer, value_buffer, starts, lengths, scales[kAttentionScale]);
+        if (windows[layer] > 0) {  // a sliding window: the newest keys only
+            for (int64_t row = 0; row < rows; row++) {
+                window_lengths[row] = std::min(lengths[row], windows[layer]);
+                window_starts[row] = starts[row] + lengths[row] - window_lengths[row];
+            }
+        }
+        at::Tensor attended = windows[layer] > 0
+                                  ? attend(q, key_buffer, value_buffer, window_starts, window_lengths,
+                                           scales[kAttentionScale])
+                                  : attend(q, key_buffer, value_buffer, starts, lengths, scales[kAttentionScale]);
         at::Tensor o = linear(attended.view({rows, q_width}), weights.get(base + kO), weights.get(base + kOBias),
                               x.size(-1));
         if (settings[kParallelResidual]) {  // x + (attention + mlp), in the model's order
@@ -267,7 +278,8 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
 
 TORCH_LIBRARY_FRAGMENT(llmlab, m) {
     m.def("decode_step(Tensor ids, int[] positions, Tensor? cos, Tensor? sin, Tensor?[] weights, int[] settings, "
-          "float[] scales, Tensor(a!)[] keys, Tensor(b!)[] values, int[] slots, int[] starts, int[] lengths) "
+          "float[] scales, Tensor(a!)[] keys, Tensor(b!)[] values, int[] slots, int[] starts, int[] lengths, "
+          "int[] windows) "
           "-> Tensor");
 }
 TORCH_LIBRARY_IMPL(llmlab, CPU, m) { m.impl("decode_step", &decode_step); }
