@@ -178,13 +178,18 @@ class RaggedCache(_CrossAttentionStore):
         """Make rows (every row by default) the rows of the next forward calls, in this order."""
         self.rows = list(range(len(self.capacities))) if rows is None else [int(r) for r in rows]
 
-    def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
-        """Each selected row's next new_tokens slots (its own length on); attention then sees the longest row's."""
+    def _lengths_with_room(self, new_tokens: int) -> list[int]:
+        """Each selected row's written length, once checked that new_tokens more fit in its region."""
         lengths = [self.row_lengths[r] for r in self.rows]
         for row, length in zip(self.rows, lengths):
             if length + new_tokens > self.capacities[row]:
                 raise CacheFullError(f"Row {row} of the ragged cache holds {self.capacities[row]} slots; "
                                      f"{length} are written and {new_tokens} more do not fit.")
+        return lengths
+
+    def slots(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Each selected row's next new_tokens slots (its own length on); attention then sees the longest row's."""
+        lengths = self._lengths_with_room(new_tokens)
         starts = [self.offsets[r] + n for r, n in zip(self.rows, lengths)]
         index = (torch.tensor(starts)[:, None] + torch.arange(new_tokens)).flatten().to(device)
         capacity = self.capacities[self.rows[0]]
@@ -198,11 +203,7 @@ class RaggedCache(_CrossAttentionStore):
     def one_token_plan(self) -> tuple[list[int], list[int], list[tuple[int, int]]]:
         """For one new token per selected row, as Python ints: each row's position (how many slots it has written),
         the buffer slot the token goes to, and the row's region (start, length) once it is written."""
-        lengths = [self.row_lengths[r] for r in self.rows]
-        for row, length in zip(self.rows, lengths):
-            if length + 1 > self.capacities[row]:
-                raise CacheFullError(f"Row {row} of the ragged cache holds {self.capacities[row]} slots; all are "
-                                     f"written and another does not fit.")
+        lengths = self._lengths_with_room(1)
         starts = [self.offsets[r] for r in self.rows]
         return lengths, [start + n for start, n in zip(starts, lengths)], [(s, n + 1) for s, n in zip(starts, lengths)]
 

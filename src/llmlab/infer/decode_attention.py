@@ -27,10 +27,12 @@ class NativeDecodeAttention(DenseAttention):
     def attend(self, q, k, v, lowered, scale: float | None, dropout: float) -> torch.Tensor:
         """Attention output [batch, heads, queries, head_dim]: the native kernel where it applies, else dense's."""
         mask, is_causal = lowered
-        keys, values = (k, v) if isinstance(k, list) else (list(k.split(1)), list(v.split(1)))
+        keys, values = (k, v) if isinstance(k, list) else ([k], [v])
         if (q.shape[2] == 1 and mask is None and not is_causal and dropout == 0 and q.device.type == "cpu"
                 and q.dtype == keys[0].dtype == values[0].dtype == torch.float32
                 and not (torch.is_grad_enabled() and q.requires_grad) and native.load(KERNEL)):
+            if not isinstance(k, list):  # one tensor for every row: the kernel takes a view per row
+                keys, values = list(k.split(1)), list(v.split(1))
             return torch.ops.llmlab.decode_attention(q, keys, values, q.shape[-1] ** -0.5 if scale is None else scale)
         return super().attend(q, k, v, lowered, scale, dropout)
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmlab.errors import ConfigError
+from llmlab.infer import native_step
 from llmlab.infer.cache import DynamicCache, RaggedCache, StaticCache
 from llmlab.infer.compiled import StaticDecoder, compiled_capacity
 from llmlab.infer.config import GenerationConfig
-from llmlab.infer import native_step
 from llmlab.infer.detokenize import IncrementalDecoder
 from llmlab.infer.paged import PagedCache
 from llmlab.infer.sampling import PAD, TokenCounts, choose_tokens, generators, process_logits
@@ -119,11 +119,13 @@ class DecodeState:
         self.prompt_length = self.sequence.shape[1]
         self.cached = 0  # how many of the tokens so far the cache holds
         self.compile, self.decoder = compile, None  # compiled decode steps over a static cache: llmlab.infer.compiled
-        # one native call per decode step (llmlab.infer.native_step) where a prepacked model takes it
-        self.native_step, self.bound_step = None, None
+        # one native call per decode step (llmlab.infer.native_step) where a prepacked model takes it, with the
+        # weights packed as they are when this generation starts
+        self.native_step = None
         if (isinstance(self.cache, RaggedCache) and self.memory is None and blank_positions is None
                 and (self.mask is None or self.padding is not None)):
-            self.native_step = native_step.lower(model)
+            step = native_step.lower(model)
+            self.native_step = None if step is None else step.bind(max(self.cache.capacities))
 
     def logits(self) -> torch.Tensor:
         """Next-token logits [batch, vocab] after the tokens so far (the whole prompt on the first call)."""
@@ -154,10 +156,8 @@ class DecodeState:
 
     def _native_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """score(1) of one new token per row [batch, 1] through the native step."""
-        if self.bound_step is None:  # the weights, packed as they are when this generation starts
-            self.bound_step = self.native_step.bind(max(self.cache.capacities))
         positions, slots, spans = self.cache.one_token_plan()
-        logits = self.bound_step(ids[:, 0], self.cache, positions, slots, spans)
+        logits = self.native_step(ids[:, 0], self.cache, positions, slots, spans)
         self.cache.advance(1)
         self.cached = self.sequence.shape[1]
         return logits[:, None]

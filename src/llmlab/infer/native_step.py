@@ -114,6 +114,11 @@ def lower(model) -> NativeStep | None:
     return step
 
 
+def forget(model) -> None:
+    """Drop the native step kept on model, so that the next lower() looks at its layers again (prepack, unpack)."""
+    model.__dict__.pop("_native_step", None)
+
+
 def _supported(model) -> bool:
     """Whether every part of model is one that decode_step implements, packed for the native kernel."""
     config = getattr(model, "config", None)
@@ -134,10 +139,8 @@ def _supported(model) -> bool:
     norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, RMSNorm))]
     if any(type(norm) is not (RMSNorm if config.norm == "rmsnorm" else nn.LayerNorm) for norm in norms):
         return False
-    if not all(type(m) is PackedLinear and m.packed_weight() is not None and not m.packed_weight().is_mkldnn
-               for m in linears):
+    if not all(type(m) is PackedLinear and not m.packed_weight().is_mkldnn for m in linears):
         return False
-    parameters = list(model.parameters())
-    if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in parameters):
+    if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters()):
         return False
     return all(native.load(kernel) for kernel in KERNELS)

@@ -149,7 +149,7 @@ def prepack(model: nn.Module, kernel: str = "auto") -> int:
                 native_layers += use_native
     if native_layers and getattr(model, "attention_backend", None) == "sdpa" and decode_attention.available():
         model.set_attention_backend(decode_attention.BACKEND.name)
-    model.__dict__.pop("_native_step", None)  # llmlab.infer.native_step lowers the model again, packed as it is now
+    _forget_native_step(model)
     return count
 
 
@@ -172,7 +172,13 @@ def unpack(model: nn.Module) -> None:
             module.__class__ = nn.Linear
     if getattr(model, "attention_backend", None) == decode_attention.BACKEND.name:
         model.set_attention_backend("sdpa")
-    model.__dict__.pop("_native_step", None)
+    _forget_native_step(model)
+
+
+def _forget_native_step(model: nn.Module) -> None:
+    """llmlab.infer.native_step lowers the model again, packed as it is now (imported here: it imports this module)."""
+    from llmlab.infer import native_step
+    native_step.forget(model)
 
 
 def is_prepacked(model: nn.Module) -> bool:

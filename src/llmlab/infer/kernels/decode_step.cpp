@@ -221,7 +221,7 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
         }
     }
     const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
-    std::vector<int64_t> window_starts(rows), window_lengths(rows);
+    std::vector<int64_t> first(rows), visible(rows);  // each row's keys a layer attends to
     for (int64_t layer = 0; layer < layers; layer++) {
         const int64_t base = kGlobals + layer * kLayerSlots;
         const at::Tensor h = step.norm(x, weights.get(base + kNorm1Weight), weights.get(base + kNorm1Bias));
@@ -245,16 +245,11 @@ at::Tensor decode_step(const at::Tensor &ids, std::vector<int64_t> positions, co
         at::Tensor key_buffer = keys[layer], value_buffer = values[layer];
         write(key_buffer, k, slots);
         write(value_buffer, v, slots);
-        if (windows[layer] > 0) {  // a sliding window: the newest keys only
-            for (int64_t row = 0; row < rows; row++) {
-                window_lengths[row] = std::min(lengths[row], windows[layer]);
-                window_starts[row] = starts[row] + lengths[row] - window_lengths[row];
-            }
+        for (int64_t row = 0; row < rows; row++) {  // a sliding window sees the newest keys only
+            visible[row] = windows[layer] > 0 ? std::min(lengths[row], windows[layer]) : lengths[row];
+            first[row] = starts[row] + lengths[row] - visible[row];
         }
-        at::Tensor attended = windows[layer] > 0
-                                  ? attend(q, key_buffer, value_buffer, window_starts, window_lengths,
-                                           scales[kAttentionScale])
-                                  : attend(q, key_buffer, value_buffer, starts, lengths, scales[kAttentionScale]);
+        at::Tensor attended = attend(q, key_buffer, value_buffer, first, visible, scales[kAttentionScale]);
         at::Tensor o = linear(attended.view({rows, q_width}), weights.get(base + kO), weights.get(base + kOBias),
                               x.size(-1));
         if (settings[kParallelResidual]) {  // x + (attention + mlp), in the model's order
